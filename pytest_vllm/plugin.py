@@ -1,0 +1,252 @@
+"""pytest-vllm's pytest plugin: options, markers, fixtures and hooks, delegating to VLLMSession.
+
+Kept thin and light: nothing heavy (vllm, torch, transformers, openai) is imported at module
+import, so ``pytest --help`` stays fast. The state of a run lives in ``session.VLLMSession``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import pytest
+import pytest_asyncio
+
+from pytest_vllm.config import OPTIONS, RunConfig, check_table_keys, read_pyproject_table
+from pytest_vllm.errors import ServerStartError, UsageError
+from pytest_vllm.server.handle import ServerHandle
+from pytest_vllm.server.spec import BASE, COMPRESSED, MARKER, MARKER_HELP, PAIR_ROLES, MarkerFlags
+from pytest_vllm.session import VLLMSession
+
+if TYPE_CHECKING:
+    import openai
+
+SESSION_KEY = pytest.StashKey[VLLMSession]()
+# Fixtures that need a server of a fixed role.
+ROLE_FIXTURES = {"base_server": BASE, "compressed_server": COMPRESSED}
+# The fixture parametrized over both roles.
+EITHER_FIXTURE = "vllm_server"
+LOG_LINES_IN_REPORT = 80
+
+
+# -- options and markers --------------------------------------------------------------------
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("vllm", "vLLM serving gates (pytest-vllm)")
+    for option in OPTIONS:
+        if option.kind == "bool":
+            group.addoption(option.flag, action="store_true", default=None, dest=option.dest, help=option.help)
+        elif option.kind == "list":
+            group.addoption(option.flag, action="append", default=None, dest=option.dest,
+                            metavar=option.metavar, help=option.help)
+        else:
+            group.addoption(option.flag, default=None, dest=option.dest, metavar=option.metavar, help=option.help)
+        parser.addini(option.ini_name, f"{option.help} (twin of {option.flag})",
+                      type="args" if option.kind == "list" else "string", default=[] if option.kind == "list" else "")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", MARKER_HELP)
+    rootdir = config.rootpath
+    table = read_pyproject_table(rootdir)
+    check_table_keys(table, {o.name for o in OPTIONS}, f"{rootdir / 'pyproject.toml'} [tool.pytest_vllm]")
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        cli = config.getoption(option.dest)
+        ini = config.getini(option.ini_name)
+        values[option.name] = next((v for v in (cli, ini, table.get(option.name)) if v not in (None, "", [])), None)
+    try:
+        run_config = RunConfig.from_values(rootdir, values, environ=__import__("os").environ)
+    except UsageError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    session = VLLMSession(run_config, say=_make_say(config))
+    config.stash[SESSION_KEY] = session
+    if run_config.gpu:  # an explicit --gpu is checked against the machine before anything runs
+        try:
+            session.profile  # noqa: B018 - resolves and validates
+        except UsageError as exc:
+            raise pytest.UsageError(str(exc)) from None
+
+
+def _make_say(config: pytest.Config) -> Callable[[str], None]:
+    """Progress lines on the terminal, also while output capture is on (servers boot in setup)."""
+
+    def say(message: str) -> None:
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        capture = config.pluginmanager.get_plugin("capturemanager")
+        if reporter is None:
+            return
+        if capture is not None:
+            with capture.global_and_fixture_disabled():
+                reporter.write_line(f"[vllm] {message}")
+        else:
+            reporter.write_line(f"[vllm] {message}")
+
+    return say
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return config.stash[SESSION_KEY].header_lines()
+
+
+# -- collection: resolve specs, validate flags, group tests by server -----------------------
+def _roles_of(item: pytest.Item) -> tuple[str, ...]:
+    names = getattr(item, "fixturenames", ())
+    roles = [role for fixture, role in ROLE_FIXTURES.items() if fixture in names]
+    callspec = getattr(item, "callspec", None)
+    if EITHER_FIXTURE in names and callspec is not None and EITHER_FIXTURE in callspec.params:
+        roles.append(callspec.params[EITHER_FIXTURE])
+    return tuple(dict.fromkeys(roles))
+
+
+def _markers_of(item: pytest.Item) -> list[MarkerFlags]:
+    """vllm_server markers, farthest (module) first, so that closer ones win."""
+    closest_first = [MarkerFlags.from_kwargs(m.kwargs, item.nodeid) for m in item.iter_markers(name=MARKER)]
+    return list(reversed(closest_first))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    vllm_session = config.stash[SESSION_KEY]
+    try:
+        plans = [(item.nodeid, _roles_of(item), _markers_of(item)) for item in items]
+        vllm_session.plan(plans)
+    except UsageError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    for item in items:
+        need = vllm_session.needs.get(item.nodeid)
+        if need is not None and need.skip_reason:
+            item.add_marker(pytest.mark.skip(reason=need.skip_reason))
+    by_id = {item.nodeid: item for item in items}
+    items[:] = [by_id[nodeid] for nodeid in vllm_session.order([item.nodeid for item in items])]
+
+
+# -- test lifecycle ------------------------------------------------------------------------
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    yield
+    item.config.stash[SESSION_KEY].finished(item.nodeid)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed or call.when == "teardown":
+        return
+    session = item.config.stash[SESSION_KEY]
+    if session.remote or "pool" not in session.__dict__:
+        return
+    for server in session.pool.servers_used_by(item.nodeid):
+        tail = "\n".join(server.log_tail(LOG_LINES_IN_REPORT))
+        report.sections.append((f"vllm {server.spec.role} server log (last {LOG_LINES_IN_REPORT} lines; "
+                                f"full log {server.log_path})", tail))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    session = config.stash.get(SESSION_KEY, None)
+    if session is not None:
+        session.shutdown()
+
+
+# -- fixtures -------------------------------------------------------------------------------
+def _serve(request: pytest.FixtureRequest, role: str) -> ServerHandle:
+    session = request.config.stash[SESSION_KEY]
+    try:
+        return session.handle(role, request.node.nodeid)
+    except ServerStartError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    except UsageError as exc:
+        pytest.fail(f"usage error: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def vllm_session(pytestconfig: pytest.Config) -> VLLMSession:
+    """The run's pytest-vllm state: GPU profile, model pair, server pool (for advanced use)."""
+    return pytestconfig.stash[SESSION_KEY]
+
+
+@pytest.fixture
+def base_server(request: pytest.FixtureRequest) -> ServerHandle:
+    """The base model's vLLM server (ServerHandle: url, model, spec, log_path, client(), async_client()).
+
+    Booted on first use with the flags of this test's vllm_server markers and shared by every test
+    with the same flags; stopped after the last test that needs it. --vllm-url base=URL uses a
+    running server instead.
+    """
+    return _serve(request, BASE)
+
+
+@pytest.fixture
+def compressed_server(request: pytest.FixtureRequest) -> ServerHandle:
+    """The compressed (quantized) model's vLLM server; same contract as base_server.
+
+    Default model: the embedded W8A8 checkpoint on cpu, online FP8 of the base model on GPUs;
+    --compressed-model chooses another.
+    """
+    return _serve(request, COMPRESSED)
+
+
+@pytest.fixture(params=PAIR_ROLES)
+def vllm_server(request: pytest.FixtureRequest) -> ServerHandle:
+    """Parametrized over both servers: the test runs once on the base and once on the compressed one."""
+    return _serve(request, request.param)
+
+
+class ServerPair(NamedTuple):
+    base: ServerHandle
+    compressed: ServerHandle
+
+
+@pytest.fixture
+def server_pair(base_server: ServerHandle, compressed_server: ServerHandle) -> ServerPair:
+    """Both servers at once (they boot in parallel when the GPU profile allows), for A/B checks."""
+    return ServerPair(base_server, compressed_server)
+
+
+@pytest.fixture
+def vllm_server_factory(request: pytest.FixtureRequest) -> Callable[..., ServerHandle]:
+    """Boot a server of any spec: ``vllm_server_factory(model=None, role="custom", env=None, **flags)``.
+
+    ``model`` defaults to the base model. Equal specs share one server; it is stopped after this
+    test unless a planned test needs it. Use it for configurations no marker can express.
+    """
+    session: VLLMSession = request.config.stash[SESSION_KEY]
+
+    def make(model: str | None = None, role: str = "custom", env: dict[str, str] | None = None,
+             **flags: Any) -> ServerHandle:
+        marker = MarkerFlags.from_kwargs({**flags, "env": env or {}}, request.node.nodeid)
+        try:
+            spec = session.spec_for(role, [marker], model=model or session.role_model(BASE).model)
+            return session.handle_for_spec(spec, request.node.nodeid)
+        except ServerStartError as exc:
+            pytest.fail(str(exc), pytrace=False)
+
+    return make
+
+
+@pytest.fixture
+def vllm_client(vllm_server: ServerHandle) -> Iterator[openai.OpenAI]:
+    """A synchronous OpenAI client (retries off) on ``vllm_server``: runs once per server."""
+    with vllm_server.client() as client:
+        yield client
+
+
+@pytest_asyncio.fixture
+async def vllm_async_client(vllm_server: ServerHandle) -> AsyncIterator[openai.AsyncOpenAI]:
+    """An async OpenAI client (retries off) on ``vllm_server``; works in pytest-asyncio strict mode."""
+    async with vllm_server.async_client() as client:
+        yield client
+
+
+@pytest_asyncio.fixture
+async def base_async_client(base_server: ServerHandle) -> AsyncIterator[openai.AsyncOpenAI]:
+    """An async OpenAI client (retries off) on the base server."""
+    async with base_server.async_client() as client:
+        yield client
+
+
+@pytest_asyncio.fixture
+async def compressed_async_client(compressed_server: ServerHandle) -> AsyncIterator[openai.AsyncOpenAI]:
+    """An async OpenAI client (retries off) on the compressed server."""
+    async with compressed_server.async_client() as client:
+        yield client

@@ -1,0 +1,194 @@
+"""ServerPool: one server per distinct spec, booted on first need, stopped after its last user.
+
+The pool is told at collection which specs each test needs (``plan``). A server boots when the
+first test needing it starts, together with the other servers that test needs and with its pair
+partner when a later test needs that, in parallel or one after the other as the GPU profile says.
+After each test the pool stops every server no remaining test needs, which frees memory for the
+next spec. A spec that failed to boot is not retried: later tests get the same error at once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+from pytest_vllm.errors import ServerStartError
+from pytest_vllm.gpu import BootOrder
+from pytest_vllm.server.process import LaunchPlan, VLLMServer, free_port
+from pytest_vllm.server.spec import ServerSpec
+
+PROGRESS_EVERY = 30.0  # seconds between "still booting" lines
+
+# (spec, port, slot) -> what to execute; slot is the lowest index no running server holds, so a
+# planner can give concurrent servers disjoint CPU cores or GPUs.
+Planner = Callable[[ServerSpec, int, int], LaunchPlan]
+
+
+class ServerPool:
+    def __init__(self, *, planner: Planner, log_dir: Path, startup_timeout: float, stop_grace: float,
+                 boot_order: BootOrder = BootOrder.PARALLEL, max_resident: int = 2,
+                 say: Callable[[str], None] = lambda _: None) -> None:
+        self._planner = planner
+        self._log_dir = log_dir
+        self._startup_timeout = startup_timeout
+        self._stop_grace = stop_grace
+        self._boot_order = boot_order
+        self.max_resident = max_resident
+        self._say = say
+        self._servers: dict[ServerSpec, VLLMServer] = {}
+        self._failed: dict[ServerSpec, ServerStartError] = {}
+        self._needs: dict[str, tuple[ServerSpec, ...]] = {}
+        self._remaining: Counter[ServerSpec] = Counter()
+        self._in_use: dict[str, set[ServerSpec]] = {}
+        self._families: dict[ServerSpec, str] = {}
+        self._lock = threading.RLock()
+        self.boot_seconds: dict[ServerSpec, float] = {}
+
+    # -- planning --------------------------------------------------------------------------
+    def plan(self, needs: Mapping[str, Sequence[ServerSpec]], families: Mapping[ServerSpec, str]) -> None:
+        """Record which specs each test (by node id) will use, and which specs came from the same
+        markers (a family: the base and compressed server of one configuration)."""
+        self._needs = {nodeid: tuple(specs) for nodeid, specs in needs.items()}
+        self._remaining = Counter(spec for specs in self._needs.values() for spec in set(specs))
+        self._families = dict(families)
+
+    def remaining_uses(self, spec: ServerSpec) -> int:
+        return self._remaining.get(spec, 0)
+
+    # -- use ---------------------------------------------------------------------------------
+    def get(self, spec: ServerSpec, nodeid: str) -> VLLMServer:
+        """The ready server for ``spec``, booting it (and its companions) if needed."""
+        with self._lock:
+            self._in_use.setdefault(nodeid, set()).add(spec)
+            if spec in self._failed:
+                raise self._failed[spec]
+            server = self._servers.get(spec)
+            if server is not None and server.running and server.ready_after is not None:
+                return server
+            wanted = [spec, *self._companions(spec, nodeid)]
+            self._make_room(keep=set(self._needs.get(nodeid, ())) | {spec}, incoming=len(wanted))
+            self._boot([s for s in wanted if s not in self._servers or not self._servers[s].running])
+            if spec in self._failed:
+                raise self._failed[spec]
+            return self._servers[spec]
+
+    def finished(self, nodeid: str) -> None:
+        """A test is done: stop the servers no remaining test needs."""
+        with self._lock:
+            for spec in set(self._needs.get(nodeid, ())):
+                self._remaining[spec] -= 1
+            for spec in self._in_use.pop(nodeid, set()):
+                if self._remaining.get(spec, 0) <= 0:
+                    self._stop(spec)
+            for spec in list(self._servers):
+                if self._remaining.get(spec, 0) <= 0 and not any(spec in used for used in self._in_use.values()):
+                    self._stop(spec)
+
+    def servers_used_by(self, nodeid: str) -> list[VLLMServer]:
+        return [self._servers[s] for s in self._in_use.get(nodeid, ()) if s in self._servers]
+
+    def running(self) -> list[VLLMServer]:
+        return [s for s in self._servers.values() if s.running]
+
+    def stop_all(self) -> None:
+        with self._lock:
+            specs = list(self._servers)
+            with ThreadPoolExecutor(max_workers=max(1, len(specs))) as ex:
+                list(ex.map(self._stop, specs))
+
+    # -- internals -------------------------------------------------------------------------
+    def _companions(self, spec: ServerSpec, nodeid: str) -> list[ServerSpec]:
+        """Servers worth booting together with ``spec``: the test's others, and its still-needed
+        family members (the other server of the pair)."""
+        found = [s for s in self._needs.get(nodeid, ()) if s != spec]
+        family = self._families.get(spec)
+        if family is not None:
+            found += [c for c, uses in self._remaining.items()
+                      if uses > 0 and c != spec and self._families.get(c) == family]
+        unique: list[ServerSpec] = []
+        for s in found:
+            if s not in unique and s not in self._failed and not (s in self._servers and self._servers[s].running):
+                unique.append(s)
+        return unique[: max(0, self.max_resident - 1)]
+
+    def _make_room(self, keep: set[ServerSpec], incoming: int) -> None:
+        resident = [s for s, srv in self._servers.items() if srv.running]
+        excess = len(resident) + incoming - self.max_resident
+        for spec in sorted(resident, key=lambda s: self._remaining.get(s, 0)):
+            if excess <= 0:
+                break
+            if spec not in keep:
+                self._say(f"stopping {spec.describe()} to make room (it boots again when needed)")
+                self._stop(spec)
+                excess -= 1
+
+    def _boot(self, specs: Iterable[ServerSpec]) -> None:
+        specs = list(specs)
+        if not specs:
+            return
+        servers = []
+        for spec in specs:
+            port = free_port()
+            slot = self._free_slot()
+            log_path = self._log_dir / f"{spec.role}-{spec.key}.log"
+            server = VLLMServer(spec, self._planner(spec, port, slot), port, log_path, stop_grace=self._stop_grace)
+            server.slot = slot
+            self._servers[spec] = server
+            servers.append(server)
+        if self._boot_order is BootOrder.PARALLEL:
+            for server in servers:
+                self._start(server)
+            self._wait(servers)
+        else:
+            for server in servers:
+                self._start(server)
+                self._wait([server])
+
+    def _free_slot(self) -> int:
+        taken = {srv.slot for srv in self._servers.values() if srv.slot is not None and srv.running}
+        taken |= {srv.slot for srv in self._servers.values() if srv.slot is not None and srv.started_at is None}
+        return next(i for i in range(len(taken) + 1) if i not in taken)
+
+    def _start(self, server: VLLMServer) -> None:
+        self._say(f"booting {server.spec.describe()} on port {server.port}; log: {server.log_path}")
+        server.start()
+
+    def _wait(self, servers: list[VLLMServer]) -> None:
+        """Wait for all ``servers`` at once; one progress line every PROGRESS_EVERY seconds."""
+        waiting = list(servers)
+        last_note = time.monotonic()
+        with httpx.Client(timeout=5.0) as http:
+            while waiting:
+                for server in list(waiting):
+                    try:
+                        ready = server.check_ready(http, self._startup_timeout)
+                    except ServerStartError as exc:
+                        self._failed[server.spec] = exc
+                        server.stop()
+                        self._say(f"FAILED: {server.spec.describe()} (the tests that need it will error)")
+                        waiting.remove(server)
+                        continue
+                    if ready:
+                        self.boot_seconds[server.spec] = server.ready_after or 0.0
+                        self._say(f"ready: {server.spec.role} server in {server.ready_after:.0f}s")
+                        waiting.remove(server)
+                if waiting and time.monotonic() - last_note >= PROGRESS_EVERY:
+                    last_note = time.monotonic()
+                    self._say("still booting: " + ", ".join(
+                        f"{s.spec.role} ({s.booting_for:.0f}s)" for s in waiting))
+                if waiting:
+                    time.sleep(0.5)
+
+    def _stop(self, spec: ServerSpec) -> None:
+        server = self._servers.pop(spec, None)
+        if server is not None and server.running:
+            self._say(f"stopping {spec.describe()}")
+        if server is not None:
+            server.stop()
+

@@ -1,0 +1,207 @@
+"""VLLMServer: one vLLM OpenAI server process, from boot to stop.
+
+Readiness is ``/health`` answering 200 and ``/v1/models`` listing the served model (vLLM's own
+test harness and SGLang's ``popen_launch_server`` do the same). A server that exits while booting
+fails the waiting test within a second, with vLLM's error line, the command line and the log
+tail. The process runs under ``watchdog`` so that it dies with pytest, however pytest ends.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from pytest_vllm.errors import ServerStartError
+from pytest_vllm.server.spec import ServerSpec
+
+LOG_TAIL_LINES = 50
+# Lines that carry the reason a vLLM process died (the last one wins).
+_ERROR_LINE = re.compile(r"(^|\s)(\w+\.)*\w*(Error|Exception|Exit)\b:?|\bERROR\b|out of memory", re.IGNORECASE)
+_NOISE = re.compile(r"warn|deprecat|ulimit|ERROR_LINE", re.IGNORECASE)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def read_tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 256 * 1024))
+            text = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return []
+    return text.splitlines()[-lines:]
+
+
+def find_error_line(lines: Sequence[str]) -> str | None:
+    """The last line that states an error (vLLM's own words for why it died)."""
+    for line in reversed(lines):
+        stripped = line.strip()
+        if stripped and _ERROR_LINE.search(stripped) and not _NOISE.search(stripped):
+            return stripped
+    return None
+
+
+@dataclass
+class LaunchPlan:
+    """What is executed: the vLLM command line and its environment additions."""
+
+    argv: list[str]
+    env: dict[str, str]
+
+    def shell_line(self) -> str:
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items()))
+        return (env + " " if env else "") + shlex.join(self.argv)
+
+
+class VLLMServer:
+    """A vLLM server process under a watchdog; ``start`` returns at once, ``wait_ready`` blocks."""
+
+    def __init__(self, spec: ServerSpec, plan: LaunchPlan, port: int, log_path: Path,
+                 stop_grace: float = 15.0) -> None:
+        self.spec = spec
+        self.plan = plan
+        self.port = port
+        self.log_path = log_path
+        self.stop_grace = stop_grace
+        self.url = f"http://127.0.0.1:{port}"
+        self._watchdog: subprocess.Popen[bytes] | None = None
+        self._lifeline_w: int | None = None
+        self.started_at: float | None = None
+        self.ready_after: float | None = None
+        self.slot: int | None = None  # set by the pool: which CPU core / GPU share this server holds
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "w", encoding="utf-8") as log:
+            log.write(f"[pytest-vllm] {self.spec.describe()}\n[pytest-vllm] command: {self.plan.shell_line()}\n")
+        read_end, write_end = os.pipe()
+        env = {**os.environ, **self.plan.env}
+        cmd = [sys.executable, "-m", "pytest_vllm.server.watchdog", "--lifeline", str(read_end),
+               "--log", str(self.log_path), "--grace", str(self.stop_grace), "--", *self.plan.argv]
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
+                                                          env.get("PYTHONPATH")]))
+        try:
+            with open(self.log_path, "ab") as watchdog_errors:
+                self._watchdog = subprocess.Popen(cmd, env=env, pass_fds=(read_end,), start_new_session=True,
+                                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                                  stderr=watchdog_errors)
+        finally:
+            os.close(read_end)
+        self._lifeline_w = write_end  # never written; closing it (or dying) stops the server
+        self.started_at = time.monotonic()
+
+    def wait_ready(self, timeout: float) -> None:
+        """Block until ready; raise ServerStartError (and stop the server) if it dies or times out."""
+        with httpx.Client(timeout=5.0) as http:
+            while not self.check_ready(http, timeout):
+                time.sleep(0.5)
+
+    def check_ready(self, http: httpx.Client, timeout: float) -> bool:
+        """One readiness probe: True when ready, False while booting, ServerStartError on failure."""
+        assert self.started_at is not None, "start() first"
+        if self.ready_after is not None:
+            return True
+        code = self.exit_code()
+        if code is not None:
+            raise self._start_error(f"exited with code {code} while booting")
+        if self._is_ready(http):
+            self.ready_after = time.monotonic() - self.started_at
+            return True
+        if time.monotonic() - self.started_at > timeout:
+            self.stop()
+            raise self._start_error(f"was not ready after {timeout:.0f}s (--vllm-startup-timeout)")
+        return False
+
+    @property
+    def booting_for(self) -> float:
+        return 0.0 if self.started_at is None else time.monotonic() - self.started_at
+
+    def _is_ready(self, http: httpx.Client) -> bool:
+        try:
+            if http.get(f"{self.url}/health").status_code != 200:
+                return False
+            models = http.get(f"{self.url}/v1/models").json()
+        except (httpx.HTTPError, ValueError):
+            return False
+        return any(m.get("id") == self.spec.served_model_name for m in models.get("data", []))
+
+    def exit_code(self) -> int | None:
+        return None if self._watchdog is None else self._watchdog.poll()
+
+    @property
+    def running(self) -> bool:
+        return self._watchdog is not None and self._watchdog.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._watchdog.pid if self._watchdog else None
+
+    def stop(self) -> None:
+        """Stop the whole process tree: the watchdog sends SIGTERM, waits, then SIGKILLs."""
+        watchdog = self._watchdog
+        if watchdog is None:
+            return
+        if watchdog.poll() is None:
+            try:
+                watchdog.send_signal(signal.SIGTERM)
+                watchdog.wait(timeout=self.stop_grace + 15)
+            except subprocess.TimeoutExpired:
+                self._kill_group(watchdog.pid)
+                watchdog.wait(timeout=10)
+            except ProcessLookupError:
+                pass
+        self._kill_group(watchdog.pid)  # anything left in the group (should be nothing)
+        if self._lifeline_w is not None:
+            os.close(self._lifeline_w)
+            self._lifeline_w = None
+
+    @staticmethod
+    def _kill_group(pgid: int) -> None:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    # -- diagnostics -----------------------------------------------------------------------
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> list[str]:
+        return read_tail(self.log_path, lines)
+
+    def _start_error(self, what: str) -> ServerStartError:
+        tail = self.log_tail()
+        reason = find_error_line(tail)
+        lines = [f"{self.spec.describe()} {what}"]
+        if reason:
+            lines.append(f"vLLM says: {reason}")
+        lines += _hints(self.spec, tail)
+        lines += [f"command: {self.plan.shell_line()}", f"full log: {self.log_path}",
+                  f"--- last {len(tail)} log lines ---", *tail]
+        return ServerStartError("\n".join(lines))
+
+
+def _hints(spec: ServerSpec, tail: Sequence[str]) -> list[str]:
+    hints = []
+    model = Path(spec.model).expanduser()
+    if spec.model.startswith(("/", ".", "~")) and not model.exists():
+        hints.append(f"hint: the model path {spec.model} does not exist; check --base-model/--compressed-model")
+    text = "\n".join(tail).lower()
+    if "out of memory" in text or "outofmemory" in text:
+        hints.append("hint: out of memory; lower max_model_len / max_num_seqs or gpu_memory_utilization")
+    return hints

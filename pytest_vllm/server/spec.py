@@ -1,0 +1,125 @@
+"""ServerSpec: everything that makes one vLLM server differ from another.
+
+Tests whose resolved spec is equal share one server process. A spec is resolved from, in
+increasing priority: the GPU profile's defaults, the role's defaults (the compressed role's
+online quantization, the GPU memory split), and ``vllm_server`` markers from module to
+function (the closest marker wins per flag).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pytest_vllm.errors import UsageError
+
+BASE = "base"
+COMPRESSED = "compressed"
+PAIR_ROLES = (BASE, COMPRESSED)
+
+MARKER = "vllm_server"
+MARKER_HELP = (
+    "vllm_server(role=None, env=None, **flags): boot the server(s) this test uses with these vLLM "
+    "flags, named as in `vllm serve --help` with underscores (max_num_seqs=8, "
+    "enable_prefix_caching=True). role='base' or 'compressed' limits the flags to that server; env "
+    "adds environment variables. Applies on functions, classes and modules (pytestmark); the closest "
+    "marker wins per flag. Flags are checked against vLLM's parser before any boot."
+)
+# Marker keywords that are not vLLM flags.
+_MARKER_KEYWORDS = frozenset({"role", "env"})
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """A hashable description of one server; equal specs share one process."""
+
+    role: str
+    model: str
+    flags: tuple[tuple[str, str], ...] = ()  # (name, JSON-encoded value), sorted
+    env: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def create(cls, role: str, model: str, flags: Mapping[str, Any] | None = None,
+               env: Mapping[str, str] | None = None) -> ServerSpec:
+        encoded = tuple(sorted((_normal_key(k), json.dumps(v, sort_keys=True)) for k, v in (flags or {}).items()))
+        return cls(role=role, model=str(model), flags=encoded,
+                   env=tuple(sorted((str(k), str(v)) for k, v in (env or {}).items())))
+
+    @property
+    def flag_dict(self) -> dict[str, Any]:
+        return {k: json.loads(v) for k, v in self.flags}
+
+    @property
+    def env_dict(self) -> dict[str, str]:
+        return dict(self.env)
+
+    @property
+    def key(self) -> str:
+        """A short stable id: the same spec gets the same key in every run (baselines use it)."""
+        blob = json.dumps([self.role, self.model, self.flags, self.env])
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    @property
+    def served_model_name(self) -> str:
+        return str(self.flag_dict.get("served_model_name") or served_name_for(self.model))
+
+    def describe(self) -> str:
+        flags = ", ".join(f"{k}={json.loads(v)!r}" for k, v in self.flags if k != "served_model_name")
+        return f"{self.role} server: {self.model}" + (f" ({flags})" if flags else "")
+
+    def with_flags(self, **flags: Any) -> ServerSpec:
+        return ServerSpec.create(self.role, self.model, {**self.flag_dict, **flags}, self.env_dict)
+
+
+def _normal_key(key: str) -> str:
+    return key.lstrip("-").replace("-", "_")
+
+
+def served_name_for(model: str) -> str:
+    """A readable served model name: a local path's folder name, or the hub id as vLLM would use."""
+    path = Path(model)
+    if model.startswith(("/", ".", "~")) or path.exists():
+        return path.expanduser().name or model
+    return model
+
+
+@dataclass(frozen=True)
+class MarkerFlags:
+    """The keyword arguments of one vllm_server marker, split into flags, env and role scope."""
+
+    flags: Mapping[str, Any] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)
+    roles: frozenset[str] | None = None  # None: every role
+
+    @classmethod
+    def from_kwargs(cls, kwargs: Mapping[str, Any], where: str) -> MarkerFlags:
+        role = kwargs.get("role")
+        roles: frozenset[str] | None = None
+        if role is not None:
+            roles = frozenset([role] if isinstance(role, str) else role)
+        env = kwargs.get("env") or {}
+        if not isinstance(env, Mapping):
+            raise UsageError(f"{where}: vllm_server(env=...) must be a dict of environment variables")
+        flags = {k: v for k, v in kwargs.items() if k not in _MARKER_KEYWORDS}
+        return cls(flags=flags, env={str(k): str(v) for k, v in env.items()}, roles=roles)
+
+    def applies_to(self, role: str) -> bool:
+        return self.roles is None or role in self.roles
+
+
+def merge_flags(role: str, layers: Iterable[Mapping[str, Any]], markers: Iterable[MarkerFlags]
+                ) -> tuple[dict[str, Any], dict[str, str]]:
+    """Merge default layers then markers (farthest first) for one role: later entries win."""
+    flags: dict[str, Any] = {}
+    env: dict[str, str] = {}
+    for layer in layers:
+        flags.update({_normal_key(k): v for k, v in layer.items()})
+    for marker in markers:
+        if marker.applies_to(role):
+            flags.update({_normal_key(k): v for k, v in marker.flags.items()})
+            env.update(marker.env)
+    return flags, env

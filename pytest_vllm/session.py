@@ -1,0 +1,233 @@
+"""VLLMSession: the plugin's state for one pytest run.
+
+It resolves the GPU profile and model pair once, turns each test's markers into server specs
+(validated against vLLM's parser at collection), plans and reorders tests so each server boots
+once, and hands out ready servers. The pytest hooks in ``plugin.py`` only delegate here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from pytest_vllm.config import RunConfig
+from pytest_vllm.errors import UsageError
+from pytest_vllm.gpu import DeviceInfo, GPUProfile, detect_device, resolve_profile
+from pytest_vllm.models.pair import RoleModel, resolve_role
+from pytest_vllm.paths import cache_dir
+from pytest_vllm.server.flags import VLLMArgSchema, load_schema, to_argv
+from pytest_vllm.server.handle import ServerHandle, connect_remote
+from pytest_vllm.server.pool import ServerPool
+from pytest_vllm.server.process import LaunchPlan
+from pytest_vllm.server.spec import BASE, COMPRESSED, PAIR_ROLES, MarkerFlags, ServerSpec, merge_flags
+
+SERVER_ENV = {
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+    "PYTHONUNBUFFERED": "1",
+    # FlashInfer is optional in vLLM wheels; its sampler probe fails without it.
+    "VLLM_USE_FLASHINFER_SAMPLER": "0",
+}
+
+
+@dataclass
+class ItemNeeds:
+    """The servers one test needs: by role, with the markers that shape them."""
+
+    roles: tuple[str, ...]
+    markers: tuple[MarkerFlags, ...]
+    specs: tuple[ServerSpec, ...] = ()
+    family: str = ""
+    skip_reason: str | None = None
+
+
+@dataclass
+class VLLMSession:
+    config: RunConfig
+    say: Callable[[str], None] = print
+    needs: dict[str, ItemNeeds] = field(default_factory=dict)
+    _remote: dict[str, ServerHandle] = field(default_factory=dict)
+
+    # -- resolved once -----------------------------------------------------------------------
+    @cached_property
+    def device(self) -> DeviceInfo:
+        return detect_device()
+
+    @cached_property
+    def profile(self) -> GPUProfile:
+        return resolve_profile(self.config.gpu, self.device, force=self.config.gpu_force)
+
+    @cached_property
+    def schema(self) -> VLLMArgSchema:
+        return load_schema(self.config.python, cache_dir())
+
+    @cached_property
+    def pool(self) -> ServerPool:
+        return ServerPool(planner=self.launch_plan, log_dir=self.config.log_dir,
+                          startup_timeout=self.config.startup_timeout, stop_grace=self.config.stop_timeout,
+                          boot_order=self.profile.boot_order, say=self.say)
+
+    def role_model(self, role: str) -> RoleModel:
+        cache = self.__dict__.setdefault("_role_models", {})
+        if role not in cache:
+            cache[role] = resolve_role(role, self.config.base_model, self.config.compressed_model, self.profile)
+        return cache[role]
+
+    @property
+    def remote(self) -> bool:
+        return self.config.urls.any
+
+    # -- specs -------------------------------------------------------------------------------
+    def spec_for(self, role: str, markers: Sequence[MarkerFlags], model: str | None = None) -> ServerSpec:
+        """The server spec for ``role`` under these markers (farthest first), flags validated."""
+        layers: list[dict[str, Any]] = [dict(self.profile.server_defaults)]
+        if model is None:
+            role_model = self.role_model(role)
+            model = role_model.model
+            layers.append(role_model.flags)
+        if role in PAIR_ROLES and self.profile.pair_gpu_memory_utilization:
+            layers.append({"gpu_memory_utilization": self.profile.pair_gpu_memory_utilization})
+        flags, env = merge_flags(role, layers, markers)
+        spec = ServerSpec.create(role, model, flags, {**self.profile.server_env, **env})
+        to_argv(spec.flag_dict, self.schema)  # raises UsageError naming every bad flag
+        return spec
+
+    def launch_plan(self, spec: ServerSpec, port: int, slot: int) -> LaunchPlan:
+        flags = spec.flag_dict
+        flags.setdefault("served_model_name", spec.served_model_name)
+        argv = [self.config.python, "-m", "vllm.entrypoints.openai.api_server", "--model", spec.model,
+                "--host", "127.0.0.1", "--port", str(port), *to_argv(flags, self.schema)]
+        env = {**SERVER_ENV, **spec.env_dict}
+        if not self.profile.is_gpu and "VLLM_CPU_OMP_THREADS_BIND" not in env:
+            # vLLM binds every CPU server's compute threads to the same core by default; two
+            # servers booting or serving side by side would then share one core.
+            cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+            binding = cpu_binding(cores, slot, slots=self.pool.max_resident)
+            if binding:
+                env["VLLM_CPU_OMP_THREADS_BIND"] = binding
+        if Path(spec.model).expanduser().exists():
+            env.setdefault("HF_HUB_OFFLINE", "1")  # a local checkpoint needs no hub; fail fast without one
+        return LaunchPlan(argv=argv, env=env)
+
+    # -- planning ------------------------------------------------------------------------------
+    def plan(self, items: Sequence[tuple[str, tuple[str, ...], list[MarkerFlags]]]) -> None:
+        """Resolve every test's specs (usage errors for all tests at once) and plan the pool.
+
+        ``items``: (node id, roles needed, markers farthest first) per test.
+        """
+        problems: list[str] = []
+        for nodeid, roles, markers in items:
+            if not roles:
+                continue
+            need = ItemNeeds(roles=roles, markers=tuple(markers))
+            need.family = json.dumps([sorted(m.flags.items(), key=str) for m in markers], default=str)
+            if self.remote:
+                need.skip_reason = self._remote_skip_reason(roles, markers)
+            else:
+                try:
+                    need.specs = tuple(self.spec_for(role, markers) for role in roles)
+                except UsageError as exc:
+                    problems.append(f"{nodeid}: {exc}")
+            self.needs[nodeid] = need
+        if problems:
+            raise UsageError("\n".join(problems))
+        if not self.remote:
+            families = {spec: need.family for need in self.needs.values() for spec in need.specs}
+            self.pool.plan({nodeid: need.specs for nodeid, need in self.needs.items()}, families)
+
+    def _remote_skip_reason(self, roles: Sequence[str], markers: Sequence[MarkerFlags]) -> str | None:
+        for role in roles:
+            if not self.config.urls.for_role(role):
+                return f"needs the {role} server; --vllm-url gave none (add --vllm-url {role}=URL)"
+            if any(m.applies_to(role) and (m.flags or m.env) for m in markers):
+                return (f"needs a {role} server booted with its vllm_server flags; a --vllm-url server "
+                        "runs with its own flags")
+        return None
+
+    def order(self, nodeids: Sequence[str]) -> list[str]:
+        """Group tests that use the same server configuration, keeping first-seen order otherwise."""
+        if self.config.keep_order:
+            return list(nodeids)
+        first_seen: dict[str, int] = {}
+        keys = []
+        for index, nodeid in enumerate(nodeids):
+            need = self.needs.get(nodeid)
+            group = "" if need is None or need.skip_reason else need.family
+            first_seen.setdefault(group, index)
+            keys.append((first_seen[group], index, nodeid))
+        return [nodeid for _, _, nodeid in sorted(keys)]
+
+    # -- serving ------------------------------------------------------------------------------
+    def handle(self, role: str, nodeid: str) -> ServerHandle:
+        """A ready server for ``role`` as planned for this test."""
+        need = self.needs.get(nodeid)
+        if self.remote:
+            return self._remote_handle(role)
+        if need is None or role not in need.roles:
+            raise UsageError(f"{nodeid} asked for the {role} server outside the plan")
+        spec = need.specs[need.roles.index(role)]
+        return self._serve(spec, nodeid)
+
+    def handle_for_spec(self, spec: ServerSpec, nodeid: str) -> ServerHandle:
+        if self.remote:
+            raise UsageError("vllm_server_factory boots servers; it cannot run with --vllm-url")
+        return self._serve(spec, nodeid)
+
+    def _serve(self, spec: ServerSpec, nodeid: str) -> ServerHandle:
+        server = self.pool.get(spec, nodeid)
+        return ServerHandle(role=spec.role, url=server.url, model=spec.served_model_name, spec=spec,
+                            log_path=server.log_path)
+
+    def _remote_handle(self, role: str) -> ServerHandle:
+        if role not in self._remote:
+            url = self.config.urls.for_role(role)
+            if not url:
+                raise UsageError(f"no {role} server: pass --vllm-url {role}=URL")
+            self._remote[role] = connect_remote(role, url, self.config.api_key)
+        return self._remote[role]
+
+    def finished(self, nodeid: str) -> None:
+        if not self.remote and "pool" in self.__dict__:
+            self.pool.finished(nodeid)
+
+    def shutdown(self) -> None:
+        if "pool" in self.__dict__:
+            self.pool.stop_all()
+
+    # -- reporting ----------------------------------------------------------------------------
+    def header_lines(self) -> list[str]:
+        lines = []
+        try:
+            profile = self.profile.name
+        except UsageError as exc:
+            return [f"vllm: {exc}"]
+        device = self.device
+        what = f"{device.count}x {device.name} (driver {device.driver})" if device.is_gpu else f"CPU {device.name}"
+        lines.append(f"vllm: profile {profile}, device {what}")
+        if self.remote:
+            lines.append(f"vllm: remote servers: base={self.config.urls.base} "
+                         f"compressed={self.config.urls.compressed}")
+        else:
+            for role in (BASE, COMPRESSED):
+                try:
+                    lines.append(f"vllm: {role} model {self.role_model(role).describe()}")
+                except UsageError as exc:
+                    lines.append(f"vllm: {role} model unavailable: {exc}")
+        return lines
+
+
+def cpu_binding(cores: Sequence[int], slot: int, slots: int) -> str | None:
+    """The cores for the CPU server in ``slot``: an equal share each, one core per share left for
+    the API server process when a share has more than two (as vLLM's own auto binding does)."""
+    if len(cores) < 2:
+        return None
+    share = max(1, len(cores) // slots)
+    mine = list(cores[(slot % slots) * share:(slot % slots + 1) * share]) or [cores[slot % len(cores)]]
+    if len(mine) > 2:
+        mine = mine[:-1]
+    return ",".join(str(c) for c in mine)
