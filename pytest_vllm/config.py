@@ -67,7 +67,24 @@ OPTIONS: tuple[Option, ...] = (
            metavar="PATH"),
     Option("keep_order", "--vllm-keep-order", "run tests in file order instead of grouping tests that "
            "share a server (grouping boots each server once)", kind="bool", default=False),
+    Option("update_baselines", "--update-baselines", "record this run's measurements as the baselines "
+           "(atomic writes; only measurements without failed requests are written)", kind="bool", default=False),
+    Option("baseline_dir", "--vllm-baseline-dir", "folder of baseline files (layout <gpu>/<model>/<module>/<test>.json)",
+           default="baselines", metavar="DIR"),
+    Option("missing_baseline", "--vllm-missing-baseline", "what a measurement without a baseline does: fail "
+           "(default) or skip; it never passes silently", default="fail", metavar="fail|skip"),
+    Option("repeats", "--vllm-repeats", "repetitions of every measurement (odd; the median gates); default: the "
+           "workload's own (3)", kind="int", metavar="N"),
+    Option("noise_k", "--vllm-noise-k", "relative budgets widen to this many times the baseline's spread ...",
+           kind="float", default=2.0, metavar="K"),
+    Option("max_tolerance", "--vllm-max-tolerance", "... but never beyond this relative tolerance",
+           kind="float", default=0.20, metavar="FRACTION"),
+    Option("report_dir", "--vllm-report-dir", "folder for results.json, summary.md and report.html",
+           default=".pytest_vllm/reports", metavar="DIR"),
 )
+
+# Sub-tables [tool.pytest_vllm.<name>] beside the options.
+TABLES = ("budgets",)
 
 OPTIONS_BY_NAME = {o.name: o for o in OPTIONS}
 
@@ -101,12 +118,29 @@ class RunConfig:
     log_dir: Path = Path(".pytest_vllm/logs")
     python: str = sys.executable
     keep_order: bool = False
+    update_baselines: bool = False
+    baseline_dir: Path = Path("baselines")
+    missing_baseline: str = "fail"
+    repeats: int | None = None
+    noise_k: float = 2.0
+    max_tolerance: float = 0.20
+    report_dir: Path = Path(".pytest_vllm/reports")
+    budgets: Mapping[str, Any] = field(default_factory=dict)  # [tool.pytest_vllm.budgets]
 
     @classmethod
     def from_values(cls, rootdir: Path, values: Mapping[str, Any], environ: Mapping[str, str]) -> RunConfig:
         """Build from already-merged raw values keyed by option name (strings allowed)."""
         get = lambda name: coerce(OPTIONS_BY_NAME[name], values.get(name))  # noqa: E731
-        log_dir = Path(str(get("log_dir")))
+        under_root = lambda p: p if p.is_absolute() else rootdir / p  # noqa: E731
+        missing = str(get("missing_baseline")).lower()
+        if missing not in ("fail", "skip"):
+            raise UsageError(f"--vllm-missing-baseline must be fail or skip, not {missing!r}")
+        repeats = get("repeats")
+        if repeats is not None and (repeats < 1 or repeats % 2 == 0):
+            raise UsageError(f"--vllm-repeats must be odd and positive (the median of an odd count), not {repeats}")
+        budgets = values.get("budgets") or {}
+        if not isinstance(budgets, Mapping):
+            raise UsageError("[tool.pytest_vllm.budgets] must be a table of metric = \"budget\"")
         return cls(
             rootdir=rootdir,
             gpu=get("gpu"),
@@ -117,9 +151,17 @@ class RunConfig:
             api_key=get("api_key") or environ.get("VLLM_API_KEY") or "EMPTY",
             startup_timeout=float(get("startup_timeout")),
             stop_timeout=float(get("stop_timeout")),
-            log_dir=log_dir if log_dir.is_absolute() else rootdir / log_dir,
+            log_dir=under_root(Path(str(get("log_dir")))),
             python=get("python") or sys.executable,
             keep_order=bool(get("keep_order")),
+            update_baselines=bool(get("update_baselines")),
+            baseline_dir=under_root(Path(str(get("baseline_dir")))),
+            missing_baseline=missing,
+            repeats=repeats,
+            noise_k=float(get("noise_k")),
+            max_tolerance=float(get("max_tolerance")),
+            report_dir=under_root(Path(str(get("report_dir")))),
+            budgets=dict(budgets),
         )
 
 

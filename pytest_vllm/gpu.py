@@ -192,7 +192,7 @@ def resolve_profile(requested: str | None, device: DeviceInfo, force: bool = Fal
         raise UsageError(
             f"--gpu {key} was asked for, but this machine has {seen}"
             + (f", which is the {detected.name!r} profile" if detected else "")
-            + f". Baselines of one device must not judge another: pass --gpu "
+            + ". Baselines of one device must not judge another: pass --gpu "
             + (detected.name if detected else "NAME")
             + ", or add --gpu-force to run the "
             + f"{key!r} profile anyway."

@@ -6,13 +6,16 @@ import, so ``pytest --help`` stays fast. The state of a run lives in ``session.V
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pytest
 import pytest_asyncio
 
-from pytest_vllm.config import OPTIONS, RunConfig, check_table_keys, read_pyproject_table
+from pytest_vllm.budgets import MARKER_HELP as BUDGET_MARKER_HELP
+from pytest_vllm.budgets import PAIR_MARKER_HELP as PAIR_BUDGET_MARKER_HELP
+from pytest_vllm.config import OPTIONS, TABLES, RunConfig, check_table_keys, read_pyproject_table
 from pytest_vllm.errors import ServerStartError, UsageError
 from pytest_vllm.server.handle import ServerHandle
 from pytest_vllm.server.spec import BASE, COMPRESSED, MARKER, MARKER_HELP, PAIR_ROLES, MarkerFlags
@@ -20,6 +23,8 @@ from pytest_vllm.session import VLLMSession
 
 if TYPE_CHECKING:
     import openai
+
+    from pytest_vllm.bench import Bench
 
 SESSION_KEY = pytest.StashKey[VLLMSession]()
 # Fixtures that need a server of a fixed role.
@@ -45,26 +50,28 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", MARKER_HELP)
-    rootdir = config.rootpath
-    table = read_pyproject_table(rootdir)
-    check_table_keys(table, {o.name for o in OPTIONS}, f"{rootdir / 'pyproject.toml'} [tool.pytest_vllm]")
-    values: dict[str, Any] = {}
-    for option in OPTIONS:
-        cli = config.getoption(option.dest)
-        ini = config.getini(option.ini_name)
-        values[option.name] = next((v for v in (cli, ini, table.get(option.name)) if v not in (None, "", [])), None)
+    for line in (MARKER_HELP, BUDGET_MARKER_HELP, PAIR_BUDGET_MARKER_HELP):
+        config.addinivalue_line("markers", line)
     try:
-        run_config = RunConfig.from_values(rootdir, values, environ=__import__("os").environ)
+        run_config = _run_config(config)
+        session = VLLMSession(run_config, say=_make_say(config))
+        if run_config.gpu:  # an explicit --gpu is checked against the machine before anything runs
+            session.profile  # noqa: B018 - resolves and validates
     except UsageError as exc:
         raise pytest.UsageError(str(exc)) from None
-    session = VLLMSession(run_config, say=_make_say(config))
     config.stash[SESSION_KEY] = session
-    if run_config.gpu:  # an explicit --gpu is checked against the machine before anything runs
-        try:
-            session.profile  # noqa: B018 - resolves and validates
-        except UsageError as exc:
-            raise pytest.UsageError(str(exc)) from None
+
+
+def _run_config(config: pytest.Config) -> RunConfig:
+    """Merge CLI > ini > [tool.pytest_vllm] > defaults for every option."""
+    rootdir = config.rootpath
+    table = read_pyproject_table(rootdir)
+    check_table_keys(table, {o.name for o in OPTIONS} | set(TABLES), f"{rootdir / 'pyproject.toml'} [tool.pytest_vllm]")
+    values: dict[str, Any] = {name: table[name] for name in TABLES if name in table}
+    for option in OPTIONS:
+        sources = (config.getoption(option.dest), config.getini(option.ini_name), table.get(option.name))
+        values[option.name] = next((v for v in sources if v not in (None, "", [])), None)
+    return RunConfig.from_values(rootdir, values, environ=os.environ)
 
 
 def _make_say(config: pytest.Config) -> Callable[[str], None]:
@@ -110,6 +117,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     try:
         plans = [(item.nodeid, _roles_of(item), _markers_of(item)) for item in items]
         vllm_session.plan(plans)
+        _check_budget_markers(items)
     except UsageError as exc:
         raise pytest.UsageError(str(exc)) from None
     for item in items:
@@ -118,6 +126,24 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             item.add_marker(pytest.mark.skip(reason=need.skip_reason))
     by_id = {item.nodeid: item for item in items}
     items[:] = [by_id[nodeid] for nodeid in vllm_session.order([item.nodeid for item in items])]
+
+
+def _check_budget_markers(items: list[pytest.Item]) -> None:
+    """Unknown metrics or malformed budgets fail the collection, for every test at once."""
+    from pytest_vllm.bench import marker_budgets
+
+    problems = []
+    for item in items:
+        try:
+            marker_budgets(item)
+        except UsageError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise UsageError("\n".join(problems))
+
+
+def pytest_report_collectionfinish(config: pytest.Config) -> list[str]:
+    return config.stash[SESSION_KEY].plan_lines()
 
 
 # -- test lifecycle ------------------------------------------------------------------------
@@ -140,6 +166,20 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         tail = "\n".join(server.log_tail(LOG_LINES_IN_REPORT))
         report.sections.append((f"vllm {server.spec.role} server log (last {LOG_LINES_IN_REPORT} lines; "
                                 f"full log {server.log_path})", tail))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config) -> None:
+    session = config.stash.get(SESSION_KEY, None)
+    if session is None:
+        return
+    lines, written = session.finish_reports(exitstatus)
+    if not lines and not written:
+        return
+    terminalreporter.section("vllm summary")
+    for line in lines:
+        terminalreporter.write_line(line)
+    if written:
+        terminalreporter.write_line("reports: " + ", ".join(str(p) for p in written))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -222,6 +262,25 @@ def vllm_server_factory(request: pytest.FixtureRequest) -> Callable[..., ServerH
             pytest.fail(str(exc), pytrace=False)
 
     return make
+
+
+@pytest.fixture
+def vllm_bench(request: pytest.FixtureRequest) -> Bench:
+    """Measure load on a server and gate it: ``vllm_bench.run(server, Workload(...))``,
+    ``vllm_bench.compare(server_pair, workload)``, ``vllm_bench.single_stream(server, workload, benchmark)``.
+
+    Metrics follow `vllm bench serve`; the median of the repetitions is checked against the
+    baseline for this GPU (budgets from vllm_budget / vllm_pair_budget markers and
+    [tool.pytest_vllm.budgets]); --update-baselines records instead.
+    """
+    from pytest_vllm.bench import Bench
+
+    session: VLLMSession = request.config.stash[SESSION_KEY]
+    try:
+        state = session.bench_state
+    except UsageError as exc:
+        pytest.fail(f"usage error: {exc}", pytrace=False)
+    return Bench(state, request.node, session.say)
 
 
 @pytest.fixture

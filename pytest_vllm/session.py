@@ -13,7 +13,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import httpx
 
 from pytest_vllm.config import RunConfig
 from pytest_vllm.errors import UsageError
@@ -24,7 +26,18 @@ from pytest_vllm.server.flags import VLLMArgSchema, load_schema, to_argv
 from pytest_vllm.server.handle import ServerHandle, connect_remote
 from pytest_vllm.server.pool import ServerPool
 from pytest_vllm.server.process import LaunchPlan
-from pytest_vllm.server.spec import BASE, COMPRESSED, PAIR_ROLES, MarkerFlags, ServerSpec, merge_flags
+from pytest_vllm.server.spec import (
+    BASE,
+    COMPRESSED,
+    PAIR_ROLES,
+    MarkerFlags,
+    ServerSpec,
+    merge_flags,
+)
+
+if TYPE_CHECKING:
+    from pytest_vllm.bench import BenchState
+    from pytest_vllm.report.writer import Section
 
 SERVER_ENV = {
     "VLLM_NO_USAGE_STATS": "1",
@@ -199,7 +212,66 @@ class VLLMSession:
         if "pool" in self.__dict__:
             self.pool.stop_all()
 
+    # -- performance and reports ------------------------------------------------------------
+    @cached_property
+    def bench_state(self) -> BenchState:
+        from pytest_vllm.bench import BenchState, settings_for
+
+        device = self.device
+        return BenchState(settings_for(self.config, self.profile.name, device.name, device.driver, self.vllm_version))
+
+    @cached_property
+    def vllm_version(self) -> str:
+        if not self.remote:
+            return self.schema.vllm_version
+        try:
+            with httpx.Client(timeout=10) as http:
+                return str(http.get(f"{self.config.urls.base or self.config.urls.compressed}/version").json()["version"])
+        except (httpx.HTTPError, ValueError, KeyError):
+            return "unknown"
+
+    def sections(self) -> list[Section]:
+        """Report sections of whatever ran in this session."""
+        from pytest_vllm.report.writer import Section
+
+        sections = []
+        if "bench_state" in self.__dict__ and self.bench_state.measurements:
+            from pytest_vllm.report import perf, plots
+
+            state = self.bench_state
+            try:
+                images = plots.all_plots(state)
+            except Exception as exc:  # noqa: BLE001 - a plot must never hide the verdicts
+                self.say(f"plots skipped: {type(exc).__name__}: {exc}")
+                images = {}
+            sections.append(Section("performance", perf.tables(state), perf.to_json(state), images))
+        return sections
+
+    def finish_reports(self, exitstatus: int) -> tuple[list[str], list[Path]]:
+        """Terminal lines and report files for the end of the session."""
+        from pytest_vllm.report.writer import terminal_lines, write_reports
+
+        sections = self.sections()
+        if not sections:
+            return [], []
+        info = {"verdict": "PASS" if exitstatus == 0 else "FAIL", "gpu": self.profile.name,
+                "device": self.device.name, "vllm_version": self.vllm_version, "exit_status": int(exitstatus)}
+        written = write_reports(self.config.report_dir, sections, info, say=self.say)
+        return terminal_lines(sections), written
+
     # -- reporting ----------------------------------------------------------------------------
+    def plan_lines(self) -> list[str]:
+        """What will boot, for the terminal after collection (also with --collect-only)."""
+        uses: dict[ServerSpec, int] = {}
+        for need in self.needs.values():
+            for spec in need.specs:
+                uses[spec] = uses.get(spec, 0) + 1
+        skipped = sum(1 for need in self.needs.values() if need.skip_reason)
+        lines = [f"vllm: {len(uses)} server configuration(s) planned"
+                 + (f", {skipped} test(s) skipped (no matching --vllm-url server)" if skipped else "")]
+        lines += [f"vllm:   {spec.describe()} [{spec.key}], {n} test(s)" for spec, n in uses.items()]
+        return lines if uses or skipped else []
+
     def header_lines(self) -> list[str]:
         lines = []
         try:

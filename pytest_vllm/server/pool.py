@@ -169,7 +169,8 @@ class ServerPool:
                     try:
                         ready = server.check_ready(http, self._startup_timeout)
                     except ServerStartError as exc:
-                        self._failed[server.spec] = exc
+                        self._failed[server.spec] = exc  # its message already holds the log tail
+                        self._servers.pop(server.spec, None)
                         server.stop()
                         self._say(f"FAILED: {server.spec.describe()} (the tests that need it will error)")
                         waiting.remove(server)

@@ -64,6 +64,14 @@ class ServerSpec:
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     @property
+    def portable_key(self) -> str:
+        """Like ``key`` but equal on every machine: the served model name stands for the model path
+        (baselines compare runs across checkouts and caches)."""
+        flags = [f for f in self.flags if f[0] != "served_model_name"]
+        blob = json.dumps([self.role, self.served_model_name, flags, self.env])
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    @property
     def served_model_name(self) -> str:
         return str(self.flag_dict.get("served_model_name") or served_name_for(self.model))
 

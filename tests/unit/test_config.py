@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from pytest_vllm.config import OPTIONS_BY_NAME, RunConfig, check_table_keys, coerce, parse_urls, read_pyproject_table
+from pytest_vllm.config import (
+    OPTIONS_BY_NAME,
+    RunConfig,
+    check_table_keys,
+    coerce,
+    parse_urls,
+    read_pyproject_table,
+)
 from pytest_vllm.errors import UsageError
 
 

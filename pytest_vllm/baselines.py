@@ -1,0 +1,174 @@
+"""Baseline files: layout, schema, atomic writes.
+
+Layout: ``<baseline dir>/<gpu profile>/<served model>/<test file stem>/<test function>.json``.
+One file per test function holds one entry per measurement (parametrization and workload
+name), each keyed by the server spec and workload it was recorded with, so a changed
+configuration is never judged against another's numbers. Files are only written on request
+(``--update-baselines``), atomically (temp file + rename); a corrupt file is an error that names
+it, never silently replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pytest_vllm.errors import BaselineError
+from pytest_vllm.metrics import METRIC_DEFINITIONS, RepeatedResult
+
+FORMAT = "pytest-vllm-baseline/1"
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "_"
+
+
+def split_nodeid(nodeid: str) -> tuple[str, str, str]:
+    """``suites/test_perf.py::TestX::test_y[c4-base]`` → (``test_perf``, ``TestX.test_y``, ``c4-base``)."""
+    path, _, rest = nodeid.partition("::")
+    name, _, params = rest.partition("[")
+    return Path(path).stem, name.replace("::", "."), params.rstrip("]")
+
+
+@dataclass(frozen=True)
+class BaselineKey:
+    gpu: str
+    model: str  # served model name
+    nodeid: str
+    measurement: str  # workload name
+    role: str  # which server of the test (two servers of one model may be measured in one test)
+
+    @property
+    def entry_name(self) -> str:
+        _, _, params = split_nodeid(self.nodeid)
+        return "/".join(p for p in (params, self.role, self.measurement) if p)
+
+    def path(self, root: Path) -> Path:
+        module, function, _ = split_nodeid(self.nodeid)
+        return root / slug(self.gpu) / slug(self.model) / slug(module) / f"{slug(function)}.json"
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """One stored measurement."""
+
+    path: Path
+    entry_name: str
+    data: Mapping[str, Any]
+
+    def median(self, metric: str) -> float | None:
+        found = self.data["metrics"].get(metric)
+        return None if found is None else float(found["median"])
+
+    def spread(self, metric: str) -> float:
+        found = self.data["metrics"].get(metric)
+        return 0.0 if found is None else float(found.get("spread", 0.0))
+
+    @property
+    def server_key(self) -> str:
+        return str(self.data["server"]["key"])
+
+    @property
+    def workload_key(self) -> str:
+        return str(self.data["workload"]["key"])
+
+    @property
+    def recorded(self) -> str:
+        return str(self.data.get("environment", {}).get("recorded_at", "?"))
+
+
+def read_file(path: Path) -> dict[str, Any]:
+    """A baseline file's content, validated; BaselineError names the file and the fix."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise BaselineError(f"cannot read baseline {path}: {exc}") from None
+    except ValueError as exc:
+        raise BaselineError(f"baseline {path} is not valid JSON ({exc}); restore it from git "
+                            f"(git checkout -- {path}) or re-record it with --update-baselines") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("entries"), dict):
+        raise BaselineError(f"baseline {path} is not a {FORMAT} file; restore it from git or re-record it "
+                            "with --update-baselines")
+    for name, entry in data["entries"].items():
+        try:
+            entry["server"]["key"], entry["workload"]["key"]
+            for metric in entry["metrics"].values():
+                float(metric["median"])
+        except (KeyError, TypeError, ValueError):
+            raise BaselineError(f"baseline {path}, entry {name!r}, is damaged (missing keys or values); restore "
+                                "it from git or re-record it with --update-baselines") from None
+        if entry.get("metric_definitions") != METRIC_DEFINITIONS:
+            raise BaselineError(f"baseline {path}, entry {name!r}, uses metric definitions "
+                                f"{entry.get('metric_definitions')!r}, this version {METRIC_DEFINITIONS!r}; "
+                                "re-record it with --update-baselines")
+    return data
+
+
+def load(root: Path, key: BaselineKey) -> Baseline | None:
+    path = key.path(root)
+    if not path.is_file():
+        return None
+    entry = read_file(path)["entries"].get(key.entry_name)
+    return None if entry is None else Baseline(path, key.entry_name, entry)
+
+
+def environment_record(gpu: str, device_name: str, driver: str, vllm_version: str, rootdir: Path) -> dict[str, Any]:
+    import platform
+
+    from pytest_vllm import __version__
+
+    return {
+        "gpu_profile": gpu, "device_name": device_name, "driver": driver, "vllm_version": vllm_version,
+        "python": platform.python_version(), "pytest_vllm": __version__, "git_commit": git_commit(rootdir),
+        "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def git_commit(rootdir: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=rootdir, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def make_entry(result: RepeatedResult, server: Mapping[str, Any], workload: Mapping[str, Any],
+               environment: Mapping[str, Any], test_id: str, role: str) -> dict[str, Any]:
+    metrics = {
+        name: {"median": result.median(name), "runs": result.values(name), "spread": result.spread(name)}
+        for name in result.runs[0].values
+    }
+    return {"metric_definitions": METRIC_DEFINITIONS, "test_id": test_id, "role": role, "server": dict(server),
+            "workload": dict(workload), "environment": dict(environment), "metrics": metrics}
+
+
+def write(root: Path, key: BaselineKey, entry: Mapping[str, Any]) -> Path:
+    """Store ``entry`` atomically, keeping the file's other entries."""
+    path = key.path(root)
+    data: dict[str, Any] = {"format": FORMAT, "entries": {}}
+    if path.is_file():
+        data = read_file(path)  # a corrupt file stops the update: nothing stored is lost
+    data["entries"][key.entry_name] = dict(entry)
+    data["entries"] = dict(sorted(data["entries"].items()))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
+                                     delete=False, encoding="utf-8") as tmp:
+        json.dump(data, tmp, indent=1, sort_keys=False)
+        tmp.write("\n")
+    os.replace(tmp.name, path)
+    return path
+
+
+def iter_entries(root: Path) -> Iterator[tuple[Path, str, dict[str, Any]]]:
+    """Every (file, entry name, entry) under ``root``; corrupt files raise BaselineError."""
+    for path in sorted(root.rglob("*.json")):
+        for name, entry in read_file(path)["entries"].items():
+            yield path, name, entry

@@ -1,0 +1,135 @@
+"""Seeded prompts of exact token lengths, measured with the server's own tokenizer.
+
+The server's ``/tokenize`` and ``/detokenize`` endpoints count tokens the way the model does,
+so no local tokenizer (and no hub download) is needed, and a ``--vllm-url`` server works too.
+Text is seeded random English words, trimmed to the exact count and re-checked, because
+detokenize → tokenize does not always round-trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from pytest_vllm.errors import UsageError
+from pytest_vllm.load.workload import Workload
+
+WORDS = (
+    "time year people way day man thing woman life child world school state family student group "
+    "country problem hand part place case week company system program question work government "
+    "number night point home water room mother area money story fact month lot right study book "
+    "eye job word business issue side kind head house service friend father power hour game line "
+    "end member law car city community name president team minute idea kid body information back "
+    "parent face others level office door health person art war history party result change "
+    "morning reason research girl guy moment air teacher force education foot boy age policy music "
+    "river market garden window paper table light road letter forest island bridge mountain ocean "
+    "apple bread coffee silver engine signal planet summer winter spring autumn yellow green blue "
+    "quiet rapid gentle bright simple careful honest modern ancient golden hidden narrow"
+).split()
+
+MAX_ADJUST_ROUNDS = 8
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One request body's input: ``text`` for completions or ``messages`` for chat."""
+
+    text: str | None
+    messages: list[dict[str, str]] | None
+    input_tokens: int
+
+
+class PromptFactory:
+    """Builds exact-length prompts against one server (``/tokenize`` of that server's model)."""
+
+    def __init__(self, http: httpx.AsyncClient, model: str) -> None:
+        self._http = http
+        self._model = model
+
+    async def _tokenize(self, text: str | None = None, messages: list[dict[str, str]] | None = None,
+                        special: bool = True) -> list[int]:
+        body: dict[str, Any] = {"model": self._model}
+        if messages is not None:
+            body |= {"messages": messages, "add_generation_prompt": True}
+        else:
+            body |= {"prompt": text, "add_special_tokens": special}
+        response = await self._http.post("/tokenize", json=body)
+        if response.status_code != 200:
+            raise UsageError(f"the server's /tokenize answered {response.status_code}: {response.text[:300]}")
+        return list(response.json()["tokens"])
+
+    async def _detokenize(self, tokens: list[int]) -> str:
+        response = await self._http.post("/detokenize", json={"model": self._model, "tokens": tokens})
+        response.raise_for_status()
+        return str(response.json()["prompt"])
+
+    async def text_of_length(self, rng: random.Random, n_tokens: int, prefix: str = "") -> str:
+        """``prefix`` + seeded words: exactly ``n_tokens`` prompt tokens (special tokens included)."""
+        special = len(await self._tokenize(""))
+        text = prefix + " ".join(rng.choice(WORDS) for _ in range(n_tokens + 8))
+        for _ in range(MAX_ADJUST_ROUNDS):
+            count = len(await self._tokenize(text))
+            if count == n_tokens:
+                return text
+            if count > n_tokens:
+                body = await self._tokenize(text, special=False)
+                cut = await self._detokenize(body[: max(0, n_tokens - special)])
+                text = cut if cut.startswith(prefix) else prefix + cut[len(prefix):]
+            else:
+                text = text + " " + rng.choice(WORDS)
+        raise UsageError(f"could not build a prompt of exactly {n_tokens} tokens with this tokenizer")
+
+    async def build(self, workload: Workload, count: int, seed_offset: int = 0) -> list[Prompt]:
+        """``count`` prompts for ``workload``; the same seed gives the same prompts."""
+        if workload.dataset:
+            return load_dataset(Path(workload.dataset), workload.endpoint, count, workload.seed + seed_offset)
+        prefix = ""
+        if workload.shared_prefix_len:
+            prefix = await self.text_of_length(random.Random(workload.seed), workload.shared_prefix_len) + " "
+        chat_overhead = 0
+        if workload.endpoint == "chat":
+            chat_overhead = len(await self._tokenize(messages=[{"role": "user", "content": ""}]))
+
+        async def one(index: int) -> Prompt:
+            rng = random.Random(f"{workload.seed}-{seed_offset}-{index}")
+            if workload.endpoint == "chat":
+                target = max(1, workload.input_len - chat_overhead)
+                content = await self.text_of_length(rng, target, prefix)
+                messages = [{"role": "user", "content": content}]
+                return Prompt(None, messages, len(await self._tokenize(messages=messages)))
+            text = await self.text_of_length(rng, workload.input_len, prefix)
+            return Prompt(text, None, workload.input_len)
+
+        return list(await asyncio.gather(*(one(i) for i in range(count))))
+
+
+def load_dataset(path: Path, endpoint: str, count: int, seed: int) -> list[Prompt]:
+    """Prompts from a JSONL file: rows with "prompt" (text) or "messages" (a conversation)."""
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise UsageError(f"{path}:{number}: not JSON ({exc})") from None
+        if "messages" in row:
+            messages = row["messages"]
+            text = None if endpoint == "chat" else "\n".join(m["content"] for m in messages)
+            rows.append(Prompt(text, messages if endpoint == "chat" else None, 0))
+        elif "prompt" in row:
+            text = str(row["prompt"])
+            rows.append(Prompt(None if endpoint == "chat" else text,
+                               [{"role": "user", "content": text}] if endpoint == "chat" else None, 0))
+        else:
+            raise UsageError(f"{path}:{number}: a row needs a 'prompt' or 'messages' field")
+    if not rows:
+        raise UsageError(f"{path} holds no prompts")
+    rng = random.Random(seed)
+    return [rows[rng.randrange(len(rows))] if count > len(rows) else rows[i] for i in range(count)]

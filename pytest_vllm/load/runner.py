@@ -1,0 +1,185 @@
+"""Drive a Workload against one server: warmup, closed or open loop, repetitions, progress.
+
+Open-loop arrivals are scheduled on absolute times (start + offset), so a slow client shows up
+as send delay instead of silently lowering the rate. The client's own CPU time and event-loop lag
+are measured alongside, so a saturated client is reported as such, not blamed on the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+
+from pytest_vllm.load.client import RequestRecord, request_body, send_streaming
+from pytest_vllm.load.prompts import Prompt, PromptFactory
+from pytest_vllm.load.workload import Workload
+
+PROGRESS_EVERY = 10.0  # seconds between progress lines during a run
+LAG_TICK = 0.01  # seconds between event-loop lag probes
+
+
+@dataclass
+class RunResult:
+    """One repetition: its measured requests (warmup excluded) and the client's own costs."""
+
+    records: list[RequestRecord]
+    started_at: float
+    ended_at: float
+    client_cpu_s: float = 0.0
+    loop_lag_max_s: float = 0.0
+    loop_lag_mean_s: float = 0.0
+    requested_rate: float | None = None
+
+    @property
+    def duration(self) -> float:
+        return self.ended_at - self.started_at
+
+    @property
+    def failures(self) -> list[RequestRecord]:
+        return [r for r in self.records if not r.ok]
+
+
+@dataclass
+class WorkloadRuns:
+    workload: Workload
+    runs: list[RunResult] = field(default_factory=list)
+    prompt_tokens: int = 0
+
+
+def arrival_offsets(workload: Workload, count: int, repeat: int) -> list[float]:
+    """Seconds after the start at which each request is due (open loop): gamma-distributed gaps
+    with mean 1/rate; shape = burstiness (1 = Poisson, <1 burstier, >1 smoother)."""
+    assert workload.request_rate is not None
+    rng = random.Random(f"{workload.seed}-arrivals-{repeat}")
+    shape = workload.burstiness
+    scale = 1.0 / (workload.request_rate * shape)
+    offsets, now = [], 0.0
+    for _ in range(count):
+        offsets.append(now)
+        now += rng.gammavariate(shape, scale)
+    return offsets
+
+
+class _LagProbe:
+    """Measures how late the event loop wakes up: a saturated client lags."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            due = time.perf_counter() + LAG_TICK
+            await asyncio.sleep(LAG_TICK)
+            self.samples.append(max(0.0, time.perf_counter() - due))
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+
+async def _closed_loop(http: httpx.AsyncClient, path: str, bodies: list[dict], concurrency: int,
+                       records: list[RequestRecord]) -> None:
+    queue = iter(range(len(bodies)))
+
+    async def worker() -> None:
+        for index in queue:
+            records[index].scheduled_at = time.perf_counter()
+            await send_streaming(http, path, bodies[index], records[index])
+
+    await asyncio.gather(*(worker() for _ in range(min(concurrency, len(bodies)))))
+
+
+async def _open_loop(http: httpx.AsyncClient, path: str, bodies: list[dict], offsets: list[float],
+                     max_concurrency: int | None, records: list[RequestRecord], start: float) -> None:
+    gate = asyncio.Semaphore(max_concurrency) if max_concurrency else None
+
+    async def one(index: int) -> None:
+        due = start + offsets[index]
+        records[index].scheduled_at = due
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if gate is None:
+            await send_streaming(http, path, bodies[index], records[index])
+        else:
+            async with gate:
+                await send_streaming(http, path, bodies[index], records[index])
+
+    await asyncio.gather(*(one(i) for i in range(len(bodies))))
+
+
+async def _progress(label: str, records: list[RequestRecord], say: Callable[[str], None], start: float) -> None:
+    while True:
+        await asyncio.sleep(PROGRESS_EVERY)
+        done = [r for r in records if r.chunk_times and (r.output_tokens or r.error)]
+        failed = sum(1 for r in records if r.error)
+        tokens = sum(r.output_tokens for r in done)
+        elapsed = time.perf_counter() - start
+        say(f"{label}: {len(done)}/{len(records)} done, {failed} failed, {tokens / max(elapsed, 1e-9):.1f} out tok/s, "
+            f"{elapsed:.0f}s")
+
+
+async def run_workload_async(url: str, model: str, workload: Workload, api_key: str = "EMPTY",
+                             say: Callable[[str], None] = lambda _: None, label: str = "") -> WorkloadRuns:
+    """Warm up, then run ``workload.repeats`` measured repetitions on the same prompts."""
+    path = "/v1/chat/completions" if workload.endpoint == "chat" else "/v1/completions"
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    timeout = httpx.Timeout(connect=30.0, read=900.0, write=60.0, pool=None)
+    headers = {"Authorization": f"Bearer {api_key}"}
+    label = label or workload.name
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout, headers=headers) as http:
+        factory = PromptFactory(http, model)
+        prompts: list[Prompt] = await factory.build(workload, workload.num_requests)
+        warmup_prompts = await factory.build(workload, workload.warmup, seed_offset=1_000_003)
+        bodies = [request_body(workload, model, p) for p in prompts]
+        result = WorkloadRuns(workload, prompt_tokens=sum(p.input_tokens for p in prompts))
+
+        warm_records = [RequestRecord(i, warmup=True) for i in range(len(warmup_prompts))]
+        await _closed_loop(http, path, [request_body(workload, model, p) for p in warmup_prompts],
+                           workload.concurrency or 1, warm_records)
+        warm_errors = [r.error for r in warm_records if r.error]
+        if warm_errors:
+            say(f"{label}: {len(warm_errors)} warmup request(s) failed: {warm_errors[0]}")
+
+        for repeat in range(workload.repeats):
+            records = [RequestRecord(i) for i in range(len(bodies))]
+            probe = _LagProbe()
+            probe.start()
+            cpu_before = time.thread_time()
+            start = time.perf_counter()
+            progress = asyncio.create_task(_progress(f"{label} run {repeat + 1}/{workload.repeats}", records, say, start))
+            try:
+                if workload.closed_loop:
+                    await _closed_loop(http, path, bodies, workload.concurrency or 1, records)
+                else:
+                    offsets = arrival_offsets(workload, len(bodies), repeat)
+                    await _open_loop(http, path, bodies, offsets, workload.concurrency, records, start)
+            finally:
+                progress.cancel()
+                await probe.stop()
+            end = time.perf_counter()
+            lags = probe.samples or [0.0]
+            result.runs.append(RunResult(records=records, started_at=start, ended_at=end,
+                                         client_cpu_s=time.thread_time() - cpu_before,
+                                         loop_lag_max_s=max(lags), loop_lag_mean_s=sum(lags) / len(lags),
+                                         requested_rate=workload.request_rate))
+    return result
+
+
+def run_workload(url: str, model: str, workload: Workload, api_key: str = "EMPTY",
+                 say: Callable[[str], None] = lambda _: None, label: str = "") -> WorkloadRuns:
+    """Synchronous entry point (for plain test functions)."""
+    return asyncio.run(run_workload_async(url, model, workload, api_key=api_key, say=say, label=label))

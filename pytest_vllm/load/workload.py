@@ -1,0 +1,94 @@
+"""Workload: what load to drive, declared as data so results and baselines can be keyed by it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from pytest_vllm.errors import UsageError
+
+Endpoint = Literal["completions", "chat"]
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One load pattern. Closed loop when ``request_rate`` is None (``concurrency`` requests in
+    flight), open loop otherwise (arrivals at ``request_rate`` per second, Poisson when
+    ``burstiness`` is 1, gamma-distributed gaps otherwise, capped at ``concurrency`` if set)."""
+
+    name: str = "default"
+    endpoint: Endpoint = "completions"
+    num_requests: int = 16
+    input_len: int = 128
+    output_len: int = 64
+    concurrency: int | None = 1
+    request_rate: float | None = None
+    burstiness: float = 1.0
+    warmup_requests: int | None = None  # default: the concurrency (at least 1)
+    seed: int = 0
+    ignore_eos: bool = True
+    shared_prefix_len: int = 0  # tokens every prompt starts with (prefix caching workloads)
+    dataset: str | None = None  # JSONL of {"prompt"} or {"messages"} rows instead of synthetic prompts
+    repeats: int = 3
+    slo_ms: dict[str, float] = field(default_factory=dict)  # goodput SLOs: ttft / tpot / e2el in ms
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.endpoint not in ("completions", "chat"):
+            problems.append(f"endpoint must be 'completions' or 'chat', not {self.endpoint!r}")
+        if self.num_requests < 1:
+            problems.append("num_requests must be at least 1")
+        if self.input_len < 1 or self.output_len < 1:
+            problems.append("input_len and output_len must be at least 1")
+        if self.shared_prefix_len < 0 or self.shared_prefix_len >= self.input_len:
+            problems.append("shared_prefix_len must be below input_len")
+        if self.concurrency is not None and self.concurrency < 1:
+            problems.append("concurrency must be at least 1 (or None for an uncapped open loop)")
+        if self.request_rate is None and self.concurrency is None:
+            problems.append("give concurrency (closed loop) or request_rate (open loop)")
+        if self.request_rate is not None and self.request_rate <= 0:
+            problems.append("request_rate must be positive")
+        if self.burstiness <= 0:
+            problems.append("burstiness must be positive")
+        if self.repeats < 1 or self.repeats % 2 == 0:
+            problems.append(f"repeats must be odd (the median of an odd count is a real run), not {self.repeats}")
+        unknown = set(self.slo_ms) - {"ttft", "tpot", "e2el"}
+        if unknown:
+            problems.append(f"slo_ms keys must be ttft, tpot or e2el, not {sorted(unknown)}")
+        if self.dataset is not None and not Path(self.dataset).is_file():
+            problems.append(f"dataset {self.dataset} does not exist")
+        if problems:
+            raise UsageError(f"workload {self.name!r}: " + "; ".join(problems))
+
+    @property
+    def warmup(self) -> int:
+        if self.warmup_requests is not None:
+            return self.warmup_requests
+        return max(1, self.concurrency or 1)
+
+    @property
+    def closed_loop(self) -> bool:
+        return self.request_rate is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def key(self) -> str:
+        """Identity for baselines: everything but the name and repeat count."""
+        data = {k: v for k, v in self.to_dict().items() if k not in ("name", "repeats")}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+    def describe(self) -> str:
+        mode = (f"concurrency {self.concurrency}" if self.closed_loop
+                else f"{self.request_rate:g} req/s" + (f" (burstiness {self.burstiness:g})" if self.burstiness != 1 else "")
+                + (f", max concurrency {self.concurrency}" if self.concurrency else ""))
+        prefix = f", shared prefix {self.shared_prefix_len}" if self.shared_prefix_len else ""
+        return (f"{self.num_requests} x {self.endpoint} {self.input_len} in / {self.output_len} out, {mode}{prefix}, "
+                f"{self.repeats} runs")
+
+    def with_(self, **changes: Any) -> Workload:
+        return replace(self, **changes)

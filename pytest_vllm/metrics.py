@@ -1,0 +1,167 @@
+"""RequestRecord[] → BenchResult, with the metric definitions of ``vllm bench serve``.
+
+Pinned definitions (``METRIC_DEFINITIONS`` is written into every result and baseline):
+
+* TTFT: send → first chunk carrying a choice; E2EL: send → last such chunk.
+* TPOT: (E2EL − TTFT) / (output_tokens − 1) per request with more than one output token,
+  output_tokens from ``usage.completion_tokens``.
+* ITL: every gap between consecutive choice chunks, pooled over requests.
+* request throughput = completed / wall time; output token throughput = Σ output tokens / wall
+  time; wall time runs from the first send to the last response, tail included.
+* goodput: requests meeting every SLO (ttft, tpot, e2el in ms) / wall time.
+* percentiles: numpy's linear interpolation, as vLLM's.
+
+Beyond vLLM: achieved vs requested rate, send delay (scheduled → actual send), and the client's
+own CPU per output token and event-loop lag, which tell a client artefact from a server result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from pytest_vllm.load.client import RequestRecord
+
+METRIC_DEFINITIONS = "vllm-bench-serve/1"
+PERCENTILES = (50, 90, 95, 99)
+STATS = ("mean", "std", "p50", "p90", "p95", "p99")
+Direction = Literal["lower", "higher", "none"]
+# A client whose event loop wakes this late, or burns this share of a core, skews latencies.
+SATURATED_LAG_S = 0.010
+SATURATED_CPU_SHARE = 0.8
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    unit: str
+    direction: Direction
+    description: str
+
+
+def _latency_metrics() -> dict[str, MetricInfo]:
+    out = {}
+    for base, what in (("ttft", "time to first token"), ("tpot", "time per output token after the first"),
+                       ("itl", "inter-token latency (pooled chunk gaps)"), ("e2el", "end-to-end request latency")):
+        for stat in STATS:
+            out[f"{base}_{stat}"] = MetricInfo("ms", "lower" if stat != "std" else "none", f"{what}, {stat}")
+    return out
+
+
+METRICS: dict[str, MetricInfo] = {
+    "request_throughput": MetricInfo("req/s", "higher", "completed requests per second of wall time"),
+    "output_throughput": MetricInfo("tok/s", "higher", "output tokens per second of wall time"),
+    "total_token_throughput": MetricInfo("tok/s", "higher", "prompt + output tokens per second of wall time"),
+    "goodput": MetricInfo("req/s", "higher", "requests meeting every SLO per second of wall time"),
+    **_latency_metrics(),
+    "achieved_rate": MetricInfo("req/s", "none", "requests actually sent per second (open loop)"),
+    "send_delay_p99": MetricInfo("ms", "lower", "p99 of actual − scheduled send time (client lateness)"),
+    "client_cpu_us_per_token": MetricInfo("us", "lower", "client CPU time per output token"),
+    "client_loop_lag_max": MetricInfo("ms", "lower", "worst event-loop wake-up delay of the client"),
+    "duration": MetricInfo("s", "none", "wall time of the measured run"),
+    "completed": MetricInfo("", "none", "requests that succeeded"),
+    "failed": MetricInfo("", "lower", "requests that failed"),
+}
+
+
+@dataclass
+class BenchResult:
+    """One repetition's metrics (names in METRICS, latencies in ms)."""
+
+    values: dict[str, float]
+    errors: list[str] = field(default_factory=list)
+    client_saturated: bool = False
+
+    def __getitem__(self, name: str) -> float:
+        return self.values[name]
+
+
+def _stats(prefix: str, seconds: Sequence[float]) -> dict[str, float]:
+    if not seconds:
+        return {f"{prefix}_{s}": 0.0 for s in STATS}
+    ms = np.asarray(seconds, dtype=float) * 1000.0
+    out = {f"{prefix}_mean": float(ms.mean()), f"{prefix}_std": float(ms.std())}
+    for p in PERCENTILES:
+        out[f"{prefix}_p{p}"] = float(np.percentile(ms, p))
+    return out
+
+
+def compute(records: Sequence[RequestRecord], duration: float, *, client_cpu_s: float = 0.0,
+            loop_lag_max_s: float = 0.0, slo_ms: Mapping[str, float] | None = None) -> BenchResult:
+    """Metrics of one measured run (warmup records must already be excluded)."""
+    ok = [r for r in records if r.ok]
+    ttfts = [r.ttft for r in ok if r.ttft is not None]
+    e2els = [r.e2el for r in ok if r.e2el is not None]
+    tpots, all_tpots, itls = [], [], []
+    for r in ok:
+        tpot = 0.0
+        if r.output_tokens > 1 and r.e2el is not None and r.ttft is not None:
+            tpot = (r.e2el - r.ttft) / (r.output_tokens - 1)
+            tpots.append(tpot)
+        all_tpots.append(tpot)  # vLLM: output of one token counts as tpot 0 for goodput
+        itls.extend(b - a for a, b in zip(r.chunk_times, r.chunk_times[1:]))
+    output_tokens = sum(r.output_tokens for r in ok)
+    prompt_tokens = sum(r.prompt_tokens for r in ok)
+    wall = max(duration, 1e-9)
+    good = _good_requests(ok, all_tpots, slo_ms or {})
+    delays = [max(0.0, r.send_delay) for r in records]
+    values = {
+        "request_throughput": len(ok) / wall,
+        "output_throughput": output_tokens / wall,
+        "total_token_throughput": (output_tokens + prompt_tokens) / wall,
+        "goodput": good / wall,
+        **_stats("ttft", ttfts), **_stats("tpot", tpots), **_stats("itl", itls), **_stats("e2el", e2els),
+        "achieved_rate": len(records) / wall,
+        "send_delay_p99": float(np.percentile(np.asarray(delays) * 1000.0, 99)) if delays else 0.0,
+        "client_cpu_us_per_token": client_cpu_s * 1e6 / max(output_tokens, 1),
+        "client_loop_lag_max": loop_lag_max_s * 1000.0,
+        "duration": duration,
+        "completed": float(len(ok)),
+        "failed": float(len(records) - len(ok)),
+    }
+    saturated = loop_lag_max_s > SATURATED_LAG_S * 5 or client_cpu_s / wall > SATURATED_CPU_SHARE
+    errors = [f"request {r.index}: {r.error}" for r in records if r.error]
+    return BenchResult(values=values, errors=errors, client_saturated=saturated)
+
+
+def _good_requests(ok: Sequence[RequestRecord], all_tpots: Sequence[float], slo_ms: Mapping[str, float]) -> int:
+    if not slo_ms:
+        return len(ok)
+    good = 0
+    for record, tpot in zip(ok, all_tpots):
+        checks = {"ttft": record.ttft, "tpot": tpot, "e2el": record.e2el}
+        if all(checks[name] is not None and checks[name] * 1000.0 <= limit for name, limit in slo_ms.items()):
+            good += 1
+    return good
+
+
+@dataclass
+class RepeatedResult:
+    """The repetitions of one measurement; gates use the median, noise the spread."""
+
+    runs: list[BenchResult]
+
+    def values(self, name: str) -> list[float]:
+        return [run.values[name] for run in self.runs]
+
+    def median(self, name: str) -> float:
+        return float(np.median(self.values(name)))
+
+    def spread(self, name: str) -> float:
+        """(max − min) / |median| over the repetitions: 0 when they agree."""
+        values = self.values(name)
+        middle = abs(self.median(name))
+        return float((max(values) - min(values)) / middle) if middle > 0 else 0.0
+
+    def medians(self, names: Iterable[str] | None = None) -> dict[str, float]:
+        return {n: self.median(n) for n in (names or self.runs[0].values)}
+
+    @property
+    def errors(self) -> list[str]:
+        return [e for run in self.runs for e in run.errors]
+
+    @property
+    def client_saturated(self) -> bool:
+        return any(run.client_saturated for run in self.runs)

@@ -1,0 +1,1 @@
+"""Reports of a run: terminal tables, results.json, summary.md (GitHub step summary), report.html."""

@@ -1,0 +1,187 @@
+"""Server lifecycle against real vLLM servers: sharing, stopping, faults, and no survivors.
+
+Each test runs an inner pytest session (as a user would) and inspects what it leaves behind.
+Servers of the inner sessions carry a unique environment tag, so the checks find exactly their
+processes, the engine and worker children included (whose command lines vLLM renames).
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+
+pytestmark = pytest.mark.integration
+
+TAG_ENV = "PYTEST_VLLM_TEST_TAG"
+BOOT_LIMIT = 900  # seconds an inner server may take to boot on a loaded 2-core machine
+
+
+def tagged_processes(tag: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.environ().get(TAG_ENV) == tag:
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def wait_until_gone(tag: str, within: float) -> tuple[float, list[psutil.Process]]:
+    started = time.monotonic()
+    while True:
+        left = tagged_processes(tag)
+        if not left or time.monotonic() - started > within:
+            return time.monotonic() - started, left
+
+
+def describe(procs: list[psutil.Process]) -> str:
+    out = []
+    for proc in procs:
+        try:
+            out.append(f"{proc.pid} {' '.join(proc.cmdline())[:120]}")
+        except psutil.Error:
+            out.append(str(proc.pid))
+    return "; ".join(out)
+
+
+def inner_pytest(path: Path, *args: str, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-s", *args],
+                                cwd=path, stdout=out, stderr=subprocess.STDOUT)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "Ctrl-C"])
+def test_no_server_survives_pytest_ending_abruptly(pytester: pytest.Pytester, sig: signal.Signals) -> None:
+    tag = uuid.uuid4().hex
+    ready = pytester.path / "ready.txt"
+    pytester.makepyfile(f"""
+        import pathlib, time, pytest
+
+        @pytest.mark.vllm_server(enforce_eager=True, env={{"{TAG_ENV}": "{tag}"}})
+        def test_hold(base_server):
+            pathlib.Path({str(ready)!r}).write_text(base_server.url)
+            time.sleep(900)
+    """)
+    log = pytester.path / "inner.log"
+    proc = inner_pytest(pytester.path, log=log)
+    try:
+        deadline = time.monotonic() + BOOT_LIMIT
+        while not ready.exists():
+            assert proc.poll() is None, f"inner pytest ended early:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"server did not boot:\n{log.read_text()[-3000:]}"
+            time.sleep(1)
+        running = tagged_processes(tag)
+        assert len(running) >= 2, "the watchdog, the API server and its engine should all be visible"
+        proc.send_signal(sig)
+        if sig == signal.SIGINT:
+            proc.wait(timeout=120)
+        took, left = wait_until_gone(tag, within=15)
+        print(f"{sig.name}: {len(running)} server processes gone {took:.1f}s after the signal")
+        assert not left, f"survivors 15 s after {sig.name}: {describe(left)}"
+    finally:
+        proc.kill()
+        for leftover in tagged_processes(tag):
+            leftover.kill()
+
+
+def test_equal_specs_share_a_server_and_servers_stop_after_last_use(pytester: pytest.Pytester) -> None:
+    tag = uuid.uuid4().hex
+    pytester.makepyfile(f"""
+        import pathlib, pytest
+
+        FLAGS = dict(enforce_eager=True, env={{"{TAG_ENV}": "{tag}"}})
+
+        def record(name, server):
+            with open("urls.txt", "a") as f:
+                f.write(f"{{name}} {{server.url}}\\n")
+
+        @pytest.mark.vllm_server(max_num_seqs=4, **FLAGS)
+        def test_a(base_server):
+            record("a", base_server)
+
+        @pytest.mark.vllm_server(max_num_seqs=4, **FLAGS)
+        def test_b_fails_with_the_log_attached(base_server):
+            record("b", base_server)
+            assert False, "deliberate failure"
+
+        def test_c_factory(vllm_server_factory):
+            server = vllm_server_factory(max_num_seqs=2, **FLAGS)
+            record("c", server)
+            reply = server.client().completions.create(model=server.model, prompt="Hi", max_tokens=2)
+            assert reply.usage.completion_tokens == 2
+    """)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--vllm-startup-timeout", str(BOOT_LIMIT))
+    result.assert_outcomes(passed=2, failed=1)
+    urls = dict(line.split() for line in (pytester.path / "urls.txt").read_text().splitlines())
+    assert urls["a"] == urls["b"], "equal specs must share one server"
+    assert urls["c"] != urls["a"], "a different spec gets its own server"
+    out = result.stdout.str()
+    # the failing test's report carries the server log
+    result.stdout.fnmatch_lines(["*vllm base server log (last 80 lines; full log *base-*.log)*"])
+    # the max_num_seqs=4 server stops once test_b is done, before the factory's server boots
+    stop_first = out.index("[vllm] stopping base server")
+    assert stop_first < out.index("[vllm] booting custom server")
+    took, left = wait_until_gone(tag, within=15)
+    assert not left, f"servers left after the session: {describe(left)}"
+
+
+def test_nonexistent_model_fails_fast_with_vllms_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_x(base_server): pass")
+    started = time.monotonic()
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--base-model", "/nonexistent/model-dir")
+    elapsed = time.monotonic() - started
+    result.assert_outcomes(errors=1)
+    out = result.stdout.str()
+    print(f"failed after {elapsed:.1f}s")
+    result.stdout.fnmatch_lines(["*base server: /nonexistent/model-dir (*) exited with code *while booting"])
+    assert "vLLM says:" in out and "/nonexistent/model-dir" in out.split("vLLM says:")[1].splitlines()[0]
+    assert "hint: the model path /nonexistent/model-dir does not exist" in out
+    assert "command: " in out and "vllm.entrypoints.openai.api_server" in out
+    assert "--- last " in out
+    assert elapsed < 60
+
+
+def test_boot_timeout_is_reported_with_the_log_tail_and_cleans_up(pytester: pytest.Pytester) -> None:
+    tag = uuid.uuid4().hex
+    pytester.makepyfile(f"""
+        import pytest
+
+        @pytest.mark.vllm_server(enforce_eager=True, env={{"{TAG_ENV}": "{tag}"}})
+        def test_x(base_server): pass
+
+        @pytest.mark.vllm_server(enforce_eager=True, env={{"{TAG_ENV}": "{tag}"}})
+        def test_y_same_spec_fails_at_once(base_server): pass
+    """)
+    started = time.monotonic()
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--vllm-startup-timeout", "8")
+    elapsed = time.monotonic() - started
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines(["*was not ready after 8s (--vllm-startup-timeout)*", "*--- last * log lines ---*"])
+    assert elapsed < 8 + 60, "the second test must reuse the first failure, not boot again"
+    took, left = wait_until_gone(tag, within=15)
+    assert not left, f"survivors after a timed-out boot: {describe(left)}"
+
+
+def test_remote_url_runs_the_same_checks_on_a_running_server(pytester: pytest.Pytester, base_server) -> None:
+    """--vllm-url: no boot, the handle points at the given server, tests needing others skip."""
+    pytester.makepyfile("""
+        def test_chat(base_server):
+            assert base_server.is_remote
+            reply = base_server.client().chat.completions.create(
+                model=base_server.model, messages=[{"role": "user", "content": "What is the capital of France?"}],
+                temperature=0, max_tokens=16)
+            assert "Paris" in reply.choices[0].message.content
+
+        def test_compressed(compressed_server): pass
+    """)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--vllm-url", f"base={base_server.url}", "-rs")
+    result.assert_outcomes(passed=1, skipped=1)
+    assert "booting" not in result.stdout.str()

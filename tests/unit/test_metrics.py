@@ -1,0 +1,118 @@
+"""Metric arithmetic on hand-made request records, and agreement with vLLM's own calculate_metrics.
+
+The records here are a test double: exact, deterministic timings that no real server can give,
+so that each definition is checked to the microsecond.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from pytest_vllm.load.client import RequestRecord
+from pytest_vllm.metrics import METRICS, RepeatedResult, compute
+
+
+def record(index: int, sent: float, chunks: list[float], tokens: int, prompt: int = 10,
+           error: str | None = None) -> RequestRecord:
+    return RequestRecord(index=index, scheduled_at=sent, sent_at=sent, first_token_at=chunks[0] if chunks else None,
+                         chunk_times=chunks, output_tokens=tokens, prompt_tokens=prompt, error=error)
+
+
+def test_definitions_on_exact_timings() -> None:
+    records = [
+        record(0, 0.0, [0.1, 0.2, 0.3, 0.4], tokens=4),  # ttft 100ms, e2el 400ms, tpot 100ms
+        record(1, 0.0, [0.2, 0.25, 0.3], tokens=3),  # ttft 200ms, e2el 300ms, tpot 50ms
+    ]
+    result = compute(records, duration=2.0)
+    assert result["ttft_mean"] == pytest.approx(150.0)
+    assert result["ttft_p50"] == pytest.approx(150.0)
+    assert result["e2el_mean"] == pytest.approx(350.0)
+    assert result["tpot_mean"] == pytest.approx(75.0)
+    # ITL pools every gap: 100, 100, 100, 50, 50
+    assert result["itl_mean"] == pytest.approx(80.0)
+    assert result["itl_p50"] == pytest.approx(100.0)
+    assert result["request_throughput"] == pytest.approx(1.0)
+    assert result["output_throughput"] == pytest.approx(3.5)
+    assert result["total_token_throughput"] == pytest.approx(13.5)
+    assert result["failed"] == 0
+
+
+def test_one_token_requests_have_no_tpot_but_count_for_throughput() -> None:
+    result = compute([record(0, 0.0, [0.5], tokens=1), record(1, 0.0, [0.1, 0.3], tokens=2)], duration=1.0)
+    assert result["tpot_mean"] == pytest.approx(200.0)  # only the 2-token request has a TPOT
+    assert result["output_throughput"] == pytest.approx(3.0)
+
+
+def test_failures_are_counted_and_kept_out_of_latencies() -> None:
+    records = [record(0, 0.0, [0.1, 0.2], tokens=2), record(1, 0.0, [], tokens=0, error="HTTP 500: boom")]
+    result = compute(records, duration=1.0)
+    assert result["failed"] == 1 and result["completed"] == 1
+    assert result.errors == ["request 1: HTTP 500: boom"]
+    assert result["ttft_mean"] == pytest.approx(100.0)
+
+
+def test_goodput_counts_requests_meeting_every_slo() -> None:
+    records = [record(0, 0.0, [0.1, 0.2], tokens=2), record(1, 0.0, [0.3, 0.9], tokens=2)]
+    result = compute(records, duration=1.0, slo_ms={"ttft": 200, "tpot": 500})
+    assert result["goodput"] == pytest.approx(1.0)  # request 1 misses both SLOs
+
+
+def test_send_delay_and_client_cost() -> None:
+    late = RequestRecord(index=0, scheduled_at=1.0, sent_at=1.05, first_token_at=1.1, chunk_times=[1.1, 1.2],
+                         output_tokens=2, prompt_tokens=1)
+    result = compute([late], duration=1.0, client_cpu_s=0.002, loop_lag_max_s=0.001)
+    assert result["send_delay_p99"] == pytest.approx(50.0)
+    assert result["client_cpu_us_per_token"] == pytest.approx(1000.0)
+    assert not result.client_saturated
+    assert compute([late], duration=1.0, client_cpu_s=0.95).client_saturated
+
+
+def test_every_value_is_a_declared_metric() -> None:
+    result = compute([record(0, 0.0, [0.1, 0.2], tokens=2)], duration=1.0)
+    assert set(result.values) == set(METRICS)
+
+
+def test_repeated_median_and_spread() -> None:
+    runs = [compute([record(0, 0.0, [0.1, 0.2], tokens=2)], duration=d) for d in (1.0, 2.0, 4.0)]
+    repeated = RepeatedResult(runs)
+    assert repeated.median("output_throughput") == pytest.approx(1.0)
+    assert repeated.spread("output_throughput") == pytest.approx((2.0 - 0.5) / 1.0)
+
+
+def test_same_numbers_as_vllm_bench_serve() -> None:
+    """Our definitions reproduce vllm.benchmarks.serve.calculate_metrics on the same outputs."""
+    serve = pytest.importorskip("vllm.benchmarks.serve")
+    from vllm.benchmarks.datasets.datasets import SampleRequest
+    from vllm.benchmarks.lib.endpoint_request_func import RequestFuncOutput
+
+    rng = random.Random(7)
+    records, outputs, inputs = [], [], []
+    for i in range(40):
+        sent = rng.uniform(0, 5)
+        n = rng.randint(1, 30)
+        chunks, now = [], sent + rng.uniform(0.05, 0.5)
+        for _ in range(n):
+            chunks.append(now)
+            now += rng.uniform(0.005, 0.05)
+        rec = record(i, sent, chunks, tokens=n, prompt=rng.randint(5, 50))
+        records.append(rec)
+        outputs.append(RequestFuncOutput(success=True, latency=rec.e2el, output_tokens=n, ttft=rec.ttft,
+                                         itl=[b - a for a, b in zip(chunks, chunks[1:])], prompt_len=rec.prompt_tokens,
+                                         start_time=sent))
+        inputs.append(SampleRequest(prompt="x", prompt_len=rec.prompt_tokens, expected_output_len=n))
+    duration = 9.0
+    slo = {"ttft": 300.0, "tpot": 30.0}
+    theirs, _ = serve.calculate_metrics(inputs, outputs, duration, None, [50, 90, 95, 99], slo)
+    ours = compute(records, duration=duration, slo_ms=slo)
+    assert ours["request_throughput"] == pytest.approx(theirs.request_throughput)
+    assert ours["output_throughput"] == pytest.approx(theirs.output_throughput)
+    assert ours["total_token_throughput"] == pytest.approx(theirs.total_token_throughput)
+    assert ours["goodput"] == pytest.approx(theirs.request_goodput)
+    for metric in ("ttft", "tpot", "itl", "e2el"):
+        assert ours[f"{metric}_mean"] == pytest.approx(getattr(theirs, f"mean_{metric}_ms"))
+        assert ours[f"{metric}_std"] == pytest.approx(getattr(theirs, f"std_{metric}_ms"))
+        assert ours[f"{metric}_p50"] == pytest.approx(getattr(theirs, f"median_{metric}_ms"))
+        for p, value in getattr(theirs, f"percentiles_{metric}_ms"):
+            assert ours[f"{metric}_p{int(p)}"] == pytest.approx(value), (metric, p)
