@@ -65,6 +65,9 @@ class VLLMSession:
     say: Callable[[str], None] = print
     needs: dict[str, ItemNeeds] = field(default_factory=dict)
     _remote: dict[str, ServerHandle] = field(default_factory=dict)
+    # Report sections of other subsystems (accuracy, conformance): each provider returns a Section
+    # (or None when it has nothing to say) at the end of the session.
+    section_providers: list[Callable[[], Section | None]] = field(default_factory=list)
 
     # -- resolved once -----------------------------------------------------------------------
     @cached_property
@@ -245,6 +248,10 @@ class VLLMSession:
                 self.say(f"plots skipped: {type(exc).__name__}: {exc}")
                 images = {}
             sections.append(Section("performance", perf.tables(state), perf.to_json(state), images))
+        for provider in self.section_providers:
+            section = provider()
+            if section is not None:
+                sections.append(section)
         return sections
 
     def finish_reports(self, exitstatus: int) -> tuple[list[str], list[Path]]:
