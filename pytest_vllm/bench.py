@@ -9,22 +9,19 @@ metric against its budget. ``--update-baselines`` records instead of comparing.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from pytest_vllm import baselines
 from pytest_vllm.budgets import DEFAULT_BUDGETS, Budget, Check, NoisePolicy, evaluate, parse_budgets
 from pytest_vllm.errors import BaselineError
-from pytest_vllm.load.client import RequestRecord, request_body, send_streaming_sync
-from pytest_vllm.load.prompts import PromptFactory
-from pytest_vllm.load.runner import RunResult, WorkloadRuns, run_workload
+from pytest_vllm.load.client import RequestRecord, new_session, prepare, send_streaming
+from pytest_vllm.load.runner import RunResult, WorkloadRuns, build_prompts, event_loop, run_async, run_workload
 from pytest_vllm.load.workload import Workload
 from pytest_vllm.metrics import METRICS, RepeatedResult, compute
 from pytest_vllm.server.handle import ServerHandle
@@ -170,7 +167,8 @@ class Bench:
 
     def _measurement(self, server: ServerHandle, workload: Workload, runs: WorkloadRuns) -> Measurement:
         result = RepeatedResult([compute(run.records, run.duration, client_cpu_s=run.client_cpu_s,
-                                         loop_lag_max_s=run.loop_lag_max_s, slo_ms=workload.slo_ms)
+                                         loop_lag_mean_s=run.loop_lag_mean_s, loop_lag_max_s=run.loop_lag_max_s,
+                                         slo_ms=workload.slo_ms)
                                  for run in runs.runs])
         if result.errors:
             shown = "\n  ".join(result.errors[:10])
@@ -283,43 +281,45 @@ def failure_text(measurement: Measurement) -> str:
 
 
 def _single_stream_runs(server: ServerHandle, workload: Workload, benchmark: Any) -> WorkloadRuns:
-    path = "/v1/chat/completions" if workload.endpoint == "chat" else "/v1/completions"
-
-    async def make_prompts() -> tuple[list, list]:
-        async with httpx.AsyncClient(base_url=server.url, timeout=120) as http:
-            factory = PromptFactory(http, server.model)
-            return (await factory.build(workload, workload.num_requests),
-                    await factory.build(workload, workload.warmup, seed_offset=1_000_003))
-
-    prompts, warm = asyncio.run(make_prompts())
-    bodies = [request_body(workload, server.model, p) for p in prompts]
+    """Requests one after the other, each a blocking call (pytest-benchmark times plain calls)."""
+    prompts, warm = run_async(build_prompts(server.url, server.model, workload, server.api_key))
+    requests = [prepare(workload, server.model, p) for p in prompts]
     records: list[RequestRecord] = []
-    headers = {"Authorization": f"Bearer {server.api_key}"}
-    with httpx.Client(base_url=server.url, timeout=900, headers=headers) as http:
-        for prompt in warm:
-            send_streaming_sync(http, path, request_body(workload, server.model, prompt), RequestRecord(-1, warmup=True))
-        order = iter(range(workload.num_requests * workload.repeats))
+    total = workload.num_requests * workload.repeats
+    with event_loop() as loop:
+        session = loop.run(_open_session(server.api_key))
+        try:
+            for prompt in warm:
+                loop.run(send_streaming(session, server.url, prepare(workload, server.model, prompt),
+                                        RequestRecord(-1, warmup=True)))
+            order = iter(range(total))
 
-        def one_request() -> None:
-            index = next(order)
-            record = RequestRecord(index % len(bodies))
-            record.scheduled_at = time.perf_counter()
-            send_streaming_sync(http, path, bodies[index % len(bodies)], record)
-            records.append(record)
+            def one_request() -> None:
+                index = next(order)
+                record = RequestRecord(index % len(requests))
+                record.scheduled_at = time.perf_counter()
+                loop.run(send_streaming(session, server.url, requests[index % len(requests)], record))
+                records.append(record)
 
-        cpu_before = time.thread_time()
-        if benchmark is not None:
-            benchmark.pedantic(one_request, rounds=workload.num_requests * workload.repeats, iterations=1)
-        else:
-            for _ in range(workload.num_requests * workload.repeats):
-                one_request()
-        cpu_per_request = (time.thread_time() - cpu_before) / max(1, len(records))
+            cpu_before = time.thread_time()
+            if benchmark is not None:
+                benchmark.pedantic(one_request, rounds=total, iterations=1)
+            else:
+                for _ in range(total):
+                    one_request()
+            cpu_per_request = (time.thread_time() - cpu_before) / max(1, len(records))
+        finally:
+            loop.run(session.close())
     runs = WorkloadRuns(workload, prompt_tokens=sum(p.input_tokens for p in prompts))
     for repeat in range(workload.repeats):
         chunk = records[repeat * workload.num_requests:(repeat + 1) * workload.num_requests]
         end = max((r.chunk_times[-1] for r in chunk if r.chunk_times), default=chunk[-1].sent_at)
         runs.runs.append(RunResult(chunk, chunk[0].sent_at, end, client_cpu_s=cpu_per_request * len(chunk)))
     return runs
+
+
+async def _open_session(api_key: str) -> Any:
+    return new_session(api_key)
 
 
 def settings_for(config: Any, gpu: str, device_name: str, driver: str, vllm_version: str) -> BenchSettings:

@@ -85,8 +85,10 @@ def _make_say(config: pytest.Config) -> Callable[[str], None]:
         if capture is not None:
             with capture.global_and_fixture_disabled():
                 reporter.write_line(f"[vllm] {message}")
+                reporter.flush()
         else:
             reporter.write_line(f"[vllm] {message}")
+            reporter.flush()
 
     return say
 

@@ -1,9 +1,11 @@
 """A lean streaming client: one request → one RequestRecord with every chunk's arrival time.
 
-It speaks raw HTTP + SSE through one shared httpx connection pool instead of the openai SDK,
-whose per-chunk object parsing costs more client CPU than the measurement can afford on a
-busy client (vllm#39963, inference-perf#648). Timestamps follow ``vllm bench serve``: TTFT is
-measured to the first chunk that carries a choice, the end to the last such chunk.
+Why not the openai SDK or httpx: a load client's own CPU per token decides how much load it can
+drive before it, not the server, becomes the bottleneck (vllm#39963, inference-perf#648). This
+client speaks raw HTTP through aiohttp's C parser and one shared connection pool, sends request
+bodies encoded once in advance, splits SSE events on bytes, and decodes them with msgspec (or
+the standard json module where msgspec is missing). Timestamps follow ``vllm bench serve``: TTFT
+to the first event carrying a choice, the end at the last such event.
 """
 
 from __future__ import annotations
@@ -13,10 +15,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 
 from pytest_vllm.load.prompts import Prompt
 from pytest_vllm.load.workload import Workload
+
+try:  # msgspec ships with vLLM; it decodes SSE payloads several times faster than json
+    from msgspec.json import decode as _decode
+except ImportError:  # pragma: no cover - plain json works, only slower
+    _decode = json.loads
+
+_DATA = b"data: "
+_DONE = b"[DONE]"
 
 
 @dataclass
@@ -27,7 +37,7 @@ class RequestRecord:
     scheduled_at: float = 0.0  # when the scheduler meant to send it
     sent_at: float = 0.0  # when it was actually sent
     first_token_at: float | None = None
-    chunk_times: list[float] = field(default_factory=list)  # every chunk carrying a choice
+    chunk_times: list[float] = field(default_factory=list)  # every event carrying a choice
     prompt_tokens: int = 0
     output_tokens: int = 0  # from usage.completion_tokens
     error: str | None = None
@@ -51,7 +61,16 @@ class RequestRecord:
         return self.sent_at - self.scheduled_at
 
 
-def request_body(workload: Workload, model: str, prompt: Prompt) -> dict[str, Any]:
+@dataclass(frozen=True)
+class PreparedRequest:
+    """A request ready to send: the endpoint path and its JSON body, encoded once."""
+
+    path: str
+    body: bytes
+    chat: bool
+
+
+def prepare(workload: Workload, model: str, prompt: Prompt) -> PreparedRequest:
     body: dict[str, Any] = {
         "model": model,
         "max_tokens": workload.output_len,
@@ -61,46 +80,55 @@ def request_body(workload: Workload, model: str, prompt: Prompt) -> dict[str, An
     }
     if workload.ignore_eos:
         body["ignore_eos"] = True  # vLLM extension: exact output lengths
-    if workload.endpoint == "chat":
+    chat = workload.endpoint == "chat"
+    if chat:
         body["messages"] = prompt.messages
     else:
         body["prompt"] = prompt.text
-    return body
+    path = "/v1/chat/completions" if chat else "/v1/completions"
+    return PreparedRequest(path, json.dumps(body).encode(), chat)
 
 
 class StreamParser:
-    """Turns SSE lines of one streaming response into a RequestRecord (shared by both clients)."""
+    """Splits an SSE byte stream into events and fills a RequestRecord."""
 
     def __init__(self, record: RequestRecord, chat: bool) -> None:
         self.record = record
         self.chat = chat
         self.parts: list[str] = []
+        self._buffer = b""
+        self.done = False
 
-    def feed(self, line: str) -> bool:
-        """Handle one line; True when the stream is over."""
-        if not line.startswith("data: "):
-            return False  # blank separators and SSE comments (pings)
-        payload = line[6:]
-        if payload == "[DONE]":
-            return True
-        now = time.perf_counter()
-        data = json.loads(payload)
+    def feed(self, data: bytes, now: float) -> None:
+        """Handle bytes that arrived at ``now``; complete events only, the rest waits for more."""
+        buffer = self._buffer + data
+        lines = buffer.split(b"\n")
+        self._buffer = lines.pop()
         record = self.record
-        choices = data.get("choices")
-        if choices:
-            if record.first_token_at is None:
-                record.first_token_at = now
-            record.chunk_times.append(now)
-            piece = choices[0]["delta"].get("content") if self.chat else choices[0].get("text")
-            if piece:
-                self.parts.append(piece)
-        elif usage := data.get("usage"):
-            record.output_tokens = int(usage.get("completion_tokens") or 0)
-            record.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        if data.get("error"):
-            record.error = f"error in stream: {data['error']}"
-            return True
-        return False
+        for line in lines:
+            if not line.startswith(_DATA):
+                continue  # blank separators and SSE comments (pings)
+            payload = line[6:].rstrip(b"\r")
+            if payload == _DONE:
+                self.done = True
+                return
+            event = _decode(payload)
+            choices = event.get("choices")
+            if choices:
+                if record.first_token_at is None:
+                    record.first_token_at = now
+                record.chunk_times.append(now)
+                choice = choices[0]
+                piece = (choice.get("delta") or {}).get("content") if self.chat else choice.get("text")
+                if piece:
+                    self.parts.append(piece)
+            elif usage := event.get("usage"):
+                record.output_tokens = int(usage.get("completion_tokens") or 0)
+                record.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            if event.get("error"):
+                record.error = f"error in stream: {event['error']}"
+                self.done = True
+                return
 
     def finish(self) -> None:
         record = self.record
@@ -113,38 +141,32 @@ class StreamParser:
             record.error = "the stream carried no usage (stream_options.include_usage ignored?)"
 
 
-async def send_streaming(http: httpx.AsyncClient, path: str, body: dict[str, Any], record: RequestRecord) -> None:
+async def send_streaming(session: aiohttp.ClientSession, base_url: str, request: PreparedRequest,
+                         record: RequestRecord) -> None:
     """Send one streaming request and fill ``record`` (errors land in ``record.error``)."""
-    parser = StreamParser(record, chat=path.endswith("chat/completions"))
-    record.sent_at = time.perf_counter()
+    parser = StreamParser(record, request.chat)
+    clock = time.perf_counter
+    record.sent_at = clock()
     try:
-        async with http.stream("POST", path, json=body) as response:
-            if response.status_code != 200:
-                detail = (await response.aread()).decode(errors="replace")[:500]
-                record.error = f"HTTP {response.status_code}: {detail}"
+        async with session.post(base_url + request.path, data=request.body,
+                                headers={"Content-Type": "application/json"}) as response:
+            if response.status != 200:
+                detail = (await response.read()).decode(errors="replace")[:500]
+                record.error = f"HTTP {response.status}: {detail}"
                 return
-            async for line in response.aiter_lines():
-                if parser.feed(line):
+            async for data in response.content.iter_any():
+                parser.feed(data, clock())
+                if parser.done:
                     break
-    except (httpx.HTTPError, ValueError, KeyError) as exc:
+    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, AttributeError) as exc:
         record.error = f"{type(exc).__name__}: {exc}"
         return
     parser.finish()
 
 
-def send_streaming_sync(http: httpx.Client, path: str, body: dict[str, Any], record: RequestRecord) -> None:
-    """The blocking twin of ``send_streaming`` (for pytest-benchmark, which times a plain call)."""
-    parser = StreamParser(record, chat=path.endswith("chat/completions"))
-    record.sent_at = time.perf_counter()
-    try:
-        with http.stream("POST", path, json=body) as response:
-            if response.status_code != 200:
-                record.error = f"HTTP {response.status_code}: {response.read().decode(errors='replace')[:500]}"
-                return
-            for line in response.iter_lines():
-                if parser.feed(line):
-                    break
-    except (httpx.HTTPError, ValueError, KeyError) as exc:
-        record.error = f"{type(exc).__name__}: {exc}"
-        return
-    parser.finish()
+def new_session(api_key: str = "EMPTY", limit: int = 0) -> aiohttp.ClientSession:
+    """One shared connection pool for a whole run (``limit=0``: as many connections as requests)."""
+    connector = aiohttp.TCPConnector(limit=limit, ttl_dns_cache=300, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=900)
+    return aiohttp.ClientSession(connector=connector, timeout=timeout,
+                                 headers={"Authorization": f"Bearer {api_key}"})

@@ -62,11 +62,12 @@ def test_goodput_counts_requests_meeting_every_slo() -> None:
 def test_send_delay_and_client_cost() -> None:
     late = RequestRecord(index=0, scheduled_at=1.0, sent_at=1.05, first_token_at=1.1, chunk_times=[1.1, 1.2],
                          output_tokens=2, prompt_tokens=1)
-    result = compute([late], duration=1.0, client_cpu_s=0.002, loop_lag_max_s=0.001)
+    result = compute([late], duration=1.0, client_cpu_s=0.002, loop_lag_mean_s=0.001, loop_lag_max_s=0.2)
     assert result["send_delay_p99"] == pytest.approx(50.0)
     assert result["client_cpu_us_per_token"] == pytest.approx(1000.0)
     assert not result.client_saturated
     assert compute([late], duration=1.0, client_cpu_s=0.95).client_saturated
+    assert compute([late], duration=1.0, loop_lag_mean_s=0.02).client_saturated
 
 
 def test_every_value_is_a_declared_metric() -> None:
