@@ -1,9 +1,12 @@
-"""The ``pytest-vllm`` console command: build the embedded models, warm caches.
+"""The ``pytest-vllm`` console command: embedded models, baselines, metric names, caches.
 
     pytest-vllm models build [--compressor-python PATH] [--force]
     pytest-vllm models verify
     pytest-vllm models path [base|compressed]
-    pytest-vllm warm            cache the installed vLLM's server options (flag validation)
+    pytest-vllm baselines list [DIR]
+    pytest-vllm baselines compare A B      two baseline folders or files (e.g. baselines/cpu baselines/h100)
+    pytest-vllm metrics                    metric names for budgets, with units and directions
+    pytest-vllm warm                       cache the installed vLLM's server options (flag validation)
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from pytest_vllm.errors import VLLMPluginError
 
@@ -51,6 +55,61 @@ def _warm(args: argparse.Namespace) -> int:
     return 0
 
 
+BASELINE_COLUMNS = ("output_throughput", "ttft_p50", "tpot_p50", "e2el_p50")
+
+
+def _baseline_rows(root: Path) -> dict[tuple[str, str], dict]:
+    """(file path relative to root, entry name) -> entry, for a folder or a single file."""
+    from pytest_vllm import baselines
+
+    if root.is_file():
+        return {(root.name, name): entry for name, entry in baselines.read_file(root)["entries"].items()}
+    if not root.is_dir():
+        raise VLLMPluginError(f"{root} is neither a baseline folder nor a baseline file")
+    return {(str(path.relative_to(root)), name): entry for path, name, entry in baselines.iter_entries(root)}
+
+
+def _baselines(args: argparse.Namespace) -> int:
+    if args.action == "list":
+        root = Path(args.paths[0] if args.paths else "baselines")
+        rows = _baseline_rows(root)
+        if not rows:
+            print(f"no baselines under {root}")
+            return 0
+        print(f"{'file':<70} {'entry':<40} {'recorded':<26} {'vllm':<8} " + " ".join(f"{c:>17}" for c in BASELINE_COLUMNS))
+        for (path, name), entry in sorted(rows.items()):
+            env = entry.get("environment", {})
+            values = [entry["metrics"].get(c, {}).get("median") for c in BASELINE_COLUMNS]
+            print(f"{path:<70} {name:<40} {env.get('recorded_at', '?'):<26} {env.get('vllm_version', '?'):<8} "
+                  + " ".join(f"{v:17.2f}" if v is not None else f"{'-':>17}" for v in values))
+        return 0
+    if len(args.paths) != 2:
+        raise VLLMPluginError("baselines compare takes two folders or files: A B")
+    a, b = (_baseline_rows(Path(p)) for p in args.paths)
+    common = sorted(set(a) & set(b))
+    print(f"{len(common)} entries in both, {len(set(a) - set(b))} only in A, {len(set(b) - set(a))} only in B")
+    for key in common:
+        print(f"{key[0]} [{key[1]}]")
+        for metric in BASELINE_COLUMNS:
+            va = a[key]["metrics"].get(metric, {}).get("median")
+            vb = b[key]["metrics"].get(metric, {}).get("median")
+            if va is None or vb is None:
+                continue
+            ratio = f"{vb / va:8.3f}x" if va else "       -"
+            print(f"    {metric:<20} A {va:12.2f}   B {vb:12.2f}   B/A {ratio}")
+    return 0
+
+
+def _metrics(args: argparse.Namespace) -> int:
+    from pytest_vllm.metrics import METRIC_DEFINITIONS, METRICS
+
+    print(f"metric definitions {METRIC_DEFINITIONS} (those of `vllm bench serve`)")
+    for name, info in METRICS.items():
+        better = {"lower": "lower is better", "higher": "higher is better", "none": "informational"}[info.direction]
+        print(f"  {name:<26} {info.unit:<6} {better:<17} {info.description}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pytest-vllm", description="pytest-vllm helper commands")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -62,6 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--compressor-python", help="interpreter with llm-compressor (its own environment)")
     models.add_argument("--force", action="store_true", help="rebuild even if verified")
     models.set_defaults(run=_models)
+
+    base = sub.add_parser("baselines", help="list or compare baseline files")
+    base.add_argument("action", choices=["list", "compare"])
+    base.add_argument("paths", nargs="*", help="list: a folder (default: baselines); compare: two folders or files")
+    base.set_defaults(run=_baselines)
+
+    metrics = sub.add_parser("metrics", help="metric names usable in budgets")
+    metrics.set_defaults(run=_metrics)
 
     warm = sub.add_parser("warm", help="cache the installed vLLM's server options for fast flag checks")
     warm.add_argument("--vllm-python", default=sys.executable)
