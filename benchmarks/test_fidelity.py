@@ -44,7 +44,8 @@ def test_fidelity_against_vllm_bench_serve(base_server, vllm_session) -> None:
                                     input_len=workload.input_len, output_len=workload.output_len,
                                     num_prompts=workload.num_requests, concurrency=concurrency,
                                     warmups=concurrency, seed=turn,
-                                    out_dir=vllm_session.config.report_dir / "vllm-bench", label=f"c{concurrency}-{turn}")
+                                    out_dir=vllm_session.config.report_dir / "vllm-bench",
+                                    label=f"c{concurrency}-{turn}")
             assert result["completed"] == workload.num_requests, result.get("errors")
             for ours_key, their_key in PAIRS:
                 ours[ours_key].append(mine[ours_key])

@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +128,7 @@ def environment_record(gpu: str, device_name: str, driver: str, vllm_version: st
     return {
         "gpu_profile": gpu, "device_name": device_name, "driver": driver, "vllm_version": vllm_version,
         "python": platform.python_version(), "pytest_vllm": __version__, "git_commit": git_commit(rootdir),
-        "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 

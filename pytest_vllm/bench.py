@@ -194,11 +194,17 @@ class Bench:
             stored = baselines.load(settings.baseline_dir, key)
         except BaselineError as exc:
             pytest.fail(str(exc), pytrace=False)
-        if stored is not None and (stored.server_key != measurement.server_key
-                                   or stored.workload_key != measurement.workload.key):
-            measurement.baseline_note = (f"the baseline in {stored.path} was recorded for another server spec or "
-                                         "workload; re-record it with --update-baselines")
+        if stored is not None and stored.workload_key != measurement.workload.key:
+            # Numbers of another workload say nothing about this one.
+            measurement.baseline_note = (f"the baseline in {stored.path} was recorded for another workload; "
+                                         "re-record it with --update-baselines")
             stored = None
+        elif stored is not None and stored.server_key != measurement.server_key:
+            # A changed server configuration is exactly what a regression gate must judge: compare, and say so.
+            changes = flag_changes(stored.data["server"].get("flags", {}), measurement.server_flags)
+            measurement.baseline_note = (
+                f"the server differs from the baseline's ({changes or 'model or environment'}); "
+                "compared anyway: re-record with --update-baselines if the change is intended")
         measurement.baseline = stored
         for metric, budget in wanted.items():
             current = measurement.value(metric)
@@ -277,6 +283,8 @@ def failure_text(measurement: Measurement) -> str:
                      f"{check.budget.describe()} [{unit}] {verdict}{note}")
     if measurement.baseline is not None:
         lines.append(f"  baseline: {measurement.baseline.path} (recorded {measurement.baseline.recorded})")
+    if measurement.baseline_note:
+        lines.append(f"  note: {measurement.baseline_note}")
     return "\n".join(lines)
 
 
@@ -331,6 +339,16 @@ def settings_for(config: Any, gpu: str, device_name: str, driver: str, vllm_vers
     return BenchSettings(gpu=gpu, baseline_dir=config.baseline_dir, update=config.update_baselines,
                          missing=config.missing_baseline, noise=NoisePolicy(config.noise_k, config.max_tolerance),
                          default_budgets=default_budgets, environment=environment, repeats=config.repeats)
+
+
+def flag_changes(before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
+    """``max_num_seqs: 8 → 1, enforce_eager: unset → True`` for notes."""
+    changes = []
+    for name in sorted(set(before) | set(after)):
+        if name == "served_model_name" or before.get(name) == after.get(name):
+            continue
+        changes.append(f"{name}: {before.get(name, 'unset')} → {after.get(name, 'unset')}")
+    return ", ".join(changes)
 
 
 def headline(measurements: Sequence[Measurement]) -> list[str]:

@@ -25,7 +25,9 @@ def _models(args: argparse.Namespace) -> int:
     recipes = list(embedded.RECIPES.values())
     if args.action == "build":
         sources = {r.source for r in recipes}
-        for recipe in (r for r in recipes if r.name not in sources):  # a build builds its source first
+        wanted = {"base": [embedded.BASE_RECIPE], "compressed": [embedded.COMPRESSED_RECIPE]}.get(
+            args.only or "", [r for r in recipes if r.name not in sources])  # a build builds its source first
+        for recipe in wanted:
             embedded.build(recipe, vllm_python=args.vllm_python, compressor_python=args.compressor_python,
                            force=args.force, say=lambda m: print(m, flush=True))
         return 0
@@ -37,11 +39,11 @@ def _models(args: argparse.Namespace) -> int:
             bad += bool(problems)
         return 1 if bad else 0
     if args.action == "path":
-        wanted = {"base": embedded.BASE_RECIPE, "compressed": embedded.COMPRESSED_RECIPE}
+        by_role = {"base": embedded.BASE_RECIPE, "compressed": embedded.COMPRESSED_RECIPE}
         for role in args.roles or ["base", "compressed"]:
-            if role not in wanted:
+            if role not in by_role:
                 raise VLLMPluginError(f"unknown role {role!r}: use base or compressed")
-            print(embedded.model_path(wanted[role]))
+            print(embedded.model_path(by_role[role]))
         return 0
     raise AssertionError(args.action)
 
@@ -76,7 +78,8 @@ def _baselines(args: argparse.Namespace) -> int:
         if not rows:
             print(f"no baselines under {root}")
             return 0
-        print(f"{'file':<70} {'entry':<40} {'recorded':<26} {'vllm':<8} " + " ".join(f"{c:>17}" for c in BASELINE_COLUMNS))
+        header = " ".join(f"{c:>17}" for c in BASELINE_COLUMNS)
+        print(f"{'file':<70} {'entry':<40} {'recorded':<26} {'vllm':<8} {header}")
         for (path, name), entry in sorted(rows.items()):
             env = entry.get("environment", {})
             values = [entry["metrics"].get(c, {}).get("median") for c in BASELINE_COLUMNS]
@@ -120,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--vllm-python", default=sys.executable, help="interpreter with vLLM, transformers, gguf")
     models.add_argument("--compressor-python", help="interpreter with llm-compressor (its own environment)")
     models.add_argument("--force", action="store_true", help="rebuild even if verified")
+    models.add_argument("--only", choices=["base", "compressed"],
+                        help="build one checkpoint (GPUs need only the base: their compressed default is online FP8)")
     models.set_defaults(run=_models)
 
     base = sub.add_parser("baselines", help="list or compare baseline files")

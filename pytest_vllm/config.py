@@ -8,17 +8,14 @@ pytest.ini / ``[tool.pytest.ini_options]``) > ``[tool.pytest_vllm]`` in pyprojec
 from __future__ import annotations
 
 import sys
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from pytest_vllm.conformance.profiles import PROFILES
 from pytest_vllm.errors import UsageError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - python 3.10
-    import tomli as tomllib
 
 Kind = Literal["str", "bool", "float", "int", "list"]
 
@@ -69,8 +66,8 @@ OPTIONS: tuple[Option, ...] = (
            "share a server (grouping boots each server once)", kind="bool", default=False),
     Option("update_baselines", "--update-baselines", "record this run's measurements as the baselines "
            "(atomic writes; only measurements without failed requests are written)", kind="bool", default=False),
-    Option("baseline_dir", "--vllm-baseline-dir", "folder of baseline files (layout <gpu>/<model>/<module>/<test>.json)",
-           default="baselines", metavar="DIR"),
+    Option("baseline_dir", "--vllm-baseline-dir",
+           "folder of baseline files (layout <gpu>/<model>/<module>/<test>.json)", default="baselines", metavar="DIR"),
     Option("missing_baseline", "--vllm-missing-baseline", "what a measurement without a baseline does: fail "
            "(default) or skip; it never passes silently", default="fail", metavar="fail|skip"),
     Option("repeats", "--vllm-repeats", "repetitions of every measurement (odd; the median gates); default: the "
@@ -81,6 +78,9 @@ OPTIONS: tuple[Option, ...] = (
            kind="float", default=0.20, metavar="FRACTION"),
     Option("report_dir", "--vllm-report-dir", "folder for results.json, summary.md and report.html",
            default=".pytest_vllm/reports", metavar="DIR"),
+    Option("conformance_profile", "--vllm-conformance-profile", "hypothesis profile of the OpenAI conformance "
+           "properties: ci (bounded examples, derandomized, no shrinking) or nightly (10x examples, random, "
+           "shrinking)", default="ci", metavar="ci|nightly"),
 )
 
 # Sub-tables [tool.pytest_vllm.<name>] beside the options.
@@ -125,6 +125,7 @@ class RunConfig:
     noise_k: float = 2.0
     max_tolerance: float = 0.20
     report_dir: Path = Path(".pytest_vllm/reports")
+    conformance_profile: str = "ci"
     budgets: Mapping[str, Any] = field(default_factory=dict)  # [tool.pytest_vllm.budgets]
 
     @classmethod
@@ -138,6 +139,10 @@ class RunConfig:
         repeats = get("repeats")
         if repeats is not None and (repeats < 1 or repeats % 2 == 0):
             raise UsageError(f"--vllm-repeats must be odd and positive (the median of an odd count), not {repeats}")
+        conformance_profile = str(get("conformance_profile")).lower()
+        if conformance_profile not in PROFILES:
+            raise UsageError(f"--vllm-conformance-profile must be one of {', '.join(PROFILES)}, "
+                             f"not {conformance_profile!r}")
         budgets = values.get("budgets") or {}
         if not isinstance(budgets, Mapping):
             raise UsageError("[tool.pytest_vllm.budgets] must be a table of metric = \"budget\"")
@@ -161,6 +166,7 @@ class RunConfig:
             noise_k=float(get("noise_k")),
             max_tolerance=float(get("max_tolerance")),
             report_dir=under_root(Path(str(get("report_dir")))),
+            conformance_profile=conformance_profile,
             budgets=dict(budgets),
         )
 

@@ -17,11 +17,15 @@ from dataclasses import dataclass, field
 from pytest_vllm.errors import UsageError
 
 
-class BootOrder(str, enum.Enum):
+class BootOrder(enum.StrEnum):
     """How the base and compressed servers of a pair start when both are needed."""
 
     PARALLEL = "parallel"  # both at once: fastest when memory (and vLLM's profiler) allows
     SERIAL = "serial"  # one after the other: vLLM measures free GPU memory at boot
+
+
+def _online_fp8() -> dict[str, object]:
+    return {"quantization": "fp8"}
 
 
 @dataclass(frozen=True)
@@ -41,9 +45,7 @@ class GPUProfile:
     server_env: dict[str, str] = field(default_factory=dict)
     # Flags that turn the base model into the default compressed server when no compressed
     # checkpoint is given (None: the profile needs a compressed checkpoint).
-    online_quantization: dict[str, object] | None = field(
-        default_factory=lambda: {"quantization": "fp8"}
-    )
+    online_quantization: dict[str, object] | None = field(default_factory=lambda: _online_fp8())
 
     @property
     def is_gpu(self) -> bool:

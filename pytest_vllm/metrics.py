@@ -97,7 +97,9 @@ def compute(records: Sequence[RequestRecord], duration: float, *, client_cpu_s: 
     ok = [r for r in records if r.ok]
     ttfts = [r.ttft for r in ok if r.ttft is not None]
     e2els = [r.e2el for r in ok if r.e2el is not None]
-    tpots, all_tpots, itls = [], [], []
+    tpots: list[float] = []
+    all_tpots: list[float] = []
+    itls: list[float] = []
     for r in ok:
         tpot = 0.0
         if r.output_tokens > 1 and r.e2el is not None and r.ttft is not None:
@@ -135,8 +137,8 @@ def _good_requests(ok: Sequence[RequestRecord], all_tpots: Sequence[float], slo_
         return len(ok)
     good = 0
     for record, tpot in zip(ok, all_tpots):
-        checks = {"ttft": record.ttft, "tpot": tpot, "e2el": record.e2el}
-        if all(checks[name] is not None and checks[name] * 1000.0 <= limit for name, limit in slo_ms.items()):
+        seconds = {"ttft": record.ttft, "tpot": tpot, "e2el": record.e2el}
+        if all((value := seconds[name]) is not None and value * 1000.0 <= limit for name, limit in slo_ms.items()):
             good += 1
     return good
 

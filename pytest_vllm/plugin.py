@@ -7,7 +7,7 @@ import, so ``pytest --help`` stays fast. The state of a run lives in ``session.V
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pytest
@@ -45,8 +45,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                             metavar=option.metavar, help=option.help)
         else:
             group.addoption(option.flag, default=None, dest=option.dest, metavar=option.metavar, help=option.help)
-        parser.addini(option.ini_name, f"{option.help} (twin of {option.flag})",
-                      type="args" if option.kind == "list" else "string", default=[] if option.kind == "list" else "")
+        if option.kind == "list":
+            parser.addini(option.ini_name, f"{option.help} (twin of {option.flag})", type="args", default=[])
+        else:
+            parser.addini(option.ini_name, f"{option.help} (twin of {option.flag})", type="string", default="")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -149,25 +151,28 @@ def pytest_report_collectionfinish(config: pytest.Config) -> list[str]:
 
 
 # -- test lifecycle ------------------------------------------------------------------------
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
-    yield
-    item.config.stash[SESSION_KEY].finished(item.nodeid)
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
+    try:
+        return (yield)
+    finally:  # after the test's own fixtures (its clients) are torn down
+        item.config.stash[SESSION_KEY].finished(item.nodeid)
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    outcome = yield
-    report = outcome.get_result()
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
     if not report.failed or call.when == "teardown":
-        return
+        return report
     session = item.config.stash[SESSION_KEY]
     if session.remote or "pool" not in session.__dict__:
-        return
+        return report
     for server in session.pool.servers_used_by(item.nodeid):
         tail = "\n".join(server.log_tail(LOG_LINES_IN_REPORT))
         report.sections.append((f"vllm {server.spec.role} server log (last {LOG_LINES_IN_REPORT} lines; "
                                 f"full log {server.log_path})", tail))
+    return report
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config) -> None:

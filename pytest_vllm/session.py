@@ -228,8 +228,9 @@ class VLLMSession:
         if not self.remote:
             return self.schema.vllm_version
         try:
+            url = self.config.urls.base or self.config.urls.compressed
             with httpx.Client(timeout=10) as http:
-                return str(http.get(f"{self.config.urls.base or self.config.urls.compressed}/version").json()["version"])
+                return str(http.get(f"{url}/version").json()["version"])
         except (httpx.HTTPError, ValueError, KeyError):
             return "unknown"
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ import aiohttp
 from pytest_vllm.load.prompts import Prompt
 from pytest_vllm.load.workload import Workload
 
+_decode: Callable[[bytes], Any]
 try:  # msgspec ships with vLLM; it decodes SSE payloads several times faster than json
     from msgspec.json import decode as _decode
 except ImportError:  # pragma: no cover - plain json works, only slower

@@ -167,7 +167,8 @@ async def run_workload_async(url: str, model: str, workload: Workload, api_key: 
             probe.start()
             cpu_before = time.thread_time()
             start = time.perf_counter()
-            progress = asyncio.create_task(_progress(f"{label} run {repeat + 1}/{workload.repeats}", records, say, start))
+            run_label = f"{label} run {repeat + 1}/{workload.repeats}"
+            progress = asyncio.create_task(_progress(run_label, records, say, start))
             try:
                 if workload.closed_loop:
                     await _closed_loop(session, url, requests, workload.concurrency or 1, records)

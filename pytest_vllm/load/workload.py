@@ -84,7 +84,8 @@ class Workload:
 
     def describe(self) -> str:
         mode = (f"concurrency {self.concurrency}" if self.closed_loop
-                else f"{self.request_rate:g} req/s" + (f" (burstiness {self.burstiness:g})" if self.burstiness != 1 else "")
+                else f"{self.request_rate:g} req/s"
+                + (f" (burstiness {self.burstiness:g})" if self.burstiness != 1 else "")
                 + (f", max concurrency {self.concurrency}" if self.concurrency else ""))
         prefix = f", shared prefix {self.shared_prefix_len}" if self.shared_prefix_len else ""
         return (f"{self.num_requests} x {self.endpoint} {self.input_len} in / {self.output_len} out, {mode}{prefix}, "

@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pytest_vllm.errors import UsageError
@@ -141,7 +141,7 @@ def build(recipe: Recipe, *, vllm_python: str, compressor_python: str | None, fo
         try:
             _run_recipe(recipe, tmp, vllm_python, compressor_python)
             manifest = {"recipe": _recipe_record(recipe), "files": _manifest_files(tmp),
-                        "built": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                        "built": datetime.now(UTC).isoformat(timespec="seconds")}
             if recipe.source:
                 manifest["source_manifest_sha256"] = _sha256(model_path(RECIPES[recipe.source]) / MANIFEST)
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))

@@ -33,13 +33,16 @@ def resolve_role(role: str, base_model: str | None, compressed_model: str | None
     if role == BASE:
         if base_model:
             return RoleModel(base_model)
-        return RoleModel(str(embedded.require_built(embedded.BASE_RECIPE)), source="embedded")
+        # The embedded checkpoint is stored in float32 (exact on CPU kernels); GPUs serve it in
+        # bfloat16, as any production checkpoint (FlashAttention has no float32 path).
+        flags = {"dtype": "bfloat16"} if profile.is_gpu else {}
+        return RoleModel(str(embedded.require_built(embedded.BASE_RECIPE)), flags, source="embedded")
     if role == COMPRESSED:
         if compressed_model:
             return RoleModel(compressed_model)
         if profile.online_quantization:
             base = resolve_role(BASE, base_model, None, profile)
-            return RoleModel(base.model, dict(profile.online_quantization),
+            return RoleModel(base.model, {**base.flags, **profile.online_quantization},
                              source="online quantization of the base model")
         if base_model:
             raise UsageError(

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import io
 from collections import defaultdict
+from typing import Any
 
 from pytest_vllm.bench import BenchState, Measurement
 
 
-def _figure() -> tuple[object, object]:
+def _figure() -> tuple[Any, Any]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -18,13 +19,13 @@ def _figure() -> tuple[object, object]:
     return plt.subplots(figsize=(7.5, 4.2), dpi=110)
 
 
-def _png(fig: object) -> bytes:
+def _png(fig: Any) -> bytes:
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
-    fig.tight_layout()  # type: ignore[attr-defined]
-    fig.savefig(buffer, format="png")  # type: ignore[attr-defined]
-    plt.close(fig)  # type: ignore[arg-type]
+    fig.tight_layout()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
     return buffer.getvalue()
 
 
@@ -35,7 +36,7 @@ def _label(m: Measurement) -> str:
 def latency_cdf(state: BenchState, metric: str = "ttft") -> bytes | None:
     import numpy as np
 
-    series = []
+    series: list[tuple[str, Any]] = []
     for m in state.measurements:
         values = [getattr(r, metric) for run in m.records for r in run if r.ok and getattr(r, metric) is not None]
         if values:

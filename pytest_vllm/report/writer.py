@@ -12,7 +12,7 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,8 @@ def write_reports(report_dir: Path, sections: Sequence[Section], run_info: dict[
     written.append(path)
 
     markdown = [f"## pytest-vllm: {run_info.get('verdict', '')}", "",
-                f"profile `{run_info.get('gpu')}` · device {run_info.get('device')} · vLLM {run_info.get('vllm_version')}",
+                f"profile `{run_info.get('gpu')}` · device {run_info.get('device')} · "
+                f"vLLM {run_info.get('vllm_version')}",
                 ""]
     for section in sections:
         for table in section.tables:
@@ -79,7 +80,7 @@ def _html(sections: Sequence[Section], run_info: dict[str, Any], images: dict[st
              "</style></head><body>",
              f"<h1>pytest-vllm report: {html.escape(str(run_info.get('verdict', '')))}</h1>",
              f"<p>{html.escape(json.dumps(run_info, default=str))}</p>",
-             f"<p>generated {datetime.now(timezone.utc).isoformat(timespec='seconds')}</p>"]
+             f"<p>generated {datetime.now(UTC).isoformat(timespec='seconds')}</p>"]
     for section in sections:
         for table in section.tables:
             parts.append(f"<h2>{html.escape(table.title)}</h2><table><tr>"

@@ -46,7 +46,7 @@ def _accepts(convert: Callable[[str], Any], text: str) -> bool:
 def value_kind(action: argparse.Action) -> str:
     """Classify a value-taking option by probing its type callable: int, float or any."""
     convert = action.type
-    if convert is None or convert is str:
+    if convert is None or convert is str or not callable(convert):
         return "any"
     if convert is int:
         return "int"

@@ -97,8 +97,8 @@ def to_argv(flags: Mapping[str, object], schema: VLLMArgSchema) -> list[str]:
             continue
         info = schema.options.get(name)
         if info is None:
-            hint = schema.suggest(name)
-            did_you_mean = f"; did you mean {', '.join(hint)}?" if hint else ""
+            close = schema.suggest(name)
+            did_you_mean = f"; did you mean {', '.join(close)}?" if close else ""
             problems.append(f"{key!r} ({name}) is not a vLLM {schema.vllm_version} server flag{did_you_mean}")
             continue
         if value is None:
@@ -167,7 +167,8 @@ def _installation(python: str) -> dict[str, Any]:
 def load_schema(python: str, cache_dir: Path) -> VLLMArgSchema:
     """The option table of vLLM installed for ``python``, from cache or by asking vLLM itself."""
     install = _installation(python)
-    key = hashlib.sha256(f"{python}|{install['origin']}|{install['version']}|{install['mtime']}".encode()).hexdigest()[:16]
+    identity = f"{python}|{install['origin']}|{install['version']}|{install['mtime']}"
+    key = hashlib.sha256(identity.encode()).hexdigest()[:16]
     path = cache_dir / "vllm-args" / f"{install['version']}-{key}.json"
     if path.is_file():
         try:

@@ -172,3 +172,18 @@ def test_remote_mode_skips_tests_it_cannot_serve(pytester: pytest.Pytester) -> N
     result.assert_outcomes(skipped=2)
     result.stdout.fnmatch_lines(["*needs the compressed server; --vllm-url gave none*",
                                  "*needs a base server booted with its vllm_server flags*"])
+
+
+def test_unknown_budget_metric_fails_at_collection_listing_valid_names(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+        import pytest
+        @pytest.mark.vllm_budget(ttft_median="<= baseline * 1.1")
+        def test_x(): pass
+
+        @pytest.mark.vllm_pair_budget(output_throughput=">= 100 tok/s")
+        def test_y(): pass
+    """)
+    result = pytester.runpytest_subprocess()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*test_x: unknown metric 'ttft_median' in a budget; valid metrics: *ttft_p50*",
+                                 "*test_y: pair budget output_throughput='>= 100 tok/s': write a ratio*"])

@@ -1,0 +1,85 @@
+"""The load generator against a real server: exact prompt lengths, datasets, open loop, failures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from pytest_vllm.load.runner import build_prompts, run_async, run_workload
+from pytest_vllm.load.workload import Workload
+from pytest_vllm.metrics import compute
+
+pytestmark = pytest.mark.integration
+
+
+def tokens(server, text: str) -> list[int]:
+    with server.http() as http:
+        return http.post("/tokenize", json={"model": server.model, "prompt": text}).json()["tokens"]
+
+
+@pytest.mark.parametrize("length", [16, 300, 1500])
+def test_synthetic_prompts_have_exact_token_lengths(base_server, length: int) -> None:
+    workload = Workload(input_len=length, num_requests=4, seed=length)
+    prompts, warmup = run_async(build_prompts(base_server.url, base_server.model, workload))
+    assert len(prompts) == 4 and len(warmup) == 1
+    assert [len(tokens(base_server, p.text)) for p in prompts] == [length] * 4
+    assert len({p.text for p in prompts}) == 4, "seeded but distinct prompts"
+    again, _ = run_async(build_prompts(base_server.url, base_server.model, workload))
+    assert [p.text for p in again] == [p.text for p in prompts], "the same seed gives the same prompts"
+
+
+def test_shared_prefix_prompts_share_their_first_tokens(base_server) -> None:
+    workload = Workload(input_len=200, shared_prefix_len=160, num_requests=3)
+    prompts, _ = run_async(build_prompts(base_server.url, base_server.model, workload))
+    ids = [tokens(base_server, p.text) for p in prompts]
+    assert all(len(i) == 200 for i in ids)
+    assert ids[0][:150] == ids[1][:150] == ids[2][:150]
+    assert ids[0][170:] != ids[1][170:]
+
+
+def test_closed_loop_run_counts_exact_tokens(base_server) -> None:
+    workload = Workload(input_len=64, output_len=12, num_requests=6, concurrency=3, repeats=1)
+    run = run_workload(base_server.url, base_server.model, workload).runs[0]
+    assert all(r.ok for r in run.records), [r.error for r in run.records]
+    assert [r.prompt_tokens for r in run.records] == [64] * 6
+    assert [r.output_tokens for r in run.records] == [12] * 6  # ignore_eos: exact output lengths
+    assert all(len(r.chunk_times) >= 2 for r in run.records)
+    result = compute(run.records, run.duration)
+    assert result["completed"] == 6 and result["output_throughput"] > 0 and result["tpot_p50"] > 0
+
+
+def test_open_loop_keeps_its_schedule(base_server) -> None:
+    workload = Workload(input_len=32, output_len=4, num_requests=8, concurrency=None, request_rate=4.0, repeats=1)
+    run = run_workload(base_server.url, base_server.model, workload).runs[0]
+    assert all(r.ok for r in run.records)
+    result = compute(run.records, run.duration)
+    assert result["send_delay_p99"] < 50.0, "absolute-time scheduling: requests leave when they are due"
+
+
+def test_chat_conversations_from_a_jsonl_dataset(base_server, tmp_path: Path) -> None:
+    dataset = tmp_path / "chats.jsonl"
+    dataset.write_text("\n".join(json.dumps(row) for row in [
+        {"messages": [{"role": "user", "content": "What is the capital of France?"}]},
+        {"prompt": "Name a color."},
+    ]))
+    workload = Workload(endpoint="chat", dataset=str(dataset), num_requests=2, output_len=8, concurrency=2,
+                        repeats=1, ignore_eos=False)
+    run = run_workload(base_server.url, base_server.model, workload).runs[0]
+    assert all(r.ok for r in run.records), [r.error for r in run.records]
+    assert "Paris" in run.records[0].text
+
+
+def test_failed_requests_are_recorded_not_hidden(base_server, tmp_path: Path) -> None:
+    dataset = tmp_path / "prompts.jsonl"
+    dataset.write_text(json.dumps({"prompt": "Hello"}))
+    workload = Workload(dataset=str(dataset), output_len=4, num_requests=2, concurrency=2, repeats=1,
+                        warmup_requests=0)
+    run = run_workload(base_server.url, base_server.model + "-missing", workload).runs[0]
+    assert all(not r.ok for r in run.records)
+    assert all(r.error and r.error.startswith("HTTP 404") for r in run.records), [r.error for r in run.records]
+    assert compute(run.records, run.duration)["failed"] == 2
+    with httpx.Client(base_url=base_server.url) as http:
+        assert http.get("/health").status_code == 200
