@@ -129,7 +129,8 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         if need is not None and need.skip_reason:
             item.add_marker(pytest.mark.skip(reason=need.skip_reason))
     by_id = {item.nodeid: item for item in items}
-    items[:] = [by_id[nodeid] for nodeid in vllm_session.order([item.nodeid for item in items])]
+    boots_own = frozenset(i.nodeid for i in items if "vllm_server_factory" in getattr(i, "fixturenames", ()))
+    items[:] = [by_id[nodeid] for nodeid in vllm_session.order([item.nodeid for item in items], boots_own)]
 
 
 def _check_budget_markers(items: list[pytest.Item]) -> None:

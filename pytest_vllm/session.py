@@ -29,7 +29,6 @@ from pytest_vllm.server.process import LaunchPlan
 from pytest_vllm.server.spec import (
     BASE,
     COMPRESSED,
-    PAIR_ROLES,
     MarkerFlags,
     ServerSpec,
     merge_flags,
@@ -106,7 +105,9 @@ class VLLMSession:
             role_model = self.role_model(role)
             model = role_model.model
             layers.append(role_model.flags)
-        if role in PAIR_ROLES and self.profile.pair_gpu_memory_utilization:
+        if self.profile.pair_gpu_memory_utilization:
+            # Two servers may share the GPU at any time (the pair, or a test's own server beside a
+            # shared one), so every server takes its share, not vLLM's default 0.9.
             layers.append({"gpu_memory_utilization": self.profile.pair_gpu_memory_utilization})
         flags, env = merge_flags(role, layers, markers)
         spec = ServerSpec.create(role, model, flags, {**self.profile.server_env, **env})
@@ -165,8 +166,12 @@ class VLLMSession:
                         "runs with its own flags")
         return None
 
-    def order(self, nodeids: Sequence[str]) -> list[str]:
-        """Group tests that use the same server configuration, keeping first-seen order otherwise."""
+    def order(self, nodeids: Sequence[str], boots_own: frozenset[str] = frozenset()) -> list[str]:
+        """Group tests that use the same server configuration, keeping first-seen order otherwise.
+
+        Within a group, tests that boot servers of their own (``boots_own``: they use
+        vllm_server_factory) run last, so their servers do not evict the group's shared ones.
+        """
         if self.config.keep_order:
             return list(nodeids)
         first_seen: dict[str, int] = {}
@@ -175,8 +180,8 @@ class VLLMSession:
             need = self.needs.get(nodeid)
             group = "" if need is None or need.skip_reason else need.family
             first_seen.setdefault(group, index)
-            keys.append((first_seen[group], index, nodeid))
-        return [nodeid for _, _, nodeid in sorted(keys)]
+            keys.append((first_seen[group], nodeid in boots_own, index, nodeid))
+        return [key[-1] for key in sorted(keys)]
 
     # -- serving ------------------------------------------------------------------------------
     def handle(self, role: str, nodeid: str) -> ServerHandle:
