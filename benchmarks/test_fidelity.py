@@ -29,8 +29,9 @@ def test_fidelity_against_vllm_bench_serve(base_server, vllm_session) -> None:
     profile = vllm_session.profile
     base = Workload(name="fidelity", input_len=256, output_len=64, repeats=1)
     rows, misses = [], []
+    per_slot = profile.requests_per_slot
     for concurrency in profile.concurrency_levels:
-        workload = base.with_(concurrency=concurrency, num_requests=max(8, 4 * concurrency),
+        workload = base.with_(concurrency=concurrency, num_requests=max(8, per_slot * concurrency),
                               name=f"fidelity_c{concurrency}")
         ours: dict[str, list[float]] = {k: [] for k, _ in PAIRS}
         theirs: dict[str, list[float]] = {k: [] for k, _ in PAIRS}

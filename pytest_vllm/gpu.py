@@ -39,6 +39,9 @@ class GPUProfile:
     boot_order: BootOrder = BootOrder.PARALLEL
     # Concurrency levels the throughput suites sweep on this device.
     concurrency_levels: tuple[int, ...] = (1, 16, 64)
+    # Requests per concurrency slot in a throughput measurement: a GPU finishes a few requests per
+    # slot in well under a second, far too short a run to measure steadily.
+    requests_per_slot: int = 16
     # Server flags every server gets on this profile unless its marker says otherwise.
     server_defaults: dict[str, object] = field(default_factory=dict)
     # Environment every server gets on this profile.
@@ -70,6 +73,7 @@ PROFILES: dict[str, GPUProfile] = {
             name="cpu",
             memory_gib=0,
             concurrency_levels=(1, 4),
+            requests_per_slot=4,
             # float32: bfloat16 on the CPU kernels drifts from the reference greedy output.
             server_defaults={"dtype": "float32", "max_model_len": 2048},
             server_env={

@@ -3,48 +3,69 @@ of prefix caching, and the compressed server's speedup over the base.
 
 Every measurement is the median of repeated runs (metrics as `vllm bench serve` defines them),
 gated against the baselines recorded for this GPU profile under ``baselines/<gpu>/``. Record them
-on purpose with ``--update-baselines``.
+on purpose with ``--update-baselines``. Workload sizes follow the GPU profile: a run must last
+seconds, not milliseconds, to be steady, and a 2-core CPU serves ~25 tokens/s where an H100
+serves thousands.
 """
 
 from __future__ import annotations
 
 import pytest
 
+from pytest_vllm.gpu import GPUProfile
 from pytest_vllm.load.workload import Workload
 
-# Small enough for a 2-core CPU run, large enough to be steady: ~10-20 s per repetition on CPU.
-SINGLE_STREAM = Workload(name="single_stream", num_requests=6, input_len=128, output_len=48, concurrency=1)
-THROUGHPUT = Workload(name="throughput", num_requests=16, input_len=128, output_len=48)
-PREFIX_SHARED = Workload(name="shared_prefix", num_requests=12, input_len=1024, shared_prefix_len=960,
-                         output_len=4, concurrency=1)
-SPEEDUP = Workload(name="speedup", num_requests=16, input_len=128, output_len=48, concurrency=4)
+
+def single_stream(profile: GPUProfile) -> Workload:
+    return Workload(name="single_stream", num_requests=max(6, profile.requests_per_slot * 3 // 2), input_len=128,
+                    output_len=48, concurrency=1)
 
 
-def test_single_stream_latency(vllm_server, vllm_bench, benchmark) -> None:
+def throughput(profile: GPUProfile, concurrency: int) -> Workload:
+    return Workload(name=f"throughput_c{concurrency}", num_requests=max(8, profile.requests_per_slot * concurrency),
+                    input_len=128, output_len=48, concurrency=concurrency)
+
+
+def shared_prefix(profile: GPUProfile) -> Workload:
+    # Long enough that prefill dominates the first token: 1k tokens on a CPU, 4k on a GPU.
+    length = 4096 if profile.is_gpu else 1024
+    return Workload(name="shared_prefix", num_requests=24 if profile.is_gpu else 12, input_len=length,
+                    shared_prefix_len=length - 64, output_len=4, concurrency=1)
+
+
+def speedup(profile: GPUProfile) -> Workload:
+    concurrency = profile.concurrency_levels[-1]
+    return Workload(name="speedup", num_requests=profile.requests_per_slot * concurrency, input_len=128,
+                    output_len=48, concurrency=concurrency)
+
+
+def test_single_stream_latency(vllm_server, vllm_bench, vllm_session, benchmark) -> None:
     """One request at a time; the end-to-end latencies also land in pytest-benchmark's storage."""
-    vllm_bench.single_stream(vllm_server, SINGLE_STREAM, benchmark)
+    vllm_bench.single_stream(vllm_server, single_stream(vllm_session.profile), benchmark)
 
 
-def test_throughput_at_concurrency(vllm_server, vllm_bench, concurrency: int) -> None:
+def test_throughput_at_concurrency(vllm_server, vllm_bench, vllm_session, concurrency: int) -> None:
     """Closed-loop throughput at each concurrency level of the GPU profile."""
-    vllm_bench.run(vllm_server, THROUGHPUT.with_(name=f"throughput_c{concurrency}", concurrency=concurrency,
-                                                 num_requests=max(THROUGHPUT.num_requests, 4 * concurrency)))
+    vllm_bench.run(vllm_server, throughput(vllm_session.profile, concurrency))
 
 
 @pytest.mark.vllm_pair_budget(ttft_p50="<= 0.7")
-def test_prefix_caching_cuts_ttft_of_shared_prefixes(base_server, vllm_server_factory, vllm_bench) -> None:
+def test_prefix_caching_cuts_ttft_of_shared_prefixes(base_server, vllm_server_factory, vllm_bench,
+                                                     vllm_session) -> None:
     """Prompts sharing a long prefix: with prefix caching (on by default in vLLM's V1 engine, so the
     base server has it), prefill skips the shared part; the same server without it is the reference."""
     assert base_server.spec is None or base_server.spec.flag_dict.get("enable_prefix_caching") is not False
     without = vllm_server_factory(role="no_prefix_cache", enable_prefix_caching=False)
-    vllm_bench.compare(without, base_server, PREFIX_SHARED)
+    vllm_bench.compare(without, base_server, shared_prefix(vllm_session.profile))
 
 
 @pytest.mark.vllm_pair_budget(output_throughput=">= 0.75", tpot_p50="<= 1.35")
-def test_compressed_speedup_over_base(server_pair, vllm_bench) -> None:
-    """Base and compressed under the same load in the same run; the ratio is compressed / base.
+def test_compressed_speedup_over_base(server_pair, vllm_bench, vllm_session) -> None:
+    """Base and compressed under the same load, at the profile's highest concurrency, in the same
+    run; the ratio is compressed / base.
 
-    On the CPU profile the INT8 W8A8 kernels run against float32 weights; the budget guards
-    against a regression of the compressed path rather than demanding a GPU-sized speedup.
+    The budget guards against a regression of the compressed path (on the CPU profile INT8 W8A8
+    runs ~1.3x the float32 base; on an H100 a 135M model is bound by CPU-side scheduling, so FP8
+    cannot show its 1.3-1.5x of 8B models) rather than demanding a GPU-sized speedup.
     """
-    vllm_bench.compare(*server_pair, SPEEDUP)
+    vllm_bench.compare(*server_pair, speedup(vllm_session.profile))

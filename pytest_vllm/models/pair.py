@@ -13,7 +13,7 @@ from typing import Any
 from pytest_vllm.errors import UsageError
 from pytest_vllm.gpu import GPUProfile
 from pytest_vllm.models import embedded
-from pytest_vllm.server.spec import BASE, COMPRESSED
+from pytest_vllm.server.spec import BASE, COMPRESSED, served_name_for
 
 
 @dataclass(frozen=True)
@@ -42,8 +42,11 @@ def resolve_role(role: str, base_model: str | None, compressed_model: str | None
             return RoleModel(compressed_model)
         if profile.online_quantization:
             base = resolve_role(BASE, base_model, None, profile)
-            return RoleModel(base.model, {**base.flags, **profile.online_quantization},
-                             source="online quantization of the base model")
+            # Its own served name: the two servers of a pair must be told apart in reports and baselines.
+            scheme = "-".join(str(v) for v in profile.online_quantization.values())
+            flags = {**base.flags, **profile.online_quantization,
+                     "served_model_name": f"{served_name_for(base.model)}-{scheme}"}
+            return RoleModel(base.model, flags, source="online quantization of the base model")
         if base_model:
             raise UsageError(
                 f"--base-model {base_model} was given without --compressed-model, and the {profile.name!r} "

@@ -38,14 +38,14 @@ def run_inner(pytester: pytest.Pytester, baseline_dir: Path, *extra: str, monkey
 
 
 def test_gate_records_passes_and_catches_a_slowdown(pytester: pytest.Pytester, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+                                                    monkeypatch: pytest.MonkeyPatch, vllm_session) -> None:
     pytester.makepyfile(test_inner=INNER)
     baselines = tmp_path / "baselines"
 
     recorded = run_inner(pytester, baselines, "--update-baselines", monkeypatch=monkeypatch)
     recorded.assert_outcomes(passed=1)
     files = list(baselines.rglob("*.json"))
-    assert len(files) == 1 and files[0].parts[-4] == "cpu"
+    assert len(files) == 1 and files[0].parts[-4] == vllm_session.profile.name
     entry = next(iter(json.loads(files[0].read_text())["entries"].values()))
     assert len(entry["metrics"]["output_throughput"]["runs"]) == 3
 
