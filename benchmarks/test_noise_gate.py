@@ -43,7 +43,7 @@ def gate(result: RepeatedResult, baseline: RepeatedResult, settings) -> tuple[bo
 
 
 def test_false_alarm_and_detection_rates(base_server, vllm_server_factory, vllm_session) -> None:
-    settings = settings_for(vllm_session.config, vllm_session.profile.name, vllm_session.device.name,
+    settings = settings_for(vllm_session.config, vllm_session.profile, vllm_session.device.name,
                             vllm_session.device.driver, vllm_session.vllm_version)
     slowed = vllm_server_factory(role="slowed", max_num_seqs=max(1, (WORKLOAD.concurrency or 1) // 2))
     baseline = measure(base_server, WORKLOAD)

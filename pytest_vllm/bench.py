@@ -20,6 +20,7 @@ import pytest
 from pytest_vllm import baselines
 from pytest_vllm.budgets import DEFAULT_BUDGETS, Budget, Check, NoisePolicy, evaluate, parse_budgets
 from pytest_vllm.errors import BaselineError
+from pytest_vllm.gpu import GPUProfile
 from pytest_vllm.load.client import RequestRecord, new_session, prepare, send_streaming
 from pytest_vllm.load.runner import RunResult, WorkloadRuns, build_prompts, event_loop, run_async, run_workload
 from pytest_vllm.load.workload import Workload
@@ -330,10 +331,16 @@ async def _open_session(api_key: str) -> Any:
     return new_session(api_key)
 
 
-def settings_for(config: Any, gpu: str, device_name: str, driver: str, vllm_version: str) -> BenchSettings:
-    """BenchSettings from a RunConfig (``config``) and the machine."""
-    defaults = dict(DEFAULT_BUDGETS)
+def settings_for(config: Any, profile: GPUProfile, device_name: str, driver: str, vllm_version: str
+                 ) -> BenchSettings:
+    """BenchSettings from a RunConfig (``config``), the GPU profile and the machine.
+
+    Default budgets: the field's (DEFAULT_BUDGETS), then the profile's (a CPU run is noisier
+    from one boot to the next), then ``[tool.pytest_vllm.budgets]``; markers override per test.
+    """
+    defaults = {**DEFAULT_BUDGETS, **profile.budget_defaults}
     defaults.update({k: str(v) for k, v in config.budgets.items()})
+    gpu = profile.name
     default_budgets = parse_budgets(defaults, where="[tool.pytest_vllm.budgets]: ")
     environment = baselines.environment_record(gpu, device_name, driver, vllm_version, config.rootdir)
     return BenchSettings(gpu=gpu, baseline_dir=config.baseline_dir, update=config.update_baselines,

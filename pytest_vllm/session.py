@@ -226,7 +226,7 @@ class VLLMSession:
         from pytest_vllm.bench import BenchState, settings_for
 
         device = self.device
-        return BenchState(settings_for(self.config, self.profile.name, device.name, device.driver, self.vllm_version))
+        return BenchState(settings_for(self.config, self.profile, device.name, device.driver, self.vllm_version))
 
     @cached_property
     def vllm_version(self) -> str:

@@ -44,9 +44,9 @@ def resolve_role(role: str, base_model: str | None, compressed_model: str | None
             base = resolve_role(BASE, base_model, None, profile)
             # Its own served name: the two servers of a pair must be told apart in reports and baselines.
             scheme = "-".join(str(v) for v in profile.online_quantization.values())
-            flags = {**base.flags, **profile.online_quantization,
-                     "served_model_name": f"{served_name_for(base.model)}-{scheme}"}
-            return RoleModel(base.model, flags, source="online quantization of the base model")
+            online: dict[str, Any] = {**base.flags, **profile.online_quantization,
+                                      "served_model_name": f"{served_name_for(base.model)}-{scheme}"}
+            return RoleModel(base.model, online, source="online quantization of the base model")
         if base_model:
             raise UsageError(
                 f"--base-model {base_model} was given without --compressed-model, and the {profile.name!r} "
