@@ -1,0 +1,223 @@
+"""Runs one conformance property against one server.
+
+It applies the hypothesis profile, counts examples into the ledger, attaches the requests of a
+failing example (JSON and curl) to the failure, separates the server's known deviations (an
+xfail naming them at the end, never a silent pass) from new ones (a failure), and checks that
+the server is still healthy and still answers correctly after rejected requests.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from pytest_vllm.conformance.deviations import Deviation, KnownDeviation, split_known
+from pytest_vllm.conformance.validators import (
+    CHAT,
+    ENDPOINTS,
+    Outcome,
+    check_accept_or_reject,
+    check_rejection,
+    check_response,
+    summarize,
+)
+
+if TYPE_CHECKING:
+    from hypothesis.strategies import SearchStrategy
+
+    from pytest_vllm.conformance.ledger import PropertyRecord
+    from pytest_vllm.conformance.probe import Exchange, Probe
+    from pytest_vllm.conformance.profiles import Profile
+
+# The canary: a greedy request whose answer must not change after the server rejected requests.
+CANARY = {"messages": [{"role": "user", "content": "What is the capital of France?"}], "temperature": 0,
+          "max_tokens": 8}
+
+
+class ConformanceFailure(AssertionError):
+    """A server broke the OpenAI contract; the message lists every deviation found."""
+
+
+def add_note(exc: BaseException, note: str) -> None:
+    """Attach ``note`` to the exception (PEP 678); pytest and hypothesis print it with the failure."""
+    if hasattr(exc, "add_note"):
+        exc.add_note(note)
+    else:  # pragma: no cover - python 3.10
+        notes = list(getattr(exc, "__notes__", []))
+        exc.__notes__ = [*notes, note]  # type: ignore[attr-defined]
+
+
+class PropertyRun:
+    """The context of one property on one server (a fresh one per test)."""
+
+    def __init__(self, *, model: str, probe: Probe, record: PropertyRecord, profile: Profile,
+                 known: Sequence[KnownDeviation] = (), peers: Sequence[PropertyRun] = (),
+                 extensions: frozenset[str] = frozenset()) -> None:
+        self.model = model
+        self.probe = probe
+        self.record = record
+        self.profile = profile
+        self.known = tuple(known)
+        self.peers = tuple(peers)  # other servers the same property talks to (base vs compressed)
+        self.vllm = bool(self.known)  # vLLM's extensions (return_token_ids, ...) may be used
+        self.extensions = extensions  # vLLM's sampling extensions the server accepts
+        self.expected: list[tuple[KnownDeviation, Deviation]] = []
+        self._canary: str | None = None
+        self._liveness: str | None = None
+        self._generated = False  # inside a hypothesis run
+
+    def require(self, *names: str) -> None:
+        """Skip (saying why) a property about vLLM extensions the server refuses."""
+        missing = [name for name in names if name not in self.extensions]
+        if missing:
+            pytest.skip(f"the server refuses vLLM's {', '.join(missing)} (not OpenAI parameters): nothing to check")
+
+    # -- running ----------------------------------------------------------------------------------
+    def run(self, check: Callable[[Any], None], strategy: SearchStrategy[Any], *, examples: int) -> None:
+        """Run ``check`` on examples of ``strategy`` (``examples`` is the CI budget; the profile
+        scales it), then report the known deviations seen, if any, as an xfail."""
+        from hypothesis import given
+
+        # wraps: hypothesis reads the check's signature (it passes the value by the check's parameter
+        # name) and keys its database and derandomized seed on the check's own source.
+        @functools.wraps(check)
+        def one_example(*args: Any, **kwargs: Any) -> None:
+            with self.example():
+                check(*args, **kwargs)
+
+        self._generated = True
+        try:
+            self.profile.settings(examples)(given(strategy)(one_example))()
+        finally:
+            self._generated = False
+        self.finish()
+
+    def once(self, check: Callable[[], None]) -> None:
+        """A check that needs no generated input: one example, then the same verdict rules."""
+        with self.example():
+            check()
+        self.finish()
+
+    @contextmanager
+    def example(self) -> Iterator[None]:
+        """One example: counted, and on failure annotated with its requests for replay."""
+        probes = [self.probe, *(peer.probe for peer in self.peers)]
+        for probe in probes:
+            probe.history.clear()
+        self.record.examples += 1
+        try:
+            yield
+        except BaseException as exc:
+            replay = "\n\n".join(probe.replay() for probe in probes if probe.history)
+            if replay and not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                add_note(exc, "requests of this example (replay them with the curl lines):\n" + replay)
+            raise
+
+    def finish(self) -> None:
+        """After all examples: an xfail naming the known deviations seen, if any."""
+        expected = [*self.expected, *(pair for peer in self.peers for pair in peer.expected)]
+        if not expected:
+            return
+        self.expected = expected
+        keys = list(dict.fromkeys(k.key for k, _ in self.expected))
+        self.record.known_deviations = keys
+        reasons = list(dict.fromkeys(k.reason for k, _ in self.expected))
+        pytest.xfail(f"known deviation ({', '.join(keys)}): " + "; ".join(reasons)
+                     + f" [{len(self.expected)} occurrence(s) in {self.record.examples} example(s); every other "
+                       "check passed]")
+
+    # -- checking ---------------------------------------------------------------------------------
+    def expect(self, deviations: Sequence[Deviation], what: str) -> None:
+        """Fail on any deviation that is not a known one of this server.
+
+        A known deviation owned by another property is counted in the ledger (that property's xfail
+        reports it) and does not hide what this property checks; any other known one makes this
+        property an xfail at the end."""
+        new, known = split_known(deviations, self.known)
+        for deviation, found in known:
+            if deviation.owner and deviation.owner != self.record.property:
+                self.record.excused[deviation.key] = self.record.excused.get(deviation.key, 0) + 1
+            else:
+                self.expected.append((deviation, found))
+        if new:
+            raise ConformanceFailure(f"{what}: {len(new)} deviation(s) from the OpenAI API\n{summarize(new)}")
+
+    def send(self, endpoint: str, body: dict[str, Any], what: str | None = None) -> Outcome:
+        """A valid request: it must answer 200 with a conforming response (or stream).
+
+        Refused as a known deviation (say, vLLM's refusal of a prompt without tokens), the request
+        leaves nothing for the property to check: a generated example is then discarded (hypothesis
+        ``assume``), the deviation being counted and reported as known."""
+        exchange = self.probe.post(ENDPOINTS[endpoint], self.with_model(body))
+        outcome = check_response(exchange, endpoint, exchange.body)
+        self.expect(outcome.deviations, what or f"valid {endpoint} request")
+        if self._generated and exchange.status != 200:
+            from hypothesis import assume
+
+            assume(False)
+        return outcome
+
+    def reject(self, endpoint: str, body: Any = None, *, payload: bytes | None = None, param: str = "",
+               content_type: str | None = "application/json", what: str = "invalid request") -> Exchange:
+        """An invalid request: it must get a 4xx with an OpenAI error object."""
+        if payload is not None:
+            exchange = self.probe.post_raw(ENDPOINTS[endpoint], payload, content_type)
+        else:
+            exchange = self.probe.post(ENDPOINTS[endpoint], body)
+        self.expect(check_rejection(exchange, param), what)
+        return exchange
+
+    def send_any(self, endpoint: str, body: Any, what: str = "request") -> tuple[Exchange, Outcome | None]:
+        """A request that may be valid or not: 200 and conforming, or a conforming 4xx; never a 5xx."""
+        exchange, outcome, deviations = self.try_any(endpoint, body)
+        self.expect(deviations, what)
+        return exchange, outcome
+
+    def try_any(self, endpoint: str, body: Any) -> tuple[Exchange, Outcome | None, list[Deviation]]:
+        """Like ``send_any`` but returns the deviations instead of judging them (for comparisons)."""
+        exchange = self.probe.post(ENDPOINTS[endpoint], body)
+        outcome, deviations = check_accept_or_reject(exchange, endpoint, body)
+        return exchange, outcome, deviations
+
+    def with_model(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {"model": self.model, **body} if "model" not in body else body
+
+    # -- health -----------------------------------------------------------------------------------
+    def canary(self) -> str:
+        """The canary's greedy answer (taken on first use: call it before sending bad requests)."""
+        if self._canary is None:
+            self._canary = self.send(CHAT, CANARY, "canary request").text()
+        return self._canary
+
+    def assert_healthy(self, after: str) -> None:
+        """The server is up (``/health``, or ``/v1/models`` where there is none) and the canary
+        request gets the same greedy answer as before."""
+        if self._liveness is None:
+            self._liveness = "/health" if self.probe.get("/health").status == 200 else "/v1/models"
+            self.probe.history.pop()
+        live = self.probe.get(self._liveness)
+        if live.status != 200:
+            raise ConformanceFailure(f"after {after}: GET {self._liveness} answered {live.summary()}")
+        reference = self.canary()
+        answer = self.send(CHAT, CANARY, f"canary request after {after}").text()
+        if answer != reference:
+            raise ConformanceFailure(f"after {after}: the greedy canary answer changed from {reference!r} to "
+                                     f"{answer!r}")
+
+
+def is_vllm(probe: Probe, booted: bool) -> bool:
+    """Whether vLLM's known deviations apply: a server this plugin booted is vLLM; a ``--vllm-url``
+    server is when its ``GET /version`` answers ``{"version": ...}`` as vLLM's does."""
+    if booted:
+        return True
+    exchange = probe.get("/version")
+    probe.history.clear()
+    try:
+        document = exchange.json() if exchange.status == 200 else None
+    except ValueError:
+        return False
+    return isinstance(document, dict) and isinstance(document.get("version"), str)

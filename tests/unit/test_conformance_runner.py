@@ -1,0 +1,61 @@
+"""PropertyRun's verdict rules: new deviations fail, known ones xfail once, owned ones are excused.
+
+No server: deviations are handed to ``expect`` as the validators would produce them.
+"""
+
+from __future__ import annotations
+
+import pytest
+from _pytest.outcomes import XFailed
+
+from pytest_vllm.conformance.deviations import KNOWN_VLLM_DEVIATIONS, Deviation, KnownDeviation
+from pytest_vllm.conformance.ledger import Ledger
+from pytest_vllm.conformance.probe import Probe
+from pytest_vllm.conformance.profiles import get_profile
+from pytest_vllm.conformance.runner import ConformanceFailure, PropertyRun
+
+CODE_INT = Deviation("schema.type", "error.code", "expected a string, got integer 400")
+GREEDY_N = Deviation("http.status", "", "a valid request got HTTP 400, not 200: n must be 1 when using greedy "
+                                        "sampling, got 2.")
+
+
+def run_for(prop: str, known: tuple[KnownDeviation, ...] = KNOWN_VLLM_DEVIATIONS) -> PropertyRun:
+    return PropertyRun(model="m", probe=Probe("http://127.0.0.1:9"), record=Ledger().record(f"t::{prop}", prop, "b"),
+                       profile=get_profile("ci"), known=known)
+
+
+def test_a_new_deviation_fails_naming_it() -> None:
+    run = run_for("test_chat")
+    with pytest.raises(ConformanceFailure, match=r"choices\[0\]\.index: bad"):
+        run.expect([Deviation("choices.index", "choices[0].index", "bad")], "valid chat request")
+
+
+def test_a_known_deviation_makes_the_property_an_xfail_that_names_it() -> None:
+    run = run_for("test_n_above_one_is_accepted_at_temperature_zero")
+    run.expect([GREEDY_N], "request")
+    with pytest.raises(XFailed, match="greedy-n-refused"):
+        run.finish()
+    assert run.record.known_deviations == ["greedy-n-refused"]
+
+
+def test_an_owned_deviation_is_excused_elsewhere_and_reported_by_its_owner() -> None:
+    elsewhere = run_for("test_invalid_requests_get_a_4xx_error_object_and_the_server_stays_healthy")
+    elsewhere.expect([CODE_INT, CODE_INT], "invalid request")
+    elsewhere.finish()  # no xfail: the property's own checks all passed
+    assert elsewhere.record.excused == {"error-code-integer": 2}
+    owner = run_for("test_error_bodies_follow_the_openai_error_schema")
+    owner.expect([CODE_INT], "invalid request")
+    with pytest.raises(XFailed, match="error-code-integer"):
+        owner.finish()
+
+
+def test_known_deviations_apply_only_where_given() -> None:
+    """A server that is not vLLM gets no allowance: the same finding fails."""
+    with pytest.raises(ConformanceFailure, match="error.code"):
+        run_for("test_error_bodies_follow_the_openai_error_schema", known=()).expect([CODE_INT], "x")
+
+
+def test_a_message_pattern_narrows_a_known_deviation() -> None:
+    other_400 = Deviation("http.status", "", "a valid request got HTTP 400, not 200: something else")
+    with pytest.raises(ConformanceFailure):
+        run_for("test_chat").expect([other_400], "valid chat request")
