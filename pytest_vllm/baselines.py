@@ -25,6 +25,8 @@ from pytest_vllm.errors import BaselineError
 from pytest_vllm.metrics import METRIC_DEFINITIONS, RepeatedResult
 
 FORMAT = "pytest-vllm-baseline/1"
+# Other subsystems whose entries share these files and layout (accuracy scores: pytest_vllm.accuracy.history).
+OTHER_DEFINITIONS = frozenset({"pytest-vllm-accuracy/1"})
 
 
 def slug(text: str) -> str:
@@ -105,7 +107,7 @@ def read_file(path: Path) -> dict[str, Any]:
         except (KeyError, TypeError, ValueError):
             raise BaselineError(f"baseline {path}, entry {name!r}, is damaged (missing keys or values); restore "
                                 "it from git or re-record it with --update-baselines") from None
-        if entry.get("metric_definitions") != METRIC_DEFINITIONS:
+        if entry.get("metric_definitions") not in {METRIC_DEFINITIONS, *OTHER_DEFINITIONS}:
             raise BaselineError(f"baseline {path}, entry {name!r}, uses metric definitions "
                                 f"{entry.get('metric_definitions')!r}, this version {METRIC_DEFINITIONS!r}; "
                                 "re-record it with --update-baselines")

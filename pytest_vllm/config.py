@@ -84,7 +84,7 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 # Sub-tables [tool.pytest_vllm.<name>] beside the options.
-TABLES = ("budgets",)
+TABLES = ("budgets", "accuracy")
 
 OPTIONS_BY_NAME = {o.name: o for o in OPTIONS}
 
@@ -127,6 +127,7 @@ class RunConfig:
     report_dir: Path = Path(".pytest_vllm/reports")
     conformance_profile: str = "ci"
     budgets: Mapping[str, Any] = field(default_factory=dict)  # [tool.pytest_vllm.budgets]
+    accuracy: Mapping[str, Any] = field(default_factory=dict)  # [tool.pytest_vllm.accuracy]
 
     @classmethod
     def from_values(cls, rootdir: Path, values: Mapping[str, Any], environ: Mapping[str, str]) -> RunConfig:
@@ -146,6 +147,9 @@ class RunConfig:
         budgets = values.get("budgets") or {}
         if not isinstance(budgets, Mapping):
             raise UsageError("[tool.pytest_vllm.budgets] must be a table of metric = \"budget\"")
+        accuracy = values.get("accuracy") or {}
+        if not isinstance(accuracy, Mapping):
+            raise UsageError("[tool.pytest_vllm.accuracy] must be a table (keys: see pytest_vllm/accuracy/budgets.py)")
         return cls(
             rootdir=rootdir,
             gpu=get("gpu"),
@@ -168,6 +172,7 @@ class RunConfig:
             report_dir=under_root(Path(str(get("report_dir")))),
             conformance_profile=conformance_profile,
             budgets=dict(budgets),
+            accuracy=dict(accuracy),
         )
 
 

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from pytest_vllm.bench import Bench
 
 SESSION_KEY = pytest.StashKey[VLLMSession]()
+# Subsystems with their own hooks and fixtures, loaded with this plugin (light imports only).
+pytest_plugins = ["pytest_vllm.accuracy.plugin"]
 # Fixtures that need a server of a fixed role.
 ROLE_FIXTURES = {"base_server": BASE, "compressed_server": COMPRESSED}
 # The fixture parametrized over both roles.

