@@ -20,8 +20,13 @@ from pytest_vllm.errors import UsageError
 class BootOrder(enum.StrEnum):
     """How the base and compressed servers of a pair start when both are needed."""
 
-    PARALLEL = "parallel"  # both at once: fastest when memory (and vLLM's profiler) allows
-    SERIAL = "serial"  # one after the other: vLLM measures free GPU memory at boot
+    # Both at once: fastest. Right where each server has its own memory (the CPU profile).
+    PARALLEL = "parallel"
+    # One after the other: for servers sharing a GPU. vLLM sizes its KV cache from the device-wide
+    # memory used during its own profiling, so a neighbour allocating its KV cache in that window is
+    # counted against it; on an H100 (vLLM 0.24) the FP8 server got "Available KV cache memory:
+    # 0.0 GiB" and died whenever the base server's allocation fell into its window.
+    SERIAL = "serial"
 
 
 def _online_fp8() -> dict[str, object]:
@@ -62,7 +67,7 @@ class GPUProfile:
 
 
 def _gpu(name: str, memory_gib: float, *patterns: str, levels: tuple[int, ...] = (1, 16, 64),
-         split: float = 0.42, boot_order: BootOrder = BootOrder.PARALLEL) -> GPUProfile:
+         split: float = 0.42, boot_order: BootOrder = BootOrder.SERIAL) -> GPUProfile:
     return GPUProfile(name=name, memory_gib=memory_gib, device_patterns=patterns,
                       pair_gpu_memory_utilization=split, boot_order=boot_order,
                       concurrency_levels=levels)
@@ -92,7 +97,7 @@ PROFILES: dict[str, GPUProfile] = {
             },
             online_quantization=None,  # FP8 online quantization does not run on CPU
         ),
-        _gpu("t4", 16, "t4", levels=(1, 8, 32), split=0.40, boot_order=BootOrder.SERIAL),
+        _gpu("t4", 16, "t4", levels=(1, 8, 32), split=0.40),
         _gpu("a10g", 24, "a10g", levels=(1, 8, 32), split=0.40),
         _gpu("l4", 24, " l4", levels=(1, 8, 32), split=0.40),
         _gpu("l40s", 48, "l40s", levels=(1, 16, 64)),

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from pytest_vllm.errors import VLLMPluginError
-from pytest_vllm.server.handle import ServerHandle
+from pytest_vllm.server.handle import ServerHandle, http_limits
 
 TIMEOUT_S = 600.0
 SEED = 1234
@@ -49,7 +49,7 @@ class EvalClient:
         self.server = server
         self.seed = seed
         self._limit = asyncio.Semaphore(concurrency)
-        self._http = httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT_S,
+        self._http = httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT_S, limits=http_limits(),
                                        headers={"Authorization": f"Bearer {server.api_key}"})
 
     async def __aenter__(self) -> EvalClient:

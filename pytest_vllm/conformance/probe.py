@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from pytest_vllm.conformance.replay import describe_request, encode_body
+from pytest_vllm.server.handle import http_limits
 
 DEFAULT_TIMEOUT = 120.0
 
@@ -120,7 +121,7 @@ class Probe:
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers)
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers, limits=http_limits())
         self.history: list[Exchange] = []
 
     def close(self) -> None:

@@ -20,6 +20,7 @@ import aiohttp
 
 from pytest_vllm.load.prompts import Prompt
 from pytest_vllm.load.workload import Workload
+from pytest_vllm.server.handle import IDLE_CONNECTION_EXPIRY_S
 
 _decode: Callable[[bytes], Any]
 try:  # msgspec ships with vLLM; it decodes SSE payloads several times faster than json
@@ -168,7 +169,8 @@ async def send_streaming(session: aiohttp.ClientSession, base_url: str, request:
 
 def new_session(api_key: str = "EMPTY", limit: int = 0) -> aiohttp.ClientSession:
     """One shared connection pool for a whole run (``limit=0``: as many connections as requests)."""
-    connector = aiohttp.TCPConnector(limit=limit, ttl_dns_cache=300, force_close=False)
+    connector = aiohttp.TCPConnector(limit=limit, ttl_dns_cache=300, force_close=False,
+                                     keepalive_timeout=IDLE_CONNECTION_EXPIRY_S)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=900)
     return aiohttp.ClientSession(connector=connector, timeout=timeout,
                                  headers={"Authorization": f"Bearer {api_key}"})

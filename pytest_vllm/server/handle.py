@@ -7,6 +7,7 @@ request would hide a failure and distort timings.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,23 @@ if TYPE_CHECKING:
     import openai
 
 DEFAULT_TIMEOUT = 600.0
+# vLLM's API server (uvicorn) closes a keep-alive connection after 5 s idle. A client that keeps
+# it longer can send on a socket the server is closing and get a ReadError (seen in CI with
+# retries off), so every pooled client drops idle connections well before that.
+IDLE_CONNECTION_EXPIRY_S = 2.0
+
+
+def http_limits(max_connections: int | None = 1000) -> httpx.Limits:
+    """Connection-pool limits for httpx clients of a vLLM server (see IDLE_CONNECTION_EXPIRY_S)."""
+    return httpx.Limits(max_connections=max_connections, max_keepalive_connections=100,
+                        keepalive_expiry=IDLE_CONNECTION_EXPIRY_S)
+
+
+def _sdk_http_limits(sdk_client_type: type) -> Any:
+    """http_limits() in the HTTP library the installed openai SDK is built on (httpx, or httpx2 in 3.x)."""
+    library = importlib.import_module(sdk_client_type.__mro__[1].__module__.split(".")[0])
+    return library.Limits(max_connections=1000, max_keepalive_connections=100,
+                          keepalive_expiry=IDLE_CONNECTION_EXPIRY_S)
 
 
 @dataclass(frozen=True)
@@ -44,19 +62,22 @@ class ServerHandle:
     def client(self, timeout: float = DEFAULT_TIMEOUT, **kwargs: Any) -> openai.OpenAI:
         import openai
 
+        kwargs.setdefault("http_client", openai.DefaultHttpxClient(limits=_sdk_http_limits(openai.DefaultHttpxClient)))
         return openai.OpenAI(base_url=self.api_base, api_key=self.api_key, max_retries=0, timeout=timeout,
                              **kwargs)
 
     def async_client(self, timeout: float = DEFAULT_TIMEOUT, **kwargs: Any) -> openai.AsyncOpenAI:
         import openai
 
+        kwargs.setdefault("http_client",
+                          openai.DefaultAsyncHttpxClient(limits=_sdk_http_limits(openai.DefaultAsyncHttpxClient)))
         return openai.AsyncOpenAI(base_url=self.api_base, api_key=self.api_key, max_retries=0, timeout=timeout,
                                   **kwargs)
 
     def http(self, timeout: float = DEFAULT_TIMEOUT) -> httpx.Client:
         """A raw HTTP client on the server root, for endpoints the SDK lacks (/health, /tokenize)."""
         headers = {"Authorization": f"Bearer {self.api_key}"}
-        return httpx.Client(base_url=self.url, timeout=timeout, headers=headers)
+        return httpx.Client(base_url=self.url, timeout=timeout, headers=headers, limits=http_limits())
 
     def is_healthy(self) -> bool:
         try:
