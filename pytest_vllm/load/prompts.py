@@ -34,6 +34,7 @@ WORDS = (
 ).split()
 
 MAX_ADJUST_ROUNDS = 8
+PARALLEL_PROMPTS = 32  # prompts built at once (each a few /tokenize round trips)
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,15 @@ class PromptFactory:
             text = await self.text_of_length(rng, workload.input_len, prefix)
             return Prompt(text, None, workload.input_len)
 
-        return list(await asyncio.gather(*(one(i) for i in range(count))))
+        # At most PARALLEL_PROMPTS prompts in flight: a thousand at once would queue on the HTTP
+        # pool and could hit its timeout on a busy server.
+        limit = asyncio.Semaphore(PARALLEL_PROMPTS)
+
+        async def bounded(index: int) -> Prompt:
+            async with limit:
+                return await one(index)
+
+        return list(await asyncio.gather(*(bounded(i) for i in range(count))))
 
 
 def load_dataset(path: Path, endpoint: str, count: int, seed: int) -> list[Prompt]:

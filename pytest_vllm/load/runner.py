@@ -20,6 +20,7 @@ import httpx
 from pytest_vllm.load.client import PreparedRequest, RequestRecord, new_session, prepare, send_streaming
 from pytest_vllm.load.prompts import Prompt, PromptFactory
 from pytest_vllm.load.workload import Workload
+from pytest_vllm.server.handle import http_limits
 
 T = TypeVar("T")
 PROGRESS_EVERY = 10.0  # seconds between progress lines during a run
@@ -135,11 +136,27 @@ async def _progress(label: str, records: list[RequestRecord], say: Callable[[str
             f"{elapsed:.0f}s")
 
 
+async def _heartbeat(label: str, say: Callable[[str], None], start: float) -> None:
+    """A line every PROGRESS_EVERY seconds while a stage without a request count runs, so a
+    stalled stage is named in the output instead of looking like a silent hang."""
+    while True:
+        await asyncio.sleep(PROGRESS_EVERY)
+        say(f"{label}: still running, {time.perf_counter() - start:.0f}s")
+
+
+async def _with_heartbeat(label: str, say: Callable[[str], None], stage: Coroutine[Any, Any, T]) -> T:
+    beat = asyncio.create_task(_heartbeat(label, say, time.perf_counter()))
+    try:
+        return await stage
+    finally:
+        beat.cancel()
+
+
 async def build_prompts(url: str, model: str, workload: Workload, api_key: str = "EMPTY"
                         ) -> tuple[list[Prompt], list[Prompt]]:
     """The measured prompts and the (different) warmup prompts, from the server's tokenizer."""
     headers = {"Authorization": f"Bearer {api_key}"}
-    async with httpx.AsyncClient(base_url=url, timeout=120, headers=headers) as http:
+    async with httpx.AsyncClient(base_url=url, timeout=120, headers=headers, limits=http_limits(64)) as http:
         factory = PromptFactory(http, model)
         prompts = await factory.build(workload, workload.num_requests)
         warmup = await factory.build(workload, workload.warmup, seed_offset=1_000_003)
@@ -150,13 +167,15 @@ async def run_workload_async(url: str, model: str, workload: Workload, api_key: 
                              say: Callable[[str], None] = lambda _: None, label: str = "") -> WorkloadRuns:
     """Warm up, then run ``workload.repeats`` measured repetitions on the same prompts."""
     label = label or workload.name
-    prompts, warmup_prompts = await build_prompts(url, model, workload, api_key)
+    prompts, warmup_prompts = await _with_heartbeat(f"{label} preparing prompts", say,
+                                                    build_prompts(url, model, workload, api_key))
     requests = [prepare(workload, model, p) for p in prompts]
     result = WorkloadRuns(workload, prompt_tokens=sum(p.input_tokens for p in prompts))
     async with new_session(api_key) as session:
         warm_records = [RequestRecord(i, warmup=True) for i in range(len(warmup_prompts))]
-        await _closed_loop(session, url, [prepare(workload, model, p) for p in warmup_prompts],
-                           workload.concurrency or 1, warm_records)
+        await _with_heartbeat(f"{label} warmup", say,
+                              _closed_loop(session, url, [prepare(workload, model, p) for p in warmup_prompts],
+                                           workload.concurrency or 1, warm_records))
         warm_errors = [r.error for r in warm_records if r.error]
         if warm_errors:
             say(f"{label}: {len(warm_errors)} warmup request(s) failed: {warm_errors[0]}")
