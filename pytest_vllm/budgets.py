@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from pytest_vllm.errors import UsageError
+from pytest_vllm.errors import UsageError, parse_each
 from pytest_vllm.metrics import METRICS
 
 Kind = Literal["relative", "absolute", "pair"]
@@ -83,15 +83,7 @@ def parse_budget(metric: str, text: object, kind_hint: Kind | None = None, where
 
 
 def parse_budgets(spec: Mapping[str, object], kind_hint: Kind | None = None, where: str = "") -> dict[str, Budget]:
-    problems, budgets = [], {}
-    for metric, text in spec.items():
-        try:
-            budgets[metric] = parse_budget(metric, text, kind_hint, where)
-        except UsageError as exc:
-            problems.append(str(exc))
-    if problems:
-        raise UsageError("\n".join(problems))
-    return budgets
+    return parse_each(spec, lambda metric, text: parse_budget(metric, text, kind_hint, where))
 
 
 @dataclass(frozen=True)

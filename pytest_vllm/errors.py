@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import TypeVar
+
+K = TypeVar("K")
+V = TypeVar("V")
+T = TypeVar("T")
+
 
 class VLLMPluginError(Exception):
     """Base class of every error this plugin raises on purpose."""
@@ -17,3 +24,16 @@ class ServerStartError(VLLMPluginError):
 
 class BaselineError(VLLMPluginError):
     """A baseline file is missing, corrupt or of another schema."""
+
+
+def parse_each(items: Mapping[K, V], parse: Callable[[K, V], T]) -> dict[K, T]:
+    """``parse`` every item; then one UsageError naming every bad item, not only the first."""
+    problems, parsed = [], {}
+    for key, raw in items.items():
+        try:
+            parsed[key] = parse(key, raw)
+        except UsageError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise UsageError("\n".join(problems))
+    return parsed

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pytest_vllm.accuracy.stats import DEFAULT_CONFIDENCE, Recovery
-from pytest_vllm.errors import UsageError
+from pytest_vllm.errors import UsageError, parse_each
 
 MARKER = "vllm_accuracy_budget"
 MARKER_HELP = (f"{MARKER}(**budgets): accuracy budgets of this test, e.g. recovery=0.97, recovery_facts=\"off\", "
@@ -121,15 +121,7 @@ def parse_budget(key: str, raw: object, set_names: Iterable[str], where: str = "
 
 def parse_budgets(spec: Mapping[str, object], set_names: Iterable[str], where: str = "") -> dict[str, AccuracyBudget]:
     names = set(set_names)
-    problems, budgets = [], {}
-    for key, raw in spec.items():
-        try:
-            budgets[key] = parse_budget(key, raw, names, where)
-        except UsageError as exc:
-            problems.append(str(exc))
-    if problems:
-        raise UsageError("\n".join(problems))
-    return budgets
+    return parse_each(spec, lambda key, raw: parse_budget(key, raw, names, where))
 
 
 def defaults() -> dict[str, AccuracyBudget]:

@@ -305,14 +305,21 @@ def _nonpositive(value: Any) -> bool:
     return not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0
 
 
-def _check_chat_logprobs(logprobs: Any, asked: Asked, path: str, out: list[Deviation], choice: Choice,
-                         stream: bool) -> None:
-    """Chat logprobs: values <= 0, top_logprobs counts (the shortfall is judged per choice afterwards)."""
+def _logprobs_to_check(logprobs: Any, asked: Asked, path: str, out: list[Deviation], stream: bool) -> bool:
+    """Whether a choice's logprobs object is there to check; a missing one (not streamed) is a deviation."""
     if not asked.logprobs or asked.lenient:
-        return
+        return False
     if not isinstance(logprobs, dict):
         if logprobs is None and not stream:
             out.append(Deviation("logprobs.missing", path, "logprobs were requested but the choice has none"))
+        return False
+    return True
+
+
+def _check_chat_logprobs(logprobs: Any, asked: Asked, path: str, out: list[Deviation], choice: Choice,
+                         stream: bool) -> None:
+    """Chat logprobs: values <= 0, top_logprobs counts (the shortfall is judged per choice afterwards)."""
+    if not _logprobs_to_check(logprobs, asked, path, out, stream):
         return
     content = logprobs.get("content")
     if not isinstance(content, list):
@@ -351,11 +358,7 @@ def _check_top_shortfall(choice: Choice, asked: Asked, path: str, out: list[Devi
 
 def _check_completion_logprobs(logprobs: Any, asked: Asked, path: str, out: list[Deviation], choice: Choice,
                                stream: bool, first_chunk: bool) -> None:
-    if not asked.logprobs or asked.lenient:
-        return
-    if not isinstance(logprobs, dict):
-        if logprobs is None and not stream:
-            out.append(Deviation("logprobs.missing", path, "logprobs were requested but the choice has none"))
+    if not _logprobs_to_check(logprobs, asked, path, out, stream):
         return
     tokens = logprobs.get("tokens")
     token_logprobs = logprobs.get("token_logprobs")
