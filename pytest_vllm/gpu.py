@@ -81,11 +81,14 @@ PROFILES: dict[str, GPUProfile] = {
             memory_gib=0,
             concurrency_levels=(1, 4),
             requests_per_slot=4,
-            # Measured here: A/A reruns in separate sessions (a new boot each) differ by up to ~13% in
-            # throughput on 2 shared cores, while the repetitions within one run agree within ~5%; a
-            # budget of 20% still catches the 25% slowdowns the gate exists for.
-            budget_defaults={"output_throughput": ">= baseline * 0.80", "ttft_p50": "<= baseline * 1.30",
-                             "tpot_p50": "<= baseline * 1.20"},
+            # Measured here: on 2 shared cores a server's speed differs from one boot to the next far
+            # more than between the repetitions of one run (~5%): the W8A8 server's c1 TPOT p50 was
+            # 14.6 ms at recording and 17.8 ms (+22%) in a later fresh-clone run, and its
+            # single-stream throughput +24% in another. These budgets pass such boots and still
+            # fail a max_num_seqs cut (-38% throughput, +80% TTFT in benchmarks/test_noise_gate.py);
+            # a CPU run catches slowdowns of about 30% or more, a GPU profile about 10%.
+            budget_defaults={"output_throughput": ">= baseline * 0.75", "ttft_p50": "<= baseline * 1.40",
+                             "tpot_p50": "<= baseline * 1.35"},
             # float32: bfloat16 on the CPU kernels drifts from the reference greedy output.
             server_defaults={"dtype": "float32", "max_model_len": 2048},
             server_env={
