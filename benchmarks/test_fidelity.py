@@ -1,6 +1,7 @@
 """Fidelity benchmark: our load generator against `vllm bench serve`, same server, same workload.
 
     pytest benchmarks/test_fidelity.py --gpu cpu -s        (add --gpu h100 ... on a GPU)
+    FIDELITY_TURNS=3 pytest ...                            (fewer turns: a GPU call of limited time)
 
 For each concurrency level of the GPU profile the two clients take turns (ours, vLLM's, ours, ...)
 on the same running base server with the same lengths (random prompts of exact length,
@@ -12,6 +13,7 @@ TPOT p50 within ±5% of vLLM's. The figures are printed and written to
 from __future__ import annotations
 
 import json
+import os
 import statistics
 
 import pytest
@@ -22,7 +24,7 @@ from pytest_vllm.metrics import compute
 
 from .vllm_bench import run_vllm_bench
 
-TURNS = 5  # runs per client per level, interleaved
+TURNS = int(os.environ.get("FIDELITY_TURNS", "5"))  # runs per client per level, interleaved
 TARGET = 0.05
 PAIRS = (("output_throughput", "output_throughput"), ("ttft_p50", "median_ttft_ms"), ("tpot_p50", "median_tpot_ms"))
 

@@ -16,12 +16,19 @@ import json
 
 from pytest_vllm.bench import settings_for
 from pytest_vllm.budgets import evaluate
+from pytest_vllm.gpu import GPUProfile
 from pytest_vllm.load.runner import run_workload
 from pytest_vllm.load.workload import Workload
 from pytest_vllm.metrics import RepeatedResult, compute
 
 TRIALS = 5
-WORKLOAD = Workload(name="noise_gate", num_requests=12, input_len=128, output_len=32, concurrency=4)
+
+
+def workload_for(profile: GPUProfile) -> Workload:
+    """Concurrency 4, a few seconds per run: 12 requests on a CPU, 64 on a GPU (12 would last
+    a tenth of a second there, all noise)."""
+    return Workload(name="noise_gate", num_requests=64 if profile.is_gpu else 12, input_len=128,
+                    output_len=32, concurrency=4)
 
 
 def measure(server, workload: Workload) -> RepeatedResult:
@@ -45,14 +52,15 @@ def gate(result: RepeatedResult, baseline: RepeatedResult, settings) -> tuple[bo
 def test_false_alarm_and_detection_rates(base_server, vllm_server_factory, vllm_session) -> None:
     settings = settings_for(vllm_session.config, vllm_session.profile, vllm_session.device.name,
                             vllm_session.device.driver, vllm_session.vllm_version)
-    slowed = vllm_server_factory(role="slowed", max_num_seqs=max(1, (WORKLOAD.concurrency or 1) // 2))
-    baseline = measure(base_server, WORKLOAD)
+    workload = workload_for(vllm_session.profile)
+    slowed = vllm_server_factory(role="slowed", max_num_seqs=max(1, (workload.concurrency or 1) // 2))
+    baseline = measure(base_server, workload)
     vllm_session.say(f"baseline: {baseline.median('output_throughput'):.1f} tok/s, spread "
                      f"{baseline.spread('output_throughput'):.1%}")
     rows = []
     for trial in range(TRIALS):
         for kind, server in (("A/A", base_server), ("slowed", slowed)):
-            result = measure(server, WORKLOAD.with_(seed=trial + 1))
+            result = measure(server, workload.with_(seed=trial + 1))
             ok, failures = gate(result, baseline, settings)
             change = result.median("output_throughput") / baseline.median("output_throughput") - 1
             rows.append({"trial": trial, "kind": kind, "throughput_change": change, "gate_passed": ok,

@@ -34,13 +34,15 @@ def run_vllm_bench(*, python: str = sys.executable, base_url: str, model: str, t
                    output_len: int, num_prompts: int, concurrency: int | None, request_rate: float | None = None,
                    warmups: int = 0, out_dir: Path, label: str, seed: int = 0, extra: list[str] | None = None,
                    timeout: float = 1800) -> dict[str, Any]:
-    """One `vllm bench serve` run on the random dataset with exact lengths (ignore_eos)."""
+    """One `vllm bench serve` run on the random dataset with exact lengths (ignore_eos) and greedy
+    sampling, as our client sends: since vLLM 0.11 it leaves the temperature to the server's
+    defaults, and random sampling costs measurably more per token on a CPU than argmax."""
     out_dir.mkdir(parents=True, exist_ok=True)
     name = f"{label}.json"
     args = ["--backend", "openai", "--endpoint", "/v1/completions", "--base-url", base_url, "--model", model,
             "--tokenizer", tokenizer, "--dataset-name", "random", "--random-input-len", str(input_len),
             "--random-output-len", str(output_len), "--random-range-ratio", "0", "--num-prompts", str(num_prompts),
-            "--ignore-eos", "--seed", str(seed), "--percentile-metrics", "ttft,tpot,itl,e2el",
+            "--ignore-eos", "--temperature", "0", "--seed", str(seed), "--percentile-metrics", "ttft,tpot,itl,e2el",
             "--metric-percentiles", "50,90,99", "--save-result", "--result-dir", str(out_dir),
             "--result-filename", name, "--disable-tqdm", "--num-warmups", str(warmups)]
     if concurrency:
