@@ -129,9 +129,35 @@ def environment_record(gpu: str, device_name: str, driver: str, vllm_version: st
 
     return {
         "gpu_profile": gpu, "device_name": device_name, "driver": driver, "vllm_version": vllm_version,
-        "python": platform.python_version(), "pytest_vllm": __version__, "git_commit": git_commit(rootdir),
-        "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "host_cpu": host_cpu(), "host_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(), "python": platform.python_version(), "pytest_vllm": __version__,
+        "git_commit": git_commit(rootdir), "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+
+
+# What a baseline's numbers depend on beyond the GPU profile, compared when it is used.
+COMPARED_ENVIRONMENT = ("device_name", "driver", "vllm_version", "host_cpu", "host_cores")
+
+
+def host_cpu() -> str:
+    """The host CPU's model name: a small model on a fast GPU is bound by the host's scheduling
+    work, so the same GPU on another host serves at another speed."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment_changes(stored: Mapping[str, Any], current: Mapping[str, Any]) -> str:
+    """``"host_cpu: A → B, vllm_version: 0.24.0 → 0.25.0"`` for what differs (keys the stored
+    record lacks are not compared: older baselines did not record them)."""
+    return ", ".join(f"{key}: {stored[key]} → {current.get(key)}" for key in COMPARED_ENVIRONMENT
+                     if key in stored and stored[key] != current.get(key))
 
 
 def git_commit(rootdir: Path) -> str | None:

@@ -206,6 +206,12 @@ class Bench:
             measurement.baseline_note = (
                 f"the server differs from the baseline's ({changes or 'model or environment'}); "
                 "compared anyway: re-record with --update-baselines if the change is intended")
+        if stored is not None:
+            changed = baselines.environment_changes(stored.data.get("environment", {}), settings.environment)
+            if changed:
+                # Not a verdict: the numbers may differ for this reason alone, and the reader should know.
+                note = f"the baseline was recorded in another environment ({changed})"
+                measurement.baseline_note = "; ".join(filter(None, [measurement.baseline_note, note]))
         measurement.baseline = stored
         for metric, budget in wanted.items():
             current = measurement.value(metric)

@@ -200,6 +200,15 @@ class PropertyRun:
             self._liveness = "/health" if self.probe.get("/health").status == 200 else "/v1/models"
             self.probe.history.pop()
         live = self.probe.get(self._liveness)
+        if live.transport_error:
+            # A reset on the pooled connection: the server may have dropped it after its answer.
+            # Up on a fresh connection, it is alive, and the dropped connection is a deviation.
+            retry = self.probe.get(self._liveness)
+            if retry.status == 200:
+                self.expect([Deviation("http.connection-dropped", "", f"after {after}, the server closed the "
+                                       f"connection without 'Connection: close' ({live.transport_error})")],
+                            f"after {after}")
+            live = retry
         if live.status != 200:
             raise ConformanceFailure(f"after {after}: GET {self._liveness} answered {live.summary()}")
         reference = self.canary()
@@ -209,15 +218,17 @@ class PropertyRun:
                                      f"{answer!r}")
 
 
-def is_vllm(probe: Probe, booted: bool) -> bool:
-    """Whether vLLM's known deviations apply: a server this plugin booted is vLLM; a ``--vllm-url``
-    server is when its ``GET /version`` answers ``{"version": ...}`` as vLLM's does."""
-    if booted:
-        return True
+def vllm_version(probe: Probe, booted_version: str | None) -> str | None:
+    """The server's vLLM version, or None when it is not vLLM (then vLLM's known deviations do not
+    apply): a server this plugin booted runs the installed vLLM (``booted_version``); a
+    ``--vllm-url`` server is vLLM when its ``GET /version`` answers ``{"version": ...}`` as vLLM's does."""
+    if booted_version is not None:
+        return booted_version
     exchange = probe.get("/version")
     probe.history.clear()
     try:
         document = exchange.json() if exchange.status == 200 else None
     except ValueError:
-        return False
-    return isinstance(document, dict) and isinstance(document.get("version"), str)
+        return None
+    version = document.get("version") if isinstance(document, dict) else None
+    return version if isinstance(version, str) else None

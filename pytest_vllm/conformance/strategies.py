@@ -226,13 +226,18 @@ def limit_key(endpoint: str) -> str:
 
 @st.composite
 def greedy_requests(draw: st.DrawFn, endpoint: str | None = None, max_tokens: int = 8,
-                    extensions: frozenset[str] = VLLM_EXTENSIONS) -> tuple[str, dict[str, Any]]:
-    """(endpoint, body) at temperature 0, with parameters that keep decoding deterministic."""
+                    extensions: frozenset[str] = VLLM_EXTENSIONS, with_penalties: bool = True
+                    ) -> tuple[str, dict[str, Any]]:
+    """(endpoint, body) at temperature 0, with parameters that keep decoding deterministic
+    (``with_penalties=False``: no penalties, so the logprobs are those the sampler ranks by)."""
     endpoint, body = draw(prompts(endpoint))
     body[limit_key(endpoint)] = draw(st.integers(1, max_tokens))
     body["temperature"] = 0
-    for name, strategy in {"presence_penalty": penalties, "frequency_penalty": penalties,
-                           "repetition_penalty": repetition_penalties, "stop": stops}.items():
+    optional = {"presence_penalty": penalties, "frequency_penalty": penalties,
+                "repetition_penalty": repetition_penalties, "stop": stops}
+    if not with_penalties:
+        optional = {"stop": stops}
+    for name, strategy in optional.items():
         if name in VLLM_EXTENSIONS and name not in extensions:
             continue
         if draw(st.integers(0, 3)) == 0:

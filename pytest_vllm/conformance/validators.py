@@ -190,7 +190,8 @@ def check_error(exchange: Exchange) -> list[Deviation]:
     if exchange.transport_error:
         return [Deviation("http.no-response", "", exchange.transport_error)]
     if exchange.status >= 500:
-        out.append(Deviation("http.5xx", "", f"HTTP {exchange.status} for a client's request (a server error)"))
+        out.append(Deviation("http.5xx", "", f"HTTP {exchange.status} for a client's request (a server error): "
+                                              f"{exchange.text[:300]}"))
     elif not 400 <= exchange.status < 500:
         out.append(Deviation("http.status", "", f"an error must be a 4xx, got HTTP {exchange.status}"))
     if "json" not in exchange.headers.get("content-type", ""):

@@ -73,3 +73,12 @@ def test_wrong_format_and_damaged_entries_are_errors(tmp_path: Path) -> None:
 
 def test_missing_entry_is_none(tmp_path: Path) -> None:
     assert baselines.load(tmp_path, KEY) is None
+
+
+def test_environment_changes_name_what_differs_and_skip_what_was_not_recorded() -> None:
+    stored = {"host_cpu": "Intel Xeon 8480", "host_cores": 16, "vllm_version": "0.24.0", "recorded_at": "x"}
+    current = {"host_cpu": "AMD EPYC 9654", "host_cores": 16, "vllm_version": "0.24.0", "recorded_at": "y",
+               "driver": "580"}
+    assert baselines.environment_changes(stored, current) == "host_cpu: Intel Xeon 8480 → AMD EPYC 9654"
+    assert baselines.environment_changes(stored, {**stored}) == ""
+    assert baselines.host_cpu()  # a name on any machine

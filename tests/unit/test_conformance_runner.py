@@ -59,3 +59,24 @@ def test_a_message_pattern_narrows_a_known_deviation() -> None:
     other_400 = Deviation("http.status", "", "a valid request got HTTP 400, not 200: something else")
     with pytest.raises(ConformanceFailure):
         run_for("test_chat").expect([other_400], "valid chat request")
+
+
+def test_a_deviation_seen_on_an_older_vllm_applies_only_before_the_version_that_lost_it() -> None:
+    from pytest_vllm.conformance.deviations import applicable
+
+    def keys(version: str | None) -> set[str]:
+        return {k.key for k in applicable(KNOWN_VLLM_DEVIATIONS, version)}
+
+    assert {"connection-dropped-after-error", "array-body-500"} <= keys("0.24.0+cu130")
+    assert {"connection-dropped-after-error", "array-body-500"} <= keys(None)  # version unknown
+    assert not {"connection-dropped-after-error", "array-body-500"} & keys("0.32.0")
+    assert not {"connection-dropped-after-error", "array-body-500"} & keys("0.100.1")
+    assert "error-code-integer" in keys("0.32.0") and "error-code-integer" in keys("0.24.0")
+
+
+def test_a_500_is_known_only_for_the_body_that_vllm_024_fails_on() -> None:
+    run = run_for("test_error_bodies_follow_the_openai_error_schema")
+    run.expect([Deviation("http.5xx", "", "HTTP 500 for a client's request (a server error): "
+                                          '{"error": {"message": "\'list\' object has no attribute \'get\'"}}')], "x")
+    with pytest.raises(ConformanceFailure, match="HTTP 500"):
+        run.expect([Deviation("http.5xx", "", "HTTP 500 for a client's request (a server error): boom")], "y")
