@@ -216,7 +216,8 @@ class Bench:
         for metric, budget in wanted.items():
             current = measurement.value(metric)
             if budget.kind == "relative":
-                if stored is None or stored.median(metric) is None:
+                # Recording replaces the baseline: the old one judges nothing.
+                if settings.update or stored is None or stored.median(metric) is None:
                     continue
                 measurement.checks.append(evaluate(budget, current, stored.median(metric), stored.spread(metric),
                                                    settings.noise))

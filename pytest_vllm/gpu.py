@@ -66,11 +66,19 @@ class GPUProfile:
         return self.name
 
 
+# Measured on a lent H100 (vLLM 0.24, SmolLM2-135M, whose speed there is bound by the host's
+# scheduling work): a fresh boot of the same FP8 server ran TPOT p50 +13-15% over the baseline of
+# an earlier boot on the same machine, while the repetitions of one run differ by 2-5%. Budgets
+# tighter than that cry wolf; these still fail a 25% slowdown.
+GPU_BUDGETS = {"output_throughput": ">= baseline * 0.85", "ttft_p50": "<= baseline * 1.25",
+               "tpot_p50": "<= baseline * 1.20"}
+
+
 def _gpu(name: str, memory_gib: float, *patterns: str, levels: tuple[int, ...] = (1, 16, 64),
          split: float = 0.42, boot_order: BootOrder = BootOrder.SERIAL) -> GPUProfile:
     return GPUProfile(name=name, memory_gib=memory_gib, device_patterns=patterns,
                       pair_gpu_memory_utilization=split, boot_order=boot_order,
-                      concurrency_levels=levels)
+                      concurrency_levels=levels, budget_defaults=dict(GPU_BUDGETS))
 
 
 PROFILES: dict[str, GPUProfile] = {
@@ -86,7 +94,7 @@ PROFILES: dict[str, GPUProfile] = {
             # 14.6 ms at recording and 17.8 ms (+22%) in a later fresh-clone run, and its
             # single-stream throughput +24% in another. These budgets pass such boots and still
             # fail a max_num_seqs cut (-38% throughput, +80% TTFT in benchmarks/test_noise_gate.py);
-            # a CPU run catches slowdowns of about 30% or more, a GPU profile about 10%.
+            # a CPU run catches slowdowns of about 30% or more, a GPU profile about 20%.
             budget_defaults={"output_throughput": ">= baseline * 0.75", "ttft_p50": "<= baseline * 1.40",
                              "tpot_p50": "<= baseline * 1.35"},
             # float32: bfloat16 on the CPU kernels drifts from the reference greedy output.

@@ -131,6 +131,23 @@ KNOWN_VLLM_DEVIATIONS: tuple[KnownDeviation, ...] = (
                "invalid_request_error (seen on 0.24.0; 0.32.0 answers 400)",
         before="0.32",
     ),
+    KnownDeviation(
+        key="negative-stop-token-id-accepted",
+        rule="error.accepted",
+        path="stop_token_ids",
+        reason="vLLM 0.24 accepts a negative id in its stop_token_ids extension (HTTP 200); no token has a "
+               "negative id, and 0.32.0 refuses it with a 400",
+        before="0.32",
+    ),
+    KnownDeviation(
+        key="top-k-one-not-argmax",
+        rule="sampling.top-k-one",
+        path="",
+        reason="vLLM 0.24 on CUDA (its PyTorch top-k path, FlashInfer's sampler off) once chose, with top_k=1 "
+               "and a seed, a token other than the most likely one (logprob below -3.2 where the argmax had "
+               "-0.22) in 15 examples; top_k=1 keeps only the most likely token (seen on 0.24.0, not on 0.32.0)",
+        before="0.32",
+    ),
 )
 
 
