@@ -122,13 +122,15 @@ KNOWN_VLLM_DEVIATIONS: tuple[KnownDeviation, ...] = (
         before="0.32",
     ),
     KnownDeviation(
-        key="array-body-500",
+        key="malformed-request-500",
         rule="http.5xx",
         path="",
-        message=r"'list' object has no attribute",
-        reason="vLLM 0.24 answers a JSON array as the request body with HTTP 500 (\"'list' object has no attribute "
-               "'get'\"): it reads the body as an object before validating it; an invalid body is a 400 "
-               "invalid_request_error (seen on 0.24.0; 0.32.0 answers 400)",
+        message=r"object has no attribute 'get'|invalid literal for int\(\)|not supported between instances|"
+                r"'NoneType' object is not iterable",
+        reason="vLLM 0.24 answers some malformed requests with HTTP 500 from an unhandled exception: a JSON array "
+               "or string as the body (\"'list' object has no attribute 'get'\"), a logit_bias key that is not a "
+               "token id (\"invalid literal for int()\"), an object where logprobs takes a number; a malformed "
+               "request is a 400 invalid_request_error (seen on 0.24.0; 0.32.0 answers 400)",
         before="0.32",
     ),
     KnownDeviation(

@@ -82,6 +82,7 @@ class Exchange:
     text: str = ""
     elapsed: float = 0.0
     transport_error: str | None = None  # connection reset, timeout: no HTTP answer at all
+    dropped_connection: str | None = None  # the pooled connection was gone: sent again on a new one
 
     @property
     def utf8(self) -> bool:
@@ -150,7 +151,14 @@ class Probe:
         headers = {"Content-Type": content_type} if content_type else {}
         start = time.perf_counter()
         try:
-            response = self._http.request(method, path, content=payload, headers=headers)
+            try:
+                response = self._http.request(method, path, content=payload, headers=headers)
+            except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+                # The server closed the pooled connection without saying so (no 'Connection:
+                # close'): the request never reached it. Send it once more on a new connection, as
+                # HTTP clients do, and keep the finding for the property to judge.
+                exchange.dropped_connection = f"{type(exc).__name__}: {exc}"
+                response = self._http.request(method, path, content=payload, headers=headers)
         except httpx.HTTPError as exc:
             exchange.transport_error = f"{type(exc).__name__}: {exc}"
         else:

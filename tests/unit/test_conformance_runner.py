@@ -67,10 +67,10 @@ def test_a_deviation_seen_on_an_older_vllm_applies_only_before_the_version_that_
     def keys(version: str | None) -> set[str]:
         return {k.key for k in applicable(KNOWN_VLLM_DEVIATIONS, version)}
 
-    assert {"connection-dropped-after-error", "array-body-500"} <= keys("0.24.0+cu130")
-    assert {"connection-dropped-after-error", "array-body-500"} <= keys(None)  # version unknown
-    assert not {"connection-dropped-after-error", "array-body-500"} & keys("0.32.0")
-    assert not {"connection-dropped-after-error", "array-body-500"} & keys("0.100.1")
+    assert {"connection-dropped-after-error", "malformed-request-500"} <= keys("0.24.0+cu130")
+    assert {"connection-dropped-after-error", "malformed-request-500"} <= keys(None)  # version unknown
+    assert not {"connection-dropped-after-error", "malformed-request-500"} & keys("0.32.0")
+    assert not {"connection-dropped-after-error", "malformed-request-500"} & keys("0.100.1")
     assert "error-code-integer" in keys("0.32.0") and "error-code-integer" in keys("0.24.0")
 
 
@@ -80,3 +80,57 @@ def test_a_500_is_known_only_for_the_body_that_vllm_024_fails_on() -> None:
                                           '{"error": {"message": "\'list\' object has no attribute \'get\'"}}')], "x")
     with pytest.raises(ConformanceFailure, match="HTTP 500"):
         run.expect([Deviation("http.5xx", "", "HTTP 500 for a client's request (a server error): boom")], "y")
+
+
+class DroppingServer:
+    """A test double for what vLLM 0.32 no longer does (0.24 did, on real requests): answer the first
+    request of each connection, then close it when the next request comes, without answering and
+    without 'Connection: close'. A real server cannot be made to drop connections on cue."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _connection(conn) -> None:  # type: ignore[no-untyped-def]
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+            conn.recv(65536)  # the next request on this connection: dropped unanswered
+
+
+def test_a_dropped_pooled_connection_is_sent_again_and_judged_as_a_deviation() -> None:
+    server = DroppingServer()
+    probe = Probe(server.url)
+    assert probe.get("/first").status == 200
+    again = probe.get("/second")
+    assert again.status == 200 and again.dropped_connection and "RemoteProtocolError" in again.dropped_connection
+
+    strict = PropertyRun(model="m", probe=probe, record=Ledger().record("t::p", "p", "b"), profile=get_profile("ci"))
+    with pytest.raises(ConformanceFailure, match=r"http.connection-dropped"):
+        with strict.example():
+            probe.get("/third")
+            probe.get("/fourth")
+
+    lenient = run_for("test_odd_requests_never_get_a_5xx")
+    lenient.probe = probe
+    with lenient.example():
+        probe.get("/fifth")
+        probe.get("/sixth")
+    with pytest.raises(XFailed, match="connection-dropped-after-error"):
+        lenient.finish()
+    probe.close()
