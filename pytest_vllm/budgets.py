@@ -142,6 +142,7 @@ def evaluate(budget: Budget, current: float, reference: float | None = None, spr
 
 DEFAULT_BUDGETS = {
     # The median of repetitions, gated on the steady metrics; p99 alone is too noisy to gate on.
+    # Every GPU profile and the cpu profile override them with measured ones (gpu.py).
     "output_throughput": ">= baseline * 0.90",
     "ttft_p50": "<= baseline * 1.15",
     "tpot_p50": "<= baseline * 1.10",

@@ -1,9 +1,10 @@
 """The performance gate end to end on real servers: record, pass on the same spec, fail when slowed.
 
-An inner pytest session measures one closed-loop workload on the base server and is run three
-times against one baseline folder: once with --update-baselines, once unchanged (must pass), and
+An inner pytest session measures one closed-loop workload on the base server and is run four
+times against one baseline folder: once with --update-baselines, once unchanged (must pass),
 once with the server's max_num_seqs cut below the workload's concurrency (a real server-side
-slowdown: the throughput gate must fail, with the table and the flag change named).
+slowdown: the throughput gate must fail, with the table and the flag change named), and once
+re-recording that slowed server (passes: recording replaces, it does not judge).
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ def test_gate_records_passes_and_catches_a_slowdown(pytester: pytest.Pytester, t
                                  "*output_throughput*FAIL*",
                                  "*note: the server differs from the baseline's (max_num_seqs: 8 → 1)*"])
     assert files[0].read_text() == stored, "a gated run must never touch the stored baseline"
+
+    # Re-recording on purpose replaces the baseline and is not judged against the one it replaces.
+    rerecorded = run_inner(pytester, baselines, "--update-baselines", monkeypatch=monkeypatch, max_num_seqs=1)
+    rerecorded.assert_outcomes(passed=1)
+    assert files[0].read_text() != stored
     summary = (pytester.path / "reports" / "summary.md").read_text()
     assert "| output_throughput |" in summary and "FAIL" in summary
 
