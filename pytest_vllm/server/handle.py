@@ -27,17 +27,16 @@ DEFAULT_TIMEOUT = 600.0
 IDLE_CONNECTION_EXPIRY_S = 2.0
 
 
-def http_limits(max_connections: int | None = 1000) -> httpx.Limits:
-    """Connection-pool limits for httpx clients of a vLLM server (see IDLE_CONNECTION_EXPIRY_S)."""
-    return httpx.Limits(max_connections=max_connections, max_keepalive_connections=100,
-                        keepalive_expiry=IDLE_CONNECTION_EXPIRY_S)
+def http_limits(max_connections: int | None = 1000, library: Any = httpx) -> Any:
+    """Connection-pool limits for httpx clients of a vLLM server (see IDLE_CONNECTION_EXPIRY_S);
+    ``library``: another httpx-compatible module (the openai SDK's own)."""
+    return library.Limits(max_connections=max_connections, max_keepalive_connections=100,
+                          keepalive_expiry=IDLE_CONNECTION_EXPIRY_S)
 
 
 def _sdk_http_limits(sdk_client_type: type) -> Any:
     """http_limits() in the HTTP library the installed openai SDK is built on (httpx, or httpx2 in 3.x)."""
-    library = importlib.import_module(sdk_client_type.__mro__[1].__module__.split(".")[0])
-    return library.Limits(max_connections=1000, max_keepalive_connections=100,
-                          keepalive_expiry=IDLE_CONNECTION_EXPIRY_S)
+    return http_limits(library=importlib.import_module(sdk_client_type.__mro__[1].__module__.split(".")[0]))
 
 
 @dataclass(frozen=True)
