@@ -1,6 +1,6 @@
 """Noise-gate benchmark: does the gate stay quiet on A/A reruns and catch a real slowdown?
 
-    pytest benchmarks/test_noise_gate.py --gpu cpu -s
+    pytest benchmarks/test_noise_gate.py --gpu cpu -s      (NOISE_TRIALS=10 for more trials)
 
 A baseline is recorded on the reference server (the default base spec), then trials alternate:
 an A/A rerun of the same configuration, and the same server with ``max_num_seqs`` cut below the
@@ -13,6 +13,7 @@ false-alarm rate (A/A trials that fail) and the detection rate (slowed trials th
 from __future__ import annotations
 
 import json
+import os
 
 from pytest_vllm.bench import settings_for
 from pytest_vllm.budgets import evaluate
@@ -21,7 +22,7 @@ from pytest_vllm.load.runner import run_workload
 from pytest_vllm.load.workload import Workload
 from pytest_vllm.metrics import RepeatedResult, compute
 
-TRIALS = 5
+TRIALS = int(os.environ.get("NOISE_TRIALS", "5"))  # A/A and slowed trials each
 
 
 def workload_for(profile: GPUProfile) -> Workload:
