@@ -7,6 +7,7 @@ processes, the engine and worker children included (whose command lines vLLM ren
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ pytestmark = pytest.mark.integration
 
 TAG_ENV = "PYTEST_VLLM_TEST_TAG"
 BOOT_LIMIT = 900  # seconds an inner server may take to boot on a loaded 2-core machine
+CTRL_C_LIMIT = 180  # seconds pytest may take to stop its servers and write its reports after Ctrl-C
 
 
 def tagged_processes(tag: str) -> list[psutil.Process]:
@@ -53,9 +55,14 @@ def describe(procs: list[psutil.Process]) -> str:
 
 
 def inner_pytest(path: Path, *args: str, log: Path) -> subprocess.Popen[bytes]:
+    """An inner pytest whose output reaches ``log`` as it is written, and which dumps every
+    thread's stack there on SIGUSR1 (so a hang can be shown, not guessed)."""
+    (path / "conftest.py").write_text("import faulthandler, signal\n"
+                                      "faulthandler.register(signal.SIGUSR1, all_threads=True)\n")
     with open(log, "wb") as out:
         return subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-s", *args],
-                                cwd=path, stdout=out, stderr=subprocess.STDOUT)
+                                cwd=path, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "Ctrl-C"])
@@ -82,7 +89,13 @@ def test_no_server_survives_pytest_ending_abruptly(pytester: pytest.Pytester, si
         assert len(running) >= 2, "the watchdog, the API server and its engine should all be visible"
         proc.send_signal(sig)
         if sig == signal.SIGINT:
-            proc.wait(timeout=120)
+            try:
+                proc.wait(timeout=CTRL_C_LIMIT)
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGUSR1)
+                time.sleep(3)
+                pytest.fail(f"pytest still running {CTRL_C_LIMIT} s after Ctrl-C; its output and stacks:\n"
+                            f"{log.read_text()[-6000:]}")
         took, left = wait_until_gone(tag, within=15)
         print(f"{sig.name}: {len(running)} server processes gone {took:.1f}s after the signal")
         assert not left, f"survivors 15 s after {sig.name}: {describe(left)}"
