@@ -55,14 +55,17 @@ def describe(procs: list[psutil.Process]) -> str:
 
 
 def inner_pytest(path: Path, *args: str, log: Path) -> subprocess.Popen[bytes]:
-    """An inner pytest whose output reaches ``log`` as it is written, and which dumps every
-    thread's stack there on SIGUSR1 (so a hang can be shown, not guessed)."""
+    """An inner pytest as a user's terminal runs it: Ctrl-C (SIGINT) interrupts it even when this
+    session was started in the background, where the shell sets SIGINT to be ignored and children
+    inherit that. Its output reaches ``log`` as it is written, and it dumps every thread's stack
+    there on SIGUSR1 (so a hang can be shown, not guessed)."""
     (path / "conftest.py").write_text("import faulthandler, signal\n"
                                       "faulthandler.register(signal.SIGUSR1, all_threads=True)\n")
     with open(log, "wb") as out:
         return subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-s", *args],
                                 cwd=path, stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "Ctrl-C"])
