@@ -61,11 +61,11 @@ def test_gate_records_passes_and_catches_a_slowdown(pytester: pytest.Pytester, t
                                  "*output_throughput*FAIL*",
                                  "*note: the server differs from the baseline's (max_num_seqs: 8 → 1)*"])
     assert files[0].read_text() == stored, "a gated run must never touch the stored baseline"
+    summary = (pytester.path / "reports" / "summary.md").read_text()
+    assert "| output_throughput |" in summary and "FAIL" in summary
 
     # Re-recording on purpose replaces the baseline and is not judged against the one it replaces.
     rerecorded = run_inner(pytester, baselines, "--update-baselines", monkeypatch=monkeypatch, max_num_seqs=1)
     rerecorded.assert_outcomes(passed=1)
     assert files[0].read_text() != stored
-    summary = (pytester.path / "reports" / "summary.md").read_text()
-    assert "| output_throughput |" in summary and "FAIL" in summary
 
