@@ -11,6 +11,8 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from packaging.version import InvalidVersion, Version
+
 
 @dataclass(frozen=True)
 class Deviation:
@@ -51,16 +53,16 @@ class KnownDeviation:
 
     def applies_to(self, version: str | None) -> bool:
         """Whether a server of this vLLM version may have it (an unknown version: yes)."""
-        return not self.before or version is None or _version_key(version) < _version_key(self.before)
+        if not self.before or version is None:
+            return True
+        try:
+            return Version(version) < Version(self.before)
+        except InvalidVersion:
+            return True
 
     def matches(self, deviation: Deviation) -> bool:
         return (deviation.rule == self.rule and generic_path(deviation.path) == self.path
                 and (not self.message or re.search(self.message, deviation.message) is not None))
-
-
-def _version_key(version: str) -> tuple[int, ...]:
-    """"0.24.0+cu130" -> (0, 24, 0): the numeric release part, for ordering."""
-    return tuple(int(part) for part in re.findall(r"\d+", version.split("+")[0])[:3])
 
 
 # vLLM's deviations from the OpenAI API, decided on purpose: each is reported as an xfail whose

@@ -233,11 +233,9 @@ def greedy_requests(draw: st.DrawFn, endpoint: str | None = None, max_tokens: in
     endpoint, body = draw(prompts(endpoint))
     body[limit_key(endpoint)] = draw(st.integers(1, max_tokens))
     body["temperature"] = 0
-    optional = {"presence_penalty": penalties, "frequency_penalty": penalties,
-                "repetition_penalty": repetition_penalties, "stop": stops}
-    if not with_penalties:
-        optional = {"stop": stops}
-    for name, strategy in optional.items():
+    optional: dict[str, Any] = {"presence_penalty": penalties, "frequency_penalty": penalties,
+                                "repetition_penalty": repetition_penalties} if with_penalties else {}
+    for name, strategy in {**optional, "stop": stops}.items():
         if name in VLLM_EXTENSIONS and name not in extensions:
             continue
         if draw(st.integers(0, 3)) == 0:
