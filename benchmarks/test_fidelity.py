@@ -67,12 +67,18 @@ def test_fidelity_against_vllm_bench_serve(base_server, vllm_session) -> None:
             rows.append({"concurrency": concurrency, "metric": metric, "ours": a, "vllm": b, "ratio": ratio, "ok": ok})
             if not ok:
                 misses.append(f"c{concurrency} {metric}: ratio {ratio:.3f}")
-    lines = [f"fidelity on {profile.name} ({vllm_session.device.name}), {TURNS} interleaved runs each, medians:",
-             f"{'conc':>5} {'metric':<18} {'ours':>10} {'vllm':>10} {'ratio':>7}  within ±{TARGET:.0%}"]
-    lines += [f"{r['concurrency']:>5} {r['metric']:<18} {r['ours']:10.2f} {r['vllm']:10.2f} {r['ratio']:7.3f}  "
-              f"{'yes' if r['ok'] else 'NO'}" for r in rows]
-    print("\n" + "\n".join(lines))
-    out = vllm_session.config.report_dir / "fidelity.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"profile": profile.name, "device": vllm_session.device.name, "rows": rows}, indent=1))
+        # written after every level, so a run cut short (a GPU call's time limit) still leaves its figures
+        out = vllm_session.config.report_dir / "fidelity.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"profile": profile.name, "device": vllm_session.device.name, "turns": TURNS,
+                                   "rows": rows}, indent=1))
+        vllm_session.say("\n".join(_table(rows[-len(PAIRS):], f"c{concurrency}")))
+    print("\n" + "\n".join(_table(rows, f"{profile.name} ({vllm_session.device.name})")))
     assert not misses, "outside ±5% of vllm bench serve: " + "; ".join(misses)
+
+
+def _table(rows: list[dict], where: str) -> list[str]:
+    lines = [f"fidelity on {where}, {TURNS} interleaved runs each, medians:",
+             f"{'conc':>5} {'metric':<18} {'ours':>10} {'vllm':>10} {'ratio':>7}  within ±{TARGET:.0%}"]
+    return lines + [f"{r['concurrency']:>5} {r['metric']:<18} {r['ours']:10.2f} {r['vllm']:10.2f} {r['ratio']:7.3f}  "
+                    f"{'yes' if r['ok'] else 'NO'}" for r in rows]

@@ -160,12 +160,17 @@ def environment_changes(stored: Mapping[str, Any], current: Mapping[str, Any]) -
                      if key in stored and stored[key] != current.get(key))
 
 
-def git_commit(rootdir: Path) -> str | None:
+def git_commit(rootdir: Path, environ: Mapping[str, str] = os.environ) -> str | None:
+    """The commit a baseline was recorded from. ``PYTEST_VLLM_GIT_COMMIT`` wins: a copied checkout
+    (a GPU machine that got the tree without its history) would otherwise record a stale commit;
+    ``GITHUB_SHA`` is the fallback where a CI checkout has no ``.git`` at all."""
+    if explicit := environ.get("PYTEST_VLLM_GIT_COMMIT"):
+        return explicit
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=rootdir, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
+        out = None
+    return (out.stdout.strip() if out and out.returncode == 0 else "") or environ.get("GITHUB_SHA") or None
 
 
 def make_entry(result: RepeatedResult, server: Mapping[str, Any], workload: Mapping[str, Any],

@@ -82,3 +82,13 @@ def test_environment_changes_name_what_differs_and_skip_what_was_not_recorded() 
     assert baselines.environment_changes(stored, current) == "host_cpu: Intel Xeon 8480 → AMD EPYC 9654"
     assert baselines.environment_changes(stored, {**stored}) == ""
     assert baselines.host_cpu()  # a name on any machine
+
+
+def test_git_commit_prefers_the_override_then_git_then_ci_variable(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    head = baselines.git_commit(repo, environ={})
+    assert head and len(head) == 40
+    assert baselines.git_commit(repo, environ={"PYTEST_VLLM_GIT_COMMIT": "abc123"}) == "abc123"
+    # tmp_path is no git checkout: the CI variable is what is left, else nothing
+    assert baselines.git_commit(tmp_path, environ={"GITHUB_SHA": "def456"}) == "def456"
+    assert baselines.git_commit(tmp_path, environ={}) is None
