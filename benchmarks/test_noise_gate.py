@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 from pytest_vllm.bench import settings_for
 from pytest_vllm.budgets import evaluate
@@ -58,7 +59,7 @@ def test_false_alarm_and_detection_rates(base_server, vllm_server_factory, vllm_
     baseline = measure(base_server, workload)
     vllm_session.say(f"baseline: {baseline.median('output_throughput'):.1f} tok/s, spread "
                      f"{baseline.spread('output_throughput'):.1%}")
-    rows = []
+    rows: list[dict[str, Any]] = []
     for trial in range(TRIALS):
         for kind, server in (("A/A", base_server), ("slowed", slowed)):
             result = measure(server, workload.with_(seed=trial + 1))

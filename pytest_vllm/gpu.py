@@ -66,12 +66,15 @@ class GPUProfile:
         return self.name
 
 
-# Measured on a lent H100 (vLLM 0.24, SmolLM2-135M, whose speed there is bound by the host's
-# scheduling work): a fresh boot of the same FP8 server ran TPOT p50 +13-15% over the baseline of
-# an earlier boot on the same machine, while the repetitions of one run differ by 2-5%. Budgets
-# tighter than that cry wolf; these still fail a 25% slowdown.
-GPU_BUDGETS = {"output_throughput": ">= baseline * 0.85", "ttft_p50": "<= baseline * 1.25",
-               "tpot_p50": "<= baseline * 1.20"}
+# Measured on three leases of the lent H100 (vLLM 0.24, SmolLM2-135M, whose speed there is bound by
+# the host's scheduling work, not the GPU): the repetitions of one run differ by 2-5% on a quiet
+# host, but one lease ran everything 20-27% slower than an earlier lease's baselines, and another
+# ran output throughput up to 23% lower, TPOT p50 up to 30% and TTFT p50 up to 37% higher (the
+# same lease's fidelity run, one server alone, matched the baselines). Budgets tighter than that
+# cry wolf on the machine rather than the code; these are the CPU profile's and still fail a
+# max_num_seqs cut. Tighten them for a model of production size, where the GPU dominates.
+GPU_BUDGETS = {"output_throughput": ">= baseline * 0.75", "ttft_p50": "<= baseline * 1.40",
+               "tpot_p50": "<= baseline * 1.35"}
 
 
 def _gpu(name: str, memory_gib: float, *patterns: str, levels: tuple[int, ...] = (1, 16, 64),
@@ -94,7 +97,7 @@ PROFILES: dict[str, GPUProfile] = {
             # 14.6 ms at recording and 17.8 ms (+22%) in a later fresh-clone run, and its
             # single-stream throughput +24% in another. These budgets pass such boots and still
             # fail a max_num_seqs cut (-38% throughput, +80% TTFT in benchmarks/test_noise_gate.py);
-            # a CPU run catches slowdowns of about 30% or more, a GPU profile about 20%.
+            # a run catches slowdowns of about 30% or more.
             budget_defaults={"output_throughput": ">= baseline * 0.75", "ttft_p50": "<= baseline * 1.40",
                              "tpot_p50": "<= baseline * 1.35"},
             # float32: bfloat16 on the CPU kernels drifts from the reference greedy output.

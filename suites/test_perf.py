@@ -49,15 +49,15 @@ def test_throughput_at_concurrency(vllm_server, vllm_bench, vllm_session, concur
     vllm_bench.run(vllm_server, throughput(vllm_session.profile, concurrency))
 
 
-@pytest.mark.vllm_pair_budget(ttft_p50="<= 0.85")
+@pytest.mark.vllm_pair_budget(ttft_p50="<= 0.90")
 def test_prefix_caching_cuts_ttft_of_shared_prefixes(base_server, vllm_server_factory, vllm_bench,
                                                      vllm_session) -> None:
     """Prompts sharing a long prefix: with prefix caching (on by default in vLLM's V1 engine, so the
     base server has it), prefill skips the shared part; the same server without it is the reference.
 
     The budget catches prefix caching that no longer works (a ratio near 1). Measured: 0.17 on the
-    CPU profile, 0.77 on an H100, where a 135M model prefills 4k tokens in a few ms and the rest of
-    the first token's ~20 ms is scheduling and HTTP.
+    CPU profile, 0.77-0.88 on the lent H100 (three leases), where a 135M model prefills 4k tokens
+    in a few ms and the rest of the first token's 20-30 ms is scheduling and HTTP on the host.
     """
     assert base_server.spec is None or base_server.spec.flag_dict.get("enable_prefix_caching") is not False
     without = vllm_server_factory(role="no_prefix_cache", enable_prefix_caching=False)

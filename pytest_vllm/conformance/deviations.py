@@ -144,6 +144,15 @@ KNOWN_VLLM_DEVIATIONS: tuple[KnownDeviation, ...] = (
         before="0.32",
     ),
     KnownDeviation(
+        key="stop-sequences-unlimited",
+        rule="error.accepted",
+        path="stop",
+        reason="vLLM 0.24 accepts more than 4 stop sequences (HTTP 200); the OpenAI API allows up to 4 "
+               "(CreateCompletionRequest.stop), and 0.32.0 refuses a fifth with a 400 (its VLLM_MAX_STOP_STRINGS, "
+               "default 4)",
+        before="0.32",
+    ),
+    KnownDeviation(
         key="top-k-one-not-argmax",
         rule="sampling.top-k-one",
         path="",
