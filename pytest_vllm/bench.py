@@ -22,6 +22,7 @@ from pytest_vllm.budgets import DEFAULT_BUDGETS, Budget, Check, NoisePolicy, eva
 from pytest_vllm.errors import BaselineError
 from pytest_vllm.gpu import GPUProfile
 from pytest_vllm.load.client import RequestRecord, new_session, prepare, send_streaming
+from pytest_vllm.load.host import NOTABLE_STEAL_PCT, HostCPUTimes, steal_share
 from pytest_vllm.load.runner import RunResult, WorkloadRuns, build_prompts, event_loop, run_async, run_workload
 from pytest_vllm.load.workload import Workload
 from pytest_vllm.metrics import METRICS, RepeatedResult, compute
@@ -169,7 +170,7 @@ class Bench:
     def _measurement(self, server: ServerHandle, workload: Workload, runs: WorkloadRuns) -> Measurement:
         result = RepeatedResult([compute(run.records, run.duration, client_cpu_s=run.client_cpu_s,
                                          loop_lag_mean_s=run.loop_lag_mean_s, loop_lag_max_s=run.loop_lag_max_s,
-                                         slo_ms=workload.slo_ms)
+                                         host_steal=run.host_steal, slo_ms=workload.slo_ms)
                                  for run in runs.runs])
         if result.errors:
             shown = "\n  ".join(result.errors[:10])
@@ -293,7 +294,20 @@ def failure_text(measurement: Measurement) -> str:
         lines.append(f"  baseline: {measurement.baseline.path} (recorded {measurement.baseline.recorded})")
     if measurement.baseline_note:
         lines.append(f"  note: {measurement.baseline_note}")
+    if steal := host_note(measurement):
+        lines.append(f"  host: {steal}")
     return "\n".join(lines)
+
+
+def host_note(measurement: Measurement) -> str:
+    """Says when the host was loaded by other tenants during the measurement ("" when it was not)."""
+    steal = measurement.value("host_cpu_steal")
+    if steal < NOTABLE_STEAL_PCT:
+        return ""
+    stored = measurement.baseline.median("host_cpu_steal") if measurement.baseline is not None else None
+    then = f" (baseline: {stored:.1f}%)" if stored is not None else ""
+    return (f"the hypervisor gave {steal:.1f}% of this machine's CPU time to other tenants during the measurement"
+            f"{then}; a server bound by host work slows with it: see whether the result repeats on a quiet host")
 
 
 def _single_stream_runs(server: ServerHandle, workload: Workload, benchmark: Any) -> WorkloadRuns:
@@ -318,19 +332,22 @@ def _single_stream_runs(server: ServerHandle, workload: Workload, benchmark: Any
                 records.append(record)
 
             cpu_before = time.thread_time()
+            host_before = HostCPUTimes.now()
             if benchmark is not None:
                 benchmark.pedantic(one_request, rounds=total, iterations=1)
             else:
                 for _ in range(total):
                     one_request()
             cpu_per_request = (time.thread_time() - cpu_before) / max(1, len(records))
+            host_steal = steal_share(host_before, HostCPUTimes.now())
         finally:
             loop.run(session.close())
     runs = WorkloadRuns(workload, prompt_tokens=sum(p.input_tokens for p in prompts))
     for repeat in range(workload.repeats):
         chunk = records[repeat * workload.num_requests:(repeat + 1) * workload.num_requests]
         end = max((r.chunk_times[-1] for r in chunk if r.chunk_times), default=chunk[-1].sent_at)
-        runs.runs.append(RunResult(chunk, chunk[0].sent_at, end, client_cpu_s=cpu_per_request * len(chunk)))
+        runs.runs.append(RunResult(chunk, chunk[0].sent_at, end, client_cpu_s=cpu_per_request * len(chunk),
+                                   host_steal=host_steal))
     return runs
 
 

@@ -62,6 +62,8 @@ METRICS: dict[str, MetricInfo] = {
     "client_cpu_us_per_token": MetricInfo("us", "lower", "client CPU time per output token"),
     "client_loop_lag_mean": MetricInfo("ms", "lower", "mean event-loop wake-up delay of the client"),
     "client_loop_lag_max": MetricInfo("ms", "none", "worst event-loop wake-up delay of the client"),
+    "host_cpu_steal": MetricInfo("%", "lower", "share of the host's CPU time the hypervisor gave to other tenants "
+                                 "during the run (steal); budget it to refuse judging on a loaded host"),
     "duration": MetricInfo("s", "none", "wall time of the measured run"),
     "completed": MetricInfo("", "none", "requests that succeeded"),
     "failed": MetricInfo("", "lower", "requests that failed"),
@@ -91,7 +93,7 @@ def _stats(prefix: str, seconds: Sequence[float]) -> dict[str, float]:
 
 
 def compute(records: Sequence[RequestRecord], duration: float, *, client_cpu_s: float = 0.0,
-            loop_lag_mean_s: float = 0.0, loop_lag_max_s: float = 0.0,
+            loop_lag_mean_s: float = 0.0, loop_lag_max_s: float = 0.0, host_steal: float = 0.0,
             slo_ms: Mapping[str, float] | None = None) -> BenchResult:
     """Metrics of one measured run (warmup records must already be excluded)."""
     ok = [r for r in records if r.ok]
@@ -123,6 +125,7 @@ def compute(records: Sequence[RequestRecord], duration: float, *, client_cpu_s: 
         "client_cpu_us_per_token": client_cpu_s * 1e6 / max(output_tokens, 1),
         "client_loop_lag_mean": loop_lag_mean_s * 1000.0,
         "client_loop_lag_max": loop_lag_max_s * 1000.0,
+        "host_cpu_steal": host_steal * 100.0,
         "duration": duration,
         "completed": float(len(ok)),
         "failed": float(len(records) - len(ok)),

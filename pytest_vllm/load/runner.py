@@ -18,6 +18,7 @@ import aiohttp
 import httpx
 
 from pytest_vllm.load.client import PreparedRequest, RequestRecord, new_session, prepare, send_streaming
+from pytest_vllm.load.host import HostCPUTimes, steal_share
 from pytest_vllm.load.prompts import Prompt, PromptFactory
 from pytest_vllm.load.workload import Workload
 from pytest_vllm.server.handle import http_limits
@@ -37,6 +38,7 @@ class RunResult:
     client_cpu_s: float = 0.0
     loop_lag_max_s: float = 0.0
     loop_lag_mean_s: float = 0.0
+    host_steal: float = 0.0  # fraction of the host's CPU time stolen by the hypervisor (load/host.py)
     requested_rate: float | None = None
 
     @property
@@ -185,6 +187,7 @@ async def run_workload_async(url: str, model: str, workload: Workload, api_key: 
             probe = _LagProbe()
             probe.start()
             cpu_before = time.thread_time()
+            host_before = HostCPUTimes.now()
             start = time.perf_counter()
             run_label = f"{label} run {repeat + 1}/{workload.repeats}"
             progress = asyncio.create_task(_progress(run_label, records, say, start))
@@ -202,6 +205,7 @@ async def run_workload_async(url: str, model: str, workload: Workload, api_key: 
             result.runs.append(RunResult(records=records, started_at=start, ended_at=end,
                                          client_cpu_s=time.thread_time() - cpu_before,
                                          loop_lag_max_s=max(lags), loop_lag_mean_s=sum(lags) / len(lags),
+                                         host_steal=steal_share(host_before, HostCPUTimes.now()),
                                          requested_rate=workload.request_rate))
     return result
 

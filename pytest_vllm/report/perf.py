@@ -37,11 +37,12 @@ def tables(state: BenchState) -> list[Table]:
 
     overview = Table("vllm performance: measurements", ["measurement", "server", "workload",
                                                          *[f"{n} ({METRICS[n].unit})" for n in SUMMARY_METRICS],
-                                                         "spread", "client µs/tok"])
+                                                         "spread", "client µs/tok", "host steal"])
     for m in state.measurements:
         spread = max(m.result.spread(n) for n in ("output_throughput", "ttft_p50", "tpot_p50"))
         overview.add(measurement_label(m), m.role, m.workload.describe(), *[fmt(m.value(n)) for n in SUMMARY_METRICS],
-                     f"{spread:.1%}", fmt(m.value("client_cpu_us_per_token"), 0))
+                     f"{spread:.1%}", fmt(m.value("client_cpu_us_per_token"), 0),
+                     f"{m.value('host_cpu_steal'):.1f}%")
         if m.result.client_saturated:
             overview.notes.append(f"{measurement_label(m)} [{m.role}]: the load client was saturated")
     out.append(overview)

@@ -1,0 +1,50 @@
+"""Host CPU steal: the arithmetic on two samples, what a real sample of this machine looks like,
+and the note a failed gate carries when the host was loaded."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_vllm.bench import Measurement, failure_text, host_note
+from pytest_vllm.budgets import evaluate, parse_budget
+from pytest_vllm.load.client import RequestRecord
+from pytest_vllm.load.host import HostCPUTimes, steal_share
+from pytest_vllm.load.workload import Workload
+from pytest_vllm.metrics import RepeatedResult, compute
+
+
+def test_steal_share_is_stolen_over_elapsed_cpu_time() -> None:
+    assert steal_share(HostCPUTimes(10.0, 1000.0), HostCPUTimes(13.0, 1100.0)) == pytest.approx(0.03)
+    assert steal_share(HostCPUTimes(10.0, 1000.0), HostCPUTimes(10.0, 1000.0)) == 0.0  # no time passed
+
+
+def test_a_real_sample_of_this_machine_is_consistent() -> None:
+    first = HostCPUTimes.now()
+    sum(i * i for i in range(200_000))  # let some CPU time pass
+    second = HostCPUTimes.now()
+    assert second.total > first.total and second.steal >= first.steal >= 0.0
+    assert 0.0 <= steal_share(first, second) <= 1.0
+
+
+def _measurement(steal: float) -> Measurement:
+    """A measurement built from hand-made records (a test double for exact numbers)."""
+    records = [RequestRecord(index=0, scheduled_at=0.0, sent_at=0.0, first_token_at=0.1, chunk_times=[0.1, 0.2],
+                             output_tokens=2, prompt_tokens=10)]
+    result = RepeatedResult([compute(records, duration=1.0, host_steal=steal)])
+    measurement = Measurement("suites/test_perf.py::t", "base", "m", Workload(name="w"), result, "k", {})
+    budget = parse_budget("output_throughput", ">= baseline * 0.75")
+    measurement.checks.append(evaluate(budget, 1.0, 2.0))
+    return measurement
+
+
+def test_a_failed_gate_names_a_loaded_host_and_a_quiet_one_not() -> None:
+    loaded = _measurement(steal=0.12)
+    assert loaded.value("host_cpu_steal") == pytest.approx(12.0)
+    assert "12.0% of this machine's CPU time" in failure_text(loaded)
+    assert host_note(_measurement(steal=0.001)) == ""
+    assert "host:" not in failure_text(_measurement(steal=0.001))
+
+
+def test_steal_can_carry_an_absolute_budget() -> None:
+    budget = parse_budget("host_cpu_steal", "<= 5")
+    assert not evaluate(budget, 12.0).passed and evaluate(budget, 1.0).passed
