@@ -24,6 +24,7 @@ import pytest
 from pytest_vllm.load.runner import run_workload
 from pytest_vllm.load.workload import Workload
 from pytest_vllm.metrics import compute
+from pytest_vllm.server.handle import ServerHandle
 
 from .vllm_bench import run_vllm_bench
 
@@ -77,17 +78,17 @@ def test_fidelity_against_vllm_bench_serve(base_server, vllm_session) -> None:
     assert not misses, "outside ±5% of vllm bench serve: " + "; ".join(misses)
 
 
-def _ours(server: Any, workload: Workload) -> dict[str, float]:
+def _ours(server: ServerHandle, workload: Workload) -> dict[str, float]:
     run = run_workload(server.url, server.model, workload).runs[0]
     mine = compute(run.records, run.duration)
     assert not mine.errors, mine.errors[:3]
     return {key: mine[key] for key, _ in PAIRS}
 
 
-def _vllm_bench(server: Any, vllm_session: Any, workload: Workload) -> dict[str, float]:
+def _vllm_bench(server: ServerHandle, vllm_session: Any, workload: Workload) -> dict[str, float]:
     concurrency = workload.concurrency or 1
     result = run_vllm_bench(python=vllm_session.config.python, base_url=server.url, model=server.model,
-                            tokenizer=server.spec.model, input_len=workload.input_len,
+                            tokenizer=server.spec.model if server.spec else server.model, input_len=workload.input_len,
                             output_len=workload.output_len, num_prompts=workload.num_requests,
                             concurrency=concurrency, warmups=concurrency, seed=workload.seed,
                             out_dir=vllm_session.config.report_dir / "vllm-bench",
