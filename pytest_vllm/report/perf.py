@@ -82,6 +82,8 @@ def to_json(state: BenchState) -> dict[str, Any]:
 
     return {"settings": {"gpu": state.settings.gpu, "update_baselines": state.settings.update,
                          "noise_k": state.settings.noise.noise_k, "max_tolerance": state.settings.noise.max_tolerance},
+            # What a baseline records of its run: `pytest-vllm baselines add` pools results files with it.
+            "environment": state.settings.environment,
             "measurements": [measurement(m) for m in state.measurements],
             "pairs": [pair(p) for p in state.pairs],
             "baselines_written": [str(p) for p in state.written]}
