@@ -6,6 +6,12 @@ name), each keyed by the server spec and workload it was recorded with, so a cha
 configuration is never judged against another's numbers. Files are only written on request
 (``--update-baselines``), atomically (temp file + rename); a corrupt file is an error that names
 it, never silently replaced.
+
+Pooled baselines: where the runners of one class differ from host to host (a small model on a
+fast GPU measures the host's CPU as much as the GPU), ``--add-baselines`` or ``pytest-vllm
+baselines add results.json`` adds a run to an entry as one more *recording*; the entry's median is
+then the median of its newest ``MAX_RECORDINGS`` recordings, so no single fast or slow host sets
+the reference.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import statistics
 import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -107,6 +114,13 @@ def read_file(path: Path) -> dict[str, Any]:
         except (KeyError, TypeError, ValueError):
             raise BaselineError(f"baseline {path}, entry {name!r}, is damaged (missing keys or values); restore "
                                 "it from git or re-record it with --update-baselines") from None
+        try:
+            for recording in entry.get("recordings", ()):
+                for metric in recording["metrics"].values():
+                    float(metric["median"])
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise BaselineError(f"baseline {path}, entry {name!r}, has a damaged recording; restore it from git or "
+                                "re-record it with --update-baselines") from None
         if entry.get("metric_definitions") not in {METRIC_DEFINITIONS, *OTHER_DEFINITIONS}:
             raise BaselineError(f"baseline {path}, entry {name!r}, uses metric definitions "
                                 f"{entry.get('metric_definitions')!r}, this version {METRIC_DEFINITIONS!r}; "
@@ -173,6 +187,54 @@ def git_commit(rootdir: Path, environ: Mapping[str, str] = os.environ) -> str | 
     return (out.stdout.strip() if out and out.returncode == 0 else "") or environ.get("GITHUB_SHA") or None
 
 
+MAX_RECORDINGS = 5  # a pooled entry keeps its newest recordings
+# Environment keys that must agree between recordings pooled in one entry (the host may differ:
+# that is what pooling is for).
+POOLED_MUST_MATCH = ("gpu_profile", "device_name", "vllm_version")
+
+
+def recordings_of(entry: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The entry's recordings; an entry recorded once (``--update-baselines``) is its own only one."""
+    if "recordings" in entry:
+        return [dict(r) for r in entry["recordings"]]
+    return [{"environment": dict(entry.get("environment", {})), "metrics": dict(entry["metrics"])}]
+
+
+def pooled(stored: Mapping[str, Any] | None, new: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """``new`` (an entry of one run, as ``make_entry`` makes it) added to ``stored`` as one more
+    recording. Each metric's median is the median of the recordings' medians; its spread is the
+    larger of their relative range and the widest spread within one recording, so the noise-aware
+    gate sees how far hosts of the class disagree. BaselineError when the two cannot be pooled."""
+    if stored is None:
+        return {**new, "recordings": recordings_of(new)}
+    problems = []
+    for part in ("server", "workload"):
+        if stored[part]["key"] != new[part]["key"]:
+            problems.append(f"another {part} ({stored[part]['key']} stored, {new[part]['key']} now)")
+    if stored.get("metric_definitions") != new.get("metric_definitions"):
+        problems.append(f"other metric definitions ({stored.get('metric_definitions')} stored)")
+    stored_env, new_env = stored.get("environment", {}), new.get("environment", {})
+    for key in POOLED_MUST_MATCH:
+        if key in stored_env and stored_env[key] != new_env.get(key):
+            problems.append(f"{key} {stored_env[key]} stored, {new_env.get(key)} now")
+    if problems:
+        raise BaselineError(f"{where}: cannot add this run to the stored recordings: {'; '.join(problems)}. "
+                            "Replace the entry with --update-baselines if the change is intended")
+    when = new_env.get("recorded_at")
+    if when and any(r["environment"].get("recorded_at") == when for r in recordings_of(stored)):
+        raise BaselineError(f"{where}: the run of {when} is already one of its recordings")
+    recordings = (recordings_of(stored) + recordings_of(new))[-MAX_RECORDINGS:]
+    names = [n for n in new["metrics"] if all(n in r["metrics"] for r in recordings)]
+    metrics = {}
+    for name in names:
+        medians = [float(r["metrics"][name]["median"]) for r in recordings]
+        middle = statistics.median(medians)
+        across = (max(medians) - min(medians)) / abs(middle) if middle else 0.0
+        within = max(float(r["metrics"][name].get("spread", 0.0)) for r in recordings)
+        metrics[name] = {"median": middle, "runs": medians, "spread": max(across, within)}
+    return {**new, "metrics": metrics, "recordings": recordings}
+
+
 def make_entry(result: RepeatedResult, server: Mapping[str, Any], workload: Mapping[str, Any],
                environment: Mapping[str, Any], test_id: str, role: str) -> dict[str, Any]:
     metrics = {
@@ -183,12 +245,66 @@ def make_entry(result: RepeatedResult, server: Mapping[str, Any], workload: Mapp
             "workload": dict(workload), "environment": dict(environment), "metrics": metrics}
 
 
-def write(root: Path, key: BaselineKey, entry: Mapping[str, Any]) -> Path:
-    """Store ``entry`` atomically, keeping the file's other entries."""
+def entries_from_results(results: Mapping[str, Any], source: str) -> list[tuple[BaselineKey, dict[str, Any]]]:
+    """The baseline entries a gate run's ``results.json`` holds: every performance measurement
+    whose repetitions all completed. BaselineError (naming ``source``) when it cannot serve."""
+    section = results.get("performance")
+    if not isinstance(section, Mapping) or not section.get("measurements"):
+        raise BaselineError(f"{source} holds no performance measurements")
+    settings, environment = section.get("settings", {}), section.get("environment")
+    if not environment:
+        raise BaselineError(f"{source} records no environment (written by an older pytest-vllm); "
+                            "re-run the suite to get a results file that can be added")
+    if settings.get("update_baselines"):
+        raise BaselineError(f"{source} is from a run that recorded baselines; its measurements are stored already")
+    definitions = section.get("metric_definitions", METRIC_DEFINITIONS)
+    out = []
+    for m in section["measurements"]:
+        if any(m["metrics"].get("failed", {}).get("runs", [0])):
+            continue
+        key = BaselineKey(str(settings["gpu"]), m["model"], m["test"], m["workload"]["name"], m["role"])
+        out.append((key, {"metric_definitions": definitions, "test_id": m["test"], "role": m["role"],
+                          "server": {"key": m["server_key"], "flags": m.get("server_flags", {})},
+                          "workload": {**m["workload"], "key": m["workload_key"]}, "environment": dict(environment),
+                          "metrics": m["metrics"]}))
+    return out
+
+
+def add_results(root: Path, results_path: Path) -> list[tuple[Path, str, int]]:
+    """Pool a gate run's measurements into the baselines under ``root``: every entry is checked
+    before any file is written, so a refused entry leaves all files as they were. Returns
+    (file, entry name, recordings now) per entry."""
+    try:
+        results = json.loads(results_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BaselineError(f"cannot read results file {results_path}: {exc}") from None
+    entries = entries_from_results(results, str(results_path))
+    problems = []
+    for key, entry in entries:
+        stored = load(root, key)
+        try:
+            pooled(stored.data if stored else None, entry, f"{key.path(root)} [{key.entry_name}]")
+        except BaselineError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise BaselineError("nothing added:\n  " + "\n  ".join(problems))
+    added = []
+    for key, entry in entries:
+        path = write(root, key, entry, pool=True)
+        stored = load(root, key)
+        added.append((path, key.entry_name, len(stored.data["recordings"]) if stored else 0))
+    return added
+
+
+def write(root: Path, key: BaselineKey, entry: Mapping[str, Any], pool: bool = False) -> Path:
+    """Store ``entry`` atomically, keeping the file's other entries; with ``pool``, add it to the
+    stored entry's recordings instead of replacing it (see ``pooled``)."""
     path = key.path(root)
     data: dict[str, Any] = {"format": FORMAT, "entries": {}}
     if path.is_file():
         data = read_file(path)  # a corrupt file stops the update: nothing stored is lost
+    if pool:
+        entry = pooled(data["entries"].get(key.entry_name), entry, f"{path} [{key.entry_name}]")
     data["entries"][key.entry_name] = dict(entry)
     data["entries"] = dict(sorted(data["entries"].items()))
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -77,12 +77,13 @@ class BenchSettings:
 
     gpu: str
     baseline_dir: Path
-    update: bool
+    update: bool  # record instead of judging (--update-baselines or --add-baselines)
     missing: str  # "fail" | "skip"
     noise: NoisePolicy
     default_budgets: dict[str, Budget]
     environment: dict[str, Any]
     repeats: int | None = None
+    pool: bool = False  # --add-baselines: a recording joins the stored ones instead of replacing them
 
 
 @dataclass
@@ -258,12 +259,13 @@ class Bench:
             {**measurement.workload.to_dict(), "key": measurement.workload.key}, settings.environment,
             measurement.nodeid, measurement.role)
         try:
-            path = baselines.write(settings.baseline_dir, key, entry)
+            path = baselines.write(settings.baseline_dir, key, entry, pool=settings.pool)
         except BaselineError as exc:
             pytest.fail(f"not recorded: {exc}", pytrace=False)
-        measurement.baseline_note = f"baseline written to {path}"
+        verb = "added to" if settings.pool else "written to"
+        measurement.baseline_note = f"baseline {verb} {path}"
         self._state.written.append(path)
-        self._say(f"baseline written: {path} [{key.entry_name}]")
+        self._say(f"baseline {verb}: {path} [{key.entry_name}]")
 
     def _pair_failure_text(self, comparison: PairComparison) -> str:
         parts = []
@@ -367,9 +369,11 @@ def settings_for(config: Any, profile: GPUProfile, device_name: str, driver: str
     gpu = profile.name
     default_budgets = parse_budgets(defaults, where="[tool.pytest_vllm.budgets]: ")
     environment = baselines.environment_record(gpu, device_name, driver, vllm_version, config.rootdir)
-    return BenchSettings(gpu=gpu, baseline_dir=config.baseline_dir, update=config.update_baselines,
+    return BenchSettings(gpu=gpu, baseline_dir=config.baseline_dir,
+                         update=config.update_baselines or config.add_baselines,
                          missing=config.missing_baseline, noise=NoisePolicy(config.noise_k, config.max_tolerance),
-                         default_budgets=default_budgets, environment=environment, repeats=config.repeats)
+                         default_budgets=default_budgets, environment=environment, repeats=config.repeats,
+                         pool=config.add_baselines)
 
 
 def flag_changes(before: Mapping[str, Any], after: Mapping[str, Any]) -> str:

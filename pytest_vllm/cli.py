@@ -5,6 +5,8 @@
     pytest-vllm models path [base|compressed]
     pytest-vllm baselines list [DIR]
     pytest-vllm baselines compare A B      two baseline folders or files (e.g. baselines/cpu baselines/h100)
+    pytest-vllm baselines add RESULTS.json [--dir baselines]
+                                           pool gate runs (results.json of other runners) into the baselines
     pytest-vllm metrics                    metric names for budgets, with units and directions
     pytest-vllm warm                       cache the installed vLLM's server options (flag validation)
 """
@@ -79,12 +81,22 @@ def _baselines(args: argparse.Namespace) -> int:
             print(f"no baselines under {root}")
             return 0
         header = " ".join(f"{c:>17}" for c in BASELINE_COLUMNS)
-        print(f"{'file':<70} {'entry':<40} {'recorded':<26} {'vllm':<8} {header}")
+        print(f"{'file':<70} {'entry':<40} {'recorded (newest)':<26} {'runs':>4} {'vllm':<8} {header}")
         for (path, name), entry in sorted(rows.items()):
             env = entry.get("environment", {})
             values = [entry["metrics"].get(c, {}).get("median") for c in BASELINE_COLUMNS]
-            print(f"{path:<70} {name:<40} {env.get('recorded_at', '?'):<26} {env.get('vllm_version', '?'):<8} "
+            print(f"{path:<70} {name:<40} {env.get('recorded_at', '?'):<26} {len(entry.get('recordings', [1])):>4} "
+                  f"{env.get('vllm_version', '?'):<8} "
                   + " ".join(f"{v:17.2f}" if v is not None else f"{'-':>17}" for v in values))
+        return 0
+    if args.action == "add":
+        from pytest_vllm import baselines
+
+        if not args.paths:
+            raise VLLMPluginError("baselines add takes one or more results.json files of gate runs")
+        for results in args.paths:
+            for written, name, count in baselines.add_results(Path(args.dir), Path(results)):
+                print(f"{written} [{name}]: {count} recording{'s' if count != 1 else ''}")
         return 0
     if len(args.paths) != 2:
         raise VLLMPluginError("baselines compare takes two folders or files: A B")
@@ -127,9 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="build one checkpoint (GPUs need only the base: their compressed default is online FP8)")
     models.set_defaults(run=_models)
 
-    base = sub.add_parser("baselines", help="list or compare baseline files")
-    base.add_argument("action", choices=["list", "compare"])
-    base.add_argument("paths", nargs="*", help="list: a folder (default: baselines); compare: two folders or files")
+    base = sub.add_parser("baselines", help="list, compare or pool baseline files")
+    base.add_argument("action", choices=["list", "compare", "add"])
+    base.add_argument("paths", nargs="*", help="list: a folder (default: baselines); compare: two folders or files; "
+                      "add: results.json files of gate runs, each added to its baselines as one more recording")
+    base.add_argument("--dir", default="baselines", help="add: the baseline folder (default: baselines)")
     base.set_defaults(run=_baselines)
 
     metrics = sub.add_parser("metrics", help="metric names usable in budgets")
@@ -142,7 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    # argparse leaves positionals that follow an option unparsed (`baselines add --dir D r.json`).
+    if rest and hasattr(args, "paths") and not any(r.startswith("-") for r in rest):
+        args.paths += rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return int(args.run(args))
     except VLLMPluginError as exc:

@@ -66,6 +66,10 @@ OPTIONS: tuple[Option, ...] = (
            "share a server (grouping boots each server once)", kind="bool", default=False),
     Option("update_baselines", "--update-baselines", "record this run's measurements as the baselines "
            "(atomic writes; only measurements without failed requests are written)", kind="bool", default=False),
+    Option("add_baselines", "--add-baselines", "add this run's performance measurements to the stored "
+           "baselines as one more recording instead of replacing them: each baseline becomes the median of its "
+           "newest 5 recordings, for runners whose hosts differ (a changed server spec or workload is refused: "
+           "replace it with --update-baselines)", kind="bool", default=False),
     Option("baseline_dir", "--vllm-baseline-dir",
            "folder of baseline files (layout <gpu>/<model>/<module>/<test>.json)", default="baselines", metavar="DIR"),
     Option("missing_baseline", "--vllm-missing-baseline", "what a measurement without a baseline does: fail "
@@ -119,6 +123,7 @@ class RunConfig:
     python: str = sys.executable
     keep_order: bool = False
     update_baselines: bool = False
+    add_baselines: bool = False
     baseline_dir: Path = Path("baselines")
     missing_baseline: str = "fail"
     repeats: int | None = None
@@ -144,6 +149,9 @@ class RunConfig:
         if conformance_profile not in PROFILES:
             raise UsageError(f"--vllm-conformance-profile must be one of {', '.join(PROFILES)}, "
                              f"not {conformance_profile!r}")
+        if get("update_baselines") and get("add_baselines"):
+            raise UsageError("--update-baselines replaces the stored baselines and --add-baselines adds to them: "
+                             "pass one of them")
         budgets = values.get("budgets") or {}
         if not isinstance(budgets, Mapping):
             raise UsageError("[tool.pytest_vllm.budgets] must be a table of metric = \"budget\"")
@@ -164,6 +172,7 @@ class RunConfig:
             python=get("python") or sys.executable,
             keep_order=bool(get("keep_order")),
             update_baselines=bool(get("update_baselines")),
+            add_baselines=bool(get("add_baselines")),
             baseline_dir=under_root(Path(str(get("baseline_dir")))),
             missing_baseline=missing,
             repeats=repeats,

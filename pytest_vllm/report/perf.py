@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pytest_vllm.bench import BenchState, Measurement, PairComparison
-from pytest_vllm.metrics import METRICS
+from pytest_vllm.metrics import METRIC_DEFINITIONS, METRICS
 from pytest_vllm.report.tables import Table, fmt, pct
 
 # Shown for every measurement, checked or not, so a reader sees the whole picture.
@@ -81,9 +81,10 @@ def to_json(state: BenchState) -> dict[str, Any]:
                             if c.reference else None, "passed": c.passed} for c in p.checks]}
 
     return {"settings": {"gpu": state.settings.gpu, "update_baselines": state.settings.update,
+                         "add_baselines": state.settings.pool,
                          "noise_k": state.settings.noise.noise_k, "max_tolerance": state.settings.noise.max_tolerance},
             # What a baseline records of its run: `pytest-vllm baselines add` pools results files with it.
-            "environment": state.settings.environment,
+            "environment": state.settings.environment, "metric_definitions": METRIC_DEFINITIONS,
             "measurements": [measurement(m) for m in state.measurements],
             "pairs": [pair(p) for p in state.pairs],
             "baselines_written": [str(p) for p in state.written]}

@@ -1,15 +1,19 @@
 """The performance gate end to end on real servers: record, pass on the same spec, fail when slowed.
 
-An inner pytest session measures one closed-loop workload on the base server and is run four
-times against one baseline folder: once with --update-baselines, once unchanged (must pass),
-once with the server's max_num_seqs cut below the workload's concurrency (a real server-side
-slowdown: the throughput gate must fail, with the table and the flag change named), and once
-re-recording that slowed server (passes: recording replaces, it does not judge).
+An inner pytest session measures one closed-loop workload on the base server and is run five
+times against one baseline folder: once with --update-baselines, once unchanged (must pass; its
+results.json is then pooled in with `pytest-vllm baselines add`), once with --add-baselines (a
+third recording), once with the server's max_num_seqs cut below the workload's concurrency (a
+real server-side slowdown: the throughput gate must fail against the pooled baseline, with the
+table and the flag change named), and once re-recording that slowed server (passes: recording
+replaces, it does not judge).
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,6 +57,17 @@ def test_gate_records_passes_and_catches_a_slowdown(pytester: pytest.Pytester, t
     again = run_inner(pytester, baselines, monkeypatch=monkeypatch)
     again.assert_outcomes(passed=1)
     again.stdout.fnmatch_lines(["*output_throughput*ok*"])
+
+    # The gate run's results pooled in as a second recording, then a third run added by flag.
+    added = subprocess.run([sys.executable, "-m", "pytest_vllm.cli", "baselines", "add", "--dir", str(baselines),
+                            str(pytester.path / "reports" / "results.json")], capture_output=True, text=True)
+    assert added.returncode == 0 and "2 recordings" in added.stdout, added.stdout + added.stderr
+    pooled = run_inner(pytester, baselines, "--add-baselines", monkeypatch=monkeypatch)
+    pooled.assert_outcomes(passed=1)
+    entry = next(iter(json.loads(files[0].read_text())["entries"].values()))
+    assert len(entry["recordings"]) == 3
+    assert entry["metrics"]["output_throughput"]["runs"] == [r["metrics"]["output_throughput"]["median"]
+                                                             for r in entry["recordings"]]
 
     stored = files[0].read_text()
     slowed = run_inner(pytester, baselines, monkeypatch=monkeypatch, max_num_seqs=1)

@@ -69,3 +69,9 @@ def test_broken_pyproject_is_a_usage_error(tmp_path: Path) -> None:
     (tmp_path / "pyproject.toml").write_text("[tool.pytest_vllm\n")
     with pytest.raises(UsageError, match="not valid TOML"):
         read_pyproject_table(tmp_path)
+
+
+def test_replacing_and_adding_baselines_at_once_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="--update-baselines replaces .* --add-baselines adds"):
+        RunConfig.from_values(tmp_path, {"update_baselines": True, "add_baselines": True}, environ={})
+    assert RunConfig.from_values(tmp_path, {"add_baselines": "yes"}, environ={}).add_baselines is True
