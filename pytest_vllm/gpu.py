@@ -66,26 +66,30 @@ class GPUProfile:
         return self.name
 
 
-# Default budgets of every profile, measured on shared machines, where a server's speed differs from
-# one boot (or lease) to the next far more than between the repetitions of one run (2-5%):
-# - this 2-core CPU machine: the W8A8 server's c1 TPOT p50 was 14.6 ms at recording and 17.8 ms
-#   (+22%) in a later fresh-clone run, its single-stream throughput +24% in another;
-# - the lent H100 (vLLM 0.24, SmolLM2-135M, bound by the host's scheduling work, not the GPU): one
-#   lease ran everything 20-27% slower than another lease's baselines, a third ran throughput up to
-#   23% lower, TPOT p50 up to 30% and TTFT p50 up to 37% higher (its fidelity run, one server alone,
-#   matched the baselines).
-# These pass such boots and still fail a max_num_seqs cut (-38% throughput, +80% TTFT in
-# benchmarks/test_noise_gate.py): a run catches slowdowns of about 30% or more. Tighten them on a
-# dedicated runner with a model of production size, where the GPU dominates.
-SHARED_MACHINE_BUDGETS = {"output_throughput": ">= baseline * 0.75", "ttft_p50": "<= baseline * 1.40",
-                          "tpot_p50": "<= baseline * 1.35"}
+# Default budgets, measured on the shared machines this project runs on, where a server's speed
+# differs from one boot (or lease) to the next far more than between the repetitions of one run.
+# This 2-core CPU machine: the W8A8 server's c1 TPOT p50 was 14.6 ms at recording and 17.8 ms
+# (+22%) in a later fresh-clone run, its single-stream throughput +24% in another. These pass such
+# boots and still fail a max_num_seqs cut (-38% throughput, +80% TTFT in
+# benchmarks/test_noise_gate.py): a run catches slowdowns of about 30% or more.
+CPU_BUDGETS = {"output_throughput": ">= baseline * 0.75", "ttft_p50": "<= baseline * 1.40",
+               "tpot_p50": "<= baseline * 1.35"}
+# The lent H100 (vLLM 0.24, SmolLM2-135M, bound by the host's scheduling work rather than the GPU):
+# five leases of the same machine kind ran the same suite from 1.0x down to 0.53x the fastest one's
+# throughput, with TTFT and TPOT p50 up to 1.9x. Against baselines pooled over four of them (the
+# median of their recordings) the slowest lease measured throughput 0.635x, TTFT 1.51x and TPOT
+# 1.50x; these budgets pass it with a margin and still fail a gross regression (a max_num_seqs cut
+# below the concurrency: tests/integration/test_perf_gate.py). On a dedicated runner with a model of
+# production size, where the GPU dominates, tighten them.
+GPU_BUDGETS = {"output_throughput": ">= baseline * 0.60", "ttft_p50": "<= baseline * 1.70",
+               "tpot_p50": "<= baseline * 1.65"}
 
 
 def _gpu(name: str, memory_gib: float, *patterns: str, levels: tuple[int, ...] = (1, 16, 64),
          split: float = 0.42, boot_order: BootOrder = BootOrder.SERIAL) -> GPUProfile:
     return GPUProfile(name=name, memory_gib=memory_gib, device_patterns=patterns,
                       pair_gpu_memory_utilization=split, boot_order=boot_order,
-                      concurrency_levels=levels, budget_defaults=dict(SHARED_MACHINE_BUDGETS))
+                      concurrency_levels=levels, budget_defaults=dict(GPU_BUDGETS))
 
 
 PROFILES: dict[str, GPUProfile] = {
@@ -96,7 +100,7 @@ PROFILES: dict[str, GPUProfile] = {
             memory_gib=0,
             concurrency_levels=(1, 4),
             requests_per_slot=4,
-            budget_defaults=dict(SHARED_MACHINE_BUDGETS),
+            budget_defaults=dict(CPU_BUDGETS),
             # float32: bfloat16 on the CPU kernels drifts from the reference greedy output.
             server_defaults={"dtype": "float32", "max_model_len": 2048},
             server_env={
