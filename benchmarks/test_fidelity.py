@@ -28,7 +28,7 @@ from pytest_vllm.server.handle import ServerHandle
 
 from .vllm_bench import run_vllm_bench
 
-TURNS = int(os.environ.get("FIDELITY_TURNS", "5"))  # pairs of runs per level
+TURNS = int(os.environ.get("FIDELITY_TURNS", "7"))  # pairs of runs per level
 LEVELS = os.environ.get("FIDELITY_LEVELS", "")  # "1,64": these concurrencies instead of the profile's
 TARGET = 0.05
 PAIRS = (("output_throughput", "output_throughput"), ("ttft_p50", "median_ttft_ms"), ("tpot_p50", "median_tpot_ms"))

@@ -131,7 +131,7 @@ def evaluate(budget: Budget, current: float, reference: float | None = None, spr
         asked = abs(budget.value - 1.0)
         noise_tol = noise.noise_k * spread
         tolerance = max(asked, min(noise_tol, noise.max_tolerance))
-        if noise_tol > asked:
+        if tolerance > asked:  # a cap below the asked tolerance widens nothing: no note then
             note = f"widened by baseline noise (spread {spread:.1%})"
             if noise_tol > noise.max_tolerance:
                 note += f", capped at {noise.max_tolerance:.0%}"

@@ -68,3 +68,7 @@ def test_noise_widens_the_tolerance_up_to_the_cap() -> None:
     # a very noisy baseline cannot switch the gate off: 25% slower still fails
     wild = evaluate(throughput, current=75.0, reference=100.0, spread=0.5, noise=policy)
     assert not wild.passed and wild.tolerance == pytest.approx(0.20) and "capped" in wild.note
+    # a budget wider than the cap is applied as asked, and says nothing about widening
+    wide = evaluate(parse_budget("output_throughput", ">= baseline * 0.60"), current=61.0, reference=100.0,
+                    spread=0.5, noise=policy)
+    assert wide.passed and wide.tolerance == pytest.approx(0.40) and wide.note == ""
