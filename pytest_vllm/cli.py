@@ -81,11 +81,11 @@ def _baselines(args: argparse.Namespace) -> int:
             print(f"no baselines under {root}")
             return 0
         header = " ".join(f"{c:>17}" for c in BASELINE_COLUMNS)
-        print(f"{'file':<70} {'entry':<40} {'recorded (newest)':<26} {'runs':>4} {'vllm':<8} {header}")
+        print(f"{'file':<70} {'entry':<40} {'recorded (newest)':<26} {'recordings':>10} {'vllm':<8} {header}")
         for (path, name), entry in sorted(rows.items()):
             env = entry.get("environment", {})
             values = [entry["metrics"].get(c, {}).get("median") for c in BASELINE_COLUMNS]
-            print(f"{path:<70} {name:<40} {env.get('recorded_at', '?'):<26} {len(entry.get('recordings', [1])):>4} "
+            print(f"{path:<70} {name:<40} {env.get('recorded_at', '?'):<26} {len(entry.get('recordings', [1])):>10} "
                   f"{env.get('vllm_version', '?'):<8} "
                   + " ".join(f"{v:17.2f}" if v is not None else f"{'-':>17}" for v in values))
         return 0

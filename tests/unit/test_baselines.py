@@ -183,3 +183,17 @@ def test_results_files_that_cannot_serve_are_refused(tmp_path: Path, section: di
     with pytest.raises(BaselineError, match=message):
         baselines.add_results(tmp_path / "baselines", results_file(tmp_path, "t1", **section))
     assert not (tmp_path / "baselines").exists()
+
+
+def test_cli_adds_results_and_lists_the_recordings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pytest_vllm.cli import main
+
+    root = tmp_path / "baselines"
+    first, second = results_file(tmp_path, "t1"), results_file(tmp_path, "t2", 2.0)
+    assert main(["baselines", "add", "--dir", str(root), str(first), str(second)]) == 0
+    assert "2 recordings" in capsys.readouterr().out
+    assert main(["baselines", "list", str(root)]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert "recordings" in listed[0] and " 2 " in listed[1]
+    assert main(["baselines", "add", "--dir", str(root), str(second)]) == 2  # added twice: refused
+    assert "already one of its recordings" in capsys.readouterr().err
