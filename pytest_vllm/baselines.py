@@ -248,7 +248,7 @@ def make_entry(result: RepeatedResult, server: Mapping[str, Any], workload: Mapp
 def entries_from_results(results: Mapping[str, Any], source: str) -> list[tuple[BaselineKey, dict[str, Any]]]:
     """The baseline entries a gate run's ``results.json`` holds: every performance measurement
     whose repetitions all completed. BaselineError (naming ``source``) when it cannot serve."""
-    section = results.get("performance")
+    section = results.get("performance") if isinstance(results, Mapping) else None
     if not isinstance(section, Mapping) or not section.get("measurements"):
         raise BaselineError(f"{source} holds no performance measurements")
     settings, environment = section.get("settings", {}), section.get("environment")
@@ -259,14 +259,17 @@ def entries_from_results(results: Mapping[str, Any], source: str) -> list[tuple[
         raise BaselineError(f"{source} is from a run that recorded baselines; its measurements are stored already")
     definitions = section.get("metric_definitions", METRIC_DEFINITIONS)
     out = []
-    for m in section["measurements"]:
-        if any(m["metrics"].get("failed", {}).get("runs", [0])):
-            continue
-        key = BaselineKey(str(settings["gpu"]), m["model"], m["test"], m["workload"]["name"], m["role"])
-        out.append((key, {"metric_definitions": definitions, "test_id": m["test"], "role": m["role"],
-                          "server": {"key": m["server_key"], "flags": m.get("server_flags", {})},
-                          "workload": {**m["workload"], "key": m["workload_key"]}, "environment": dict(environment),
-                          "metrics": m["metrics"]}))
+    try:
+        for m in section["measurements"]:
+            if any(m["metrics"].get("failed", {}).get("runs", [0])):
+                continue
+            key = BaselineKey(str(settings["gpu"]), m["model"], m["test"], m["workload"]["name"], m["role"])
+            out.append((key, {"metric_definitions": definitions, "test_id": m["test"], "role": m["role"],
+                              "server": {"key": m["server_key"], "flags": m.get("server_flags", {})},
+                              "workload": {**m["workload"], "key": m["workload_key"]},
+                              "environment": dict(environment), "metrics": m["metrics"]}))
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise BaselineError(f"{source} is not a results.json of pytest-vllm (a measurement lacks {exc})") from None
     return out
 
 

@@ -178,6 +178,7 @@ def test_results_of_gate_runs_are_added_as_recordings(tmp_path: Path) -> None:
     ({"environment": None}, "records no environment"),
     ({"settings": {"gpu": "cpu", "update_baselines": True}}, "recorded baselines"),
     ({"measurements": []}, "no performance measurements"),
+    ({"measurements": [{"test": "t"}]}, "not a results.json of pytest-vllm"),
 ])
 def test_results_files_that_cannot_serve_are_refused(tmp_path: Path, section: dict, message: str) -> None:
     with pytest.raises(BaselineError, match=message):
