@@ -281,22 +281,17 @@ def add_results(root: Path, results_path: Path) -> list[tuple[Path, str, int]]:
         results = json.loads(results_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise BaselineError(f"cannot read results file {results_path}: {exc}") from None
-    entries = entries_from_results(results, str(results_path))
-    problems = []
-    for key, entry in entries:
+    merged, problems = [], []
+    for key, entry in entries_from_results(results, str(results_path)):
         stored = load(root, key)
         try:
-            pooled(stored.data if stored else None, entry, f"{key.path(root)} [{key.entry_name}]")
+            merged.append((key, pooled(stored.data if stored else None, entry, f"{key.path(root)} [{key.entry_name}]")))
         except BaselineError as exc:
             problems.append(str(exc))
     if problems:
         raise BaselineError("nothing added:\n  " + "\n  ".join(problems))
-    added = []
-    for key, entry in entries:
-        path = write(root, key, entry, pool=True)
-        stored = load(root, key)
-        added.append((path, key.entry_name, len(stored.data["recordings"]) if stored else 0))
-    return added
+    # Each key is one entry: writing one leaves the others' pooled values as computed above.
+    return [(write(root, key, entry), key.entry_name, len(entry["recordings"])) for key, entry in merged]
 
 
 def write(root: Path, key: BaselineKey, entry: Mapping[str, Any], pool: bool = False) -> Path:

@@ -63,7 +63,7 @@ def test_prefix_caching_cuts_ttft_of_shared_prefixes(base_server, vllm_server_fa
     CPU profile. On the lent H100 a 135M model prefills one 4k prompt in a few ms and the rest of
     the first token's 20-30 ms is the host's scheduling and HTTP work: one prompt at a time the
     ratio was 0.77-0.88 on three leases and 0.96 on a fourth, so the GPU workload sends 8 at once
-    (0.77 on the slowest lease seen).
+    (0.77 and 0.58 on the two leases since).
     """
     assert base_server.spec is None or base_server.spec.flag_dict.get("enable_prefix_caching") is not False
     without = vllm_server_factory(role="no_prefix_cache", enable_prefix_caching=False)
