@@ -24,6 +24,7 @@ from pytest_vllm.models.pair import RoleModel, resolve_role
 from pytest_vllm.paths import cache_dir
 from pytest_vllm.server.flags import VLLMArgSchema, load_schema, to_argv
 from pytest_vllm.server.handle import ServerHandle, connect_remote
+from pytest_vllm.server.memory import GIB, MIB, pinned_kv_cache_bytes
 from pytest_vllm.server.pool import ServerPool
 from pytest_vllm.server.process import LaunchPlan
 from pytest_vllm.server.spec import (
@@ -117,9 +118,12 @@ class VLLMSession:
     def launch_plan(self, spec: ServerSpec, port: int, slot: int) -> LaunchPlan:
         flags = spec.flag_dict
         flags.setdefault("served_model_name", spec.served_model_name)
+        env = {**SERVER_ENV, **spec.env_dict}
+        beside_others, note = not self.profile.is_gpu, ""
+        if self.profile.is_gpu and self.profile.pair_gpu_memory_utilization:
+            flags, beside_others, note = self._fix_kv_cache(spec, flags)
         argv = [self.config.python, "-m", "vllm.entrypoints.openai.api_server", "--model", spec.model,
                 "--host", "127.0.0.1", "--port", str(port), *to_argv(flags, self.schema)]
-        env = {**SERVER_ENV, **spec.env_dict}
         if not self.profile.is_gpu and "VLLM_CPU_OMP_THREADS_BIND" not in env:
             # vLLM binds every CPU server's compute threads to the same core by default; two
             # servers booting or serving side by side would then share one core.
@@ -129,7 +133,26 @@ class VLLMSession:
                 env["VLLM_CPU_OMP_THREADS_BIND"] = binding
         if Path(spec.model).expanduser().exists():
             env.setdefault("HF_HUB_OFFLINE", "1")  # a local checkpoint needs no hub; fail fast without one
-        return LaunchPlan(argv=argv, env=env)
+        return LaunchPlan(argv=argv, env=env, boots_beside_others=beside_others, note=note)
+
+    def _fix_kv_cache(self, spec: ServerSpec, flags: dict[str, Any]) -> tuple[dict[str, Any], bool, str]:
+        """Flags with the KV cache size fixed from the server's memory share (server/memory.py),
+        whether the server may then boot beside others, and what to say about it.
+
+        A launch detail like the port, not part of the spec: the spec (and its baselines) keep the
+        memory share, and the KV cache of the suites' servers is far larger than their load needs.
+        """
+        kv_bytes = pinned_kv_cache_bytes(spec.model, flags, self.device.memory_mib * MIB)
+        if kv_bytes is None:
+            return flags, False, ""
+        if "kv_cache_memory_bytes" in flags:
+            return flags, True, ""
+        fixed = {**flags, "kv_cache_memory_bytes": kv_bytes}
+        try:
+            to_argv(fixed, self.schema)
+        except UsageError:
+            return flags, False, ""  # a vLLM without --kv-cache-memory-bytes profiles, and boots alone
+        return fixed, True, f"KV cache fixed at {kv_bytes / GIB:.1f} GiB of its share, so it can boot beside others"
 
     # -- planning ------------------------------------------------------------------------------
     def plan(self, items: Sequence[tuple[str, tuple[str, ...], list[MarkerFlags]]]) -> None:

@@ -35,6 +35,9 @@ WORDS = (
 
 MAX_ADJUST_ROUNDS = 8
 PARALLEL_PROMPTS = 32  # prompts built at once (each a few /tokenize round trips)
+# Text whose token ids identify a tokenizer (casing, digits, accents, CJK, emoji, whitespace): two
+# tokenizers that split all of it alike build the same exact-length prompts.
+TOKENIZER_PROBE = "pytest-vllm Probe: 2024-11-21, naïve café ½ — 東京 🙂\n\tThe END."
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,10 @@ class PromptFactory:
         if response.status_code != 200:
             raise UsageError(f"the server's /tokenize answered {response.status_code}: {response.text[:300]}")
         return list(response.json()["tokens"])
+
+    async def tokenizer_fingerprint(self) -> tuple[int, ...]:
+        """The token ids of TOKENIZER_PROBE: equal for servers whose prompts may be shared."""
+        return tuple(await self._tokenize(TOKENIZER_PROBE))
 
     async def _detokenize(self, tokens: list[int]) -> str:
         response = await self._http.post("/detokenize", json={"model": self._model, "tokens": tokens})

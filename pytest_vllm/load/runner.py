@@ -154,15 +154,39 @@ async def _with_heartbeat(label: str, say: Callable[[str], None], stage: Corouti
         beat.cancel()
 
 
+# Prompts built in this process, by server, tokenizer, prompt shape and count (see build_prompts).
+_BUILT_PROMPTS: dict[tuple[object, ...], list[Prompt]] = {}
+WARMUP_SEED_OFFSET = 1_000_003  # warmup prompts differ from the measured ones
+
+
+def prompt_shape(workload: Workload) -> tuple[object, ...]:
+    """The workload fields the prompts depend on (not concurrency, rate, output length or name)."""
+    return workload.endpoint, workload.input_len, workload.shared_prefix_len, workload.seed, workload.dataset
+
+
+def forget_built_prompts() -> None:
+    _BUILT_PROMPTS.clear()
+
+
 async def build_prompts(url: str, model: str, workload: Workload, api_key: str = "EMPTY"
                         ) -> tuple[list[Prompt], list[Prompt]]:
-    """The measured prompts and the (different) warmup prompts, from the server's tokenizer."""
+    """The measured prompts and the (different) warmup prompts, from the server's tokenizer.
+
+    Built once per server, tokenizer, prompt shape and count in this process: a session measures
+    one shape on a server more than once (the highest concurrency of the throughput sweep, then
+    the speedup pair), and a thousand exact-length prompts cost 10-20 s of /tokenize round trips.
+    """
     headers = {"Authorization": f"Bearer {api_key}"}
     async with httpx.AsyncClient(base_url=url, timeout=120, headers=headers, limits=http_limits(64)) as http:
         factory = PromptFactory(http, model)
-        prompts = await factory.build(workload, workload.num_requests)
-        warmup = await factory.build(workload, workload.warmup, seed_offset=1_000_003)
-    return prompts, warmup
+        server = (url, model, await factory.tokenizer_fingerprint(), prompt_shape(workload))
+        built = []
+        for count, seed_offset in ((workload.num_requests, 0), (workload.warmup, WARMUP_SEED_OFFSET)):
+            key = (*server, count, seed_offset)
+            if key not in _BUILT_PROMPTS:
+                _BUILT_PROMPTS[key] = await factory.build(workload, count, seed_offset=seed_offset)
+            built.append(list(_BUILT_PROMPTS[key]))
+    return built[0], built[1]
 
 
 async def run_workload_async(url: str, model: str, workload: Workload, api_key: str = "EMPTY",

@@ -2,7 +2,8 @@
 
 The pool is told at collection which specs each test needs (``plan``). A server boots when the
 first test needing it starts, together with the other servers that test needs and with its pair
-partner when a later test needs that, in parallel or one after the other as the GPU profile says.
+partner when a later test needs that: in parallel where the profile allows it or every server's
+memory is fixed beforehand (``LaunchPlan.boots_beside_others``), else one after the other.
 After each test the pool stops every server no remaining test needs, which frees memory for the
 next spec. A spec that failed to boot is not retried: later tests get the same error at once.
 """
@@ -141,7 +142,7 @@ class ServerPool:
             server.slot = slot
             self._servers[spec] = server
             servers.append(server)
-        if self._boot_order is BootOrder.PARALLEL:
+        if boots_in_parallel(self._boot_order, [s.plan for s in servers]):
             for server in servers:
                 self._start(server)
             self._wait(servers)
@@ -156,7 +157,8 @@ class ServerPool:
         return next(i for i in range(len(taken) + 1) if i not in taken)
 
     def _start(self, server: VLLMServer) -> None:
-        self._say(f"booting {server.spec.describe()} on port {server.port}; log: {server.log_path}")
+        note = f" ({server.plan.note})" if server.plan.note else ""
+        self._say(f"booting {server.spec.describe()} on port {server.port}{note}; log: {server.log_path}")
         server.start()
 
     def _wait(self, servers: list[VLLMServer]) -> None:
@@ -193,3 +195,9 @@ class ServerPool:
         if server is not None:
             server.stop()
 
+
+
+def boots_in_parallel(order: BootOrder, plans: Sequence[LaunchPlan]) -> bool:
+    """Whether servers booting together start at once: where the profile allows it, or where
+    every one's memory is fixed beforehand (a KV cache size on a shared GPU)."""
+    return order is BootOrder.PARALLEL or all(plan.boots_beside_others for plan in plans)

@@ -64,6 +64,10 @@ class LaunchPlan:
 
     argv: list[str]
     env: dict[str, str]
+    # True when the server's memory does not depend on what boots beside it (its own CPU cores, or
+    # a fixed KV cache size on a shared GPU): the pool may then boot it in parallel with others.
+    boots_beside_others: bool = False
+    note: str = ""  # said when it boots
 
     def shell_line(self) -> str:
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items()))

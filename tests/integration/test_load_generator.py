@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pytest_vllm.load.runner import build_prompts, run_async, run_workload
+from pytest_vllm.load.runner import build_prompts, forget_built_prompts, run_async, run_workload
 from pytest_vllm.load.workload import Workload
 from pytest_vllm.metrics import compute
 
@@ -27,8 +27,31 @@ def test_synthetic_prompts_have_exact_token_lengths(base_server, length: int) ->
     assert len(prompts) == 4 and len(warmup) == 1
     assert [len(tokens(base_server, p.text)) for p in prompts] == [length] * 4
     assert len({p.text for p in prompts}) == 4, "seeded but distinct prompts"
+    forget_built_prompts()
     again, _ = run_async(build_prompts(base_server.url, base_server.model, workload))
     assert [p.text for p in again] == [p.text for p in prompts], "the same seed gives the same prompts"
+
+
+def test_prompts_are_built_once_per_server_and_shape(base_server) -> None:
+    """The speedup pair reuses the sweep's prompts: same server and prompt shape, other concurrency."""
+    forget_built_prompts()
+    first = Workload(name="a", input_len=40, num_requests=3, concurrency=1, output_len=8)
+    prompts, _ = run_async(build_prompts(base_server.url, base_server.model, first))
+    same_shape = first.with_(name="b", concurrency=3, warmup_requests=1, output_len=16)
+    before = tokenize_calls(base_server)
+    again, _ = run_async(build_prompts(base_server.url, base_server.model, same_shape))
+    assert [p.text for p in again] == [p.text for p in prompts]
+    assert tokenize_calls(base_server) - before == 1, "only the tokenizer fingerprint is asked for"
+    other_shape, _ = run_async(build_prompts(base_server.url, base_server.model, first.with_(input_len=41)))
+    assert {len(tokens(base_server, p.text)) for p in other_shape} == {41}, "another shape is built anew"
+
+
+def tokenize_calls(server) -> float:
+    """/tokenize requests the server has answered (its Prometheus counter)."""
+    with server.http() as http:
+        text = http.get("/metrics").text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("http_requests_total{") and 'handler="/tokenize"' in line)
 
 
 def test_shared_prefix_prompts_share_their_first_tokens(base_server) -> None:
