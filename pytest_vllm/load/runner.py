@@ -161,7 +161,7 @@ WARMUP_SEED_OFFSET = 1_000_003  # warmup prompts differ from the measured ones
 
 def prompt_shape(workload: Workload) -> tuple[object, ...]:
     """The workload fields the prompts depend on (not concurrency, rate, output length or name)."""
-    return workload.endpoint, workload.input_len, workload.shared_prefix_len, workload.seed, workload.dataset
+    return workload.endpoint, workload.input_len, workload.shared_prefix_len, workload.seed
 
 
 def forget_built_prompts() -> None:
@@ -179,6 +179,9 @@ async def build_prompts(url: str, model: str, workload: Workload, api_key: str =
     headers = {"Authorization": f"Bearer {api_key}"}
     async with httpx.AsyncClient(base_url=url, timeout=120, headers=headers, limits=http_limits(64)) as http:
         factory = PromptFactory(http, model)
+        if workload.dataset:  # read from a file: nothing to save, and no tokenizer is asked
+            return (await factory.build(workload, workload.num_requests),
+                    await factory.build(workload, workload.warmup, seed_offset=WARMUP_SEED_OFFSET))
         server = (url, model, await factory.tokenizer_fingerprint(), prompt_shape(workload))
         built = []
         for count, seed_offset in ((workload.num_requests, 0), (workload.warmup, WARMUP_SEED_OFFSET)):
