@@ -10,6 +10,8 @@ serves thousands.
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 
 from pytest_vllm.gpu import GPUProfile
@@ -31,10 +33,17 @@ def shared_prefix(profile: GPUProfile) -> Workload:
     # 4k tokens, 8 at once, so the prefill that the cache saves is several of the GPU's steps rather
     # than the few milliseconds of one 4k prompt beside the host's ~20 ms per request.
     if profile.is_gpu:
+        # 5 runs: each lasts ~1.5 s, and one of three could be 1.9x another's TTFT on the same host.
         return Workload(name="shared_prefix", num_requests=64, input_len=4096, shared_prefix_len=4096 - 64,
-                        output_len=4, concurrency=8)
+                        output_len=4, concurrency=8, repeats=5)
     return Workload(name="shared_prefix", num_requests=12, input_len=1024, shared_prefix_len=1024 - 64,
                     output_len=4, concurrency=1)
+
+
+# A 4k-token prefill, 8 at once, is the host-bound part of a GPU run that differs most between hosts
+# of one machine kind: the server without the cache measured TTFT p50 73, 134 and 77 ms on three
+# H100 leases (1.8x apart) while their other TTFTs stayed within 1.5x of the pooled baselines.
+PREFIX_GPU_BUDGETS = {"ttft_p50": "<= baseline * 2.0"}
 
 
 def speedup(profile: GPUProfile) -> Workload:
@@ -63,11 +72,34 @@ def test_prefix_caching_cuts_ttft_of_shared_prefixes(base_server, vllm_server_fa
     CPU profile. On the lent H100 a 135M model prefills one 4k prompt in a few ms and the rest of
     the first token's 20-30 ms is the host's scheduling and HTTP work: one prompt at a time the
     ratio was 0.77-0.88 on three leases and 0.96 on a fourth, so the GPU workload sends 8 at once
-    (0.77 and 0.58 on the two leases since).
+    (0.77 and 0.58 on two leases, 0.47 and 0.82 in two runs on a third). The server's own prefix
+    cache counters then say, whatever the host, whether the cache was hit at all.
     """
     assert base_server.spec is None or base_server.spec.flag_dict.get("enable_prefix_caching") is not False
     without = vllm_server_factory(role="no_prefix_cache", enable_prefix_caching=False)
-    vllm_bench.compare(without, base_server, shared_prefix(vllm_session.profile))
+    profile = vllm_session.profile
+    budgets = PREFIX_GPU_BUDGETS if profile.is_gpu else None
+    before = {server.role: prefix_cache_counts(server) for server in (without, base_server)}
+    vllm_bench.compare(without, base_server, shared_prefix(profile), budgets=budgets)
+    after = {server.role: prefix_cache_counts(server) for server in (without, base_server)}
+    cached_before, cached_after = before[base_server.role], after[base_server.role]
+    if cached_before is None or cached_after is None:
+        warnings.warn("this vLLM exports no prefix cache counters; the cache hit rate was not checked", stacklevel=1)
+        return
+    # The deterministic side of the check: the TTFT ratio above is what users feel, but on a host-bound
+    # GPU run it moves with the host; the server's own counters say whether the cache was used at all.
+    hits, queries = cached_after[0] - cached_before[0], cached_after[1] - cached_before[1]
+    assert queries > 0 and hits / queries >= 0.5, (
+        f"prefix caching hit {hits:.0f} of {queries:.0f} prompt tokens on the base server; prompts sharing "
+        "a long prefix should hit for most of them")
+    uncached_hits = [(counts or (0.0, 0.0))[0] for counts in (before[without.role], after[without.role])]
+    assert uncached_hits[0] == uncached_hits[1], "the server without prefix caching reported cache hits"
+
+
+def prefix_cache_counts(server) -> tuple[float, float] | None:
+    """(hit, queried) prompt tokens of the server's prefix cache so far; None if not exported."""
+    hits, queries = server.counter("vllm:prefix_cache_hits"), server.counter("vllm:prefix_cache_queries")
+    return None if hits is None else (hits, queries or 0.0)
 
 
 @pytest.mark.vllm_pair_budget(output_throughput=">= 0.75", tpot_p50="<= 1.35")
