@@ -22,10 +22,8 @@ class BootOrder(enum.StrEnum):
 
     # Both at once: fastest. Right where each server has its own memory (the CPU profile).
     PARALLEL = "parallel"
-    # One after the other: for servers sharing a GPU. vLLM sizes its KV cache from the device-wide
-    # memory used during its own profiling, so a neighbour allocating its KV cache in that window is
-    # counted against it; on an H100 (vLLM 0.24) the FP8 server got "Available KV cache memory:
-    # 0.0 GiB" and died whenever the base server's allocation fell into its window.
+    # One after the other: for servers sharing a GPU, unless each one's KV cache size is fixed at
+    # launch (server/memory.py says why vLLM's own sizing cannot run beside a neighbour).
     SERIAL = "serial"
 
 

@@ -33,17 +33,21 @@ def shared_prefix(profile: GPUProfile) -> Workload:
     # 4k tokens, 8 at once, so the prefill that the cache saves is several of the GPU's steps rather
     # than the few milliseconds of one 4k prompt beside the host's ~20 ms per request.
     if profile.is_gpu:
-        # 5 runs: each lasts ~1.5 s, and one of three could be 1.9x another's TTFT on the same host.
+        # 5 runs: each lasts ~1.5 s, and one run's TTFT p50 could be 1.9x another's on the same host.
         return Workload(name="shared_prefix", num_requests=64, input_len=4096, shared_prefix_len=4096 - 64,
                         output_len=4, concurrency=8, repeats=5)
     return Workload(name="shared_prefix", num_requests=12, input_len=1024, shared_prefix_len=1024 - 64,
                     output_len=4, concurrency=1)
 
 
-# A 4k-token prefill, 8 at once, is the host-bound part of a GPU run that differs most between hosts
-# of one machine kind: the server without the cache measured TTFT p50 73, 134 and 77 ms on three
-# H100 leases (1.8x apart) while their other TTFTs stayed within 1.5x of the pooled baselines.
-PREFIX_GPU_BUDGETS = {"ttft_p50": "<= baseline * 2.0"}
+# On a GPU the shared-prefix workload is the part of a run that differs most between hosts of one
+# machine kind: 4k-token prefills, 8 at once, of 4-token answers (TPOT over 3 gaps, which the other
+# prompts' prefills interrupt) take ~1.5 s a run. Over four H100 leases the server without the cache
+# measured TTFT p50 73-134 ms and the cached one TPOT p50 6.7-12.8 ms; judged against the other
+# three, each lease's worst ratio was 1.75 (TTFT) and 1.94 (TPOT). Its own numbers therefore only
+# catch gross regressions; whether the cache works is the pair ratio's and the counters' job, and
+# the other perf tests gate TTFT and TPOT at the profile's budgets.
+PREFIX_GPU_BUDGETS = {"ttft_p50": "<= baseline * 2.5", "tpot_p50": "<= baseline * 2.5"}
 
 
 def speedup(profile: GPUProfile) -> Workload:
@@ -72,8 +76,8 @@ def test_prefix_caching_cuts_ttft_of_shared_prefixes(base_server, vllm_server_fa
     CPU profile. On the lent H100 a 135M model prefills one 4k prompt in a few ms and the rest of
     the first token's 20-30 ms is the host's scheduling and HTTP work: one prompt at a time the
     ratio was 0.77-0.88 on three leases and 0.96 on a fourth, so the GPU workload sends 8 at once
-    (0.77 and 0.58 on two leases, 0.47 and 0.82 in two runs on a third). The server's own prefix
-    cache counters then say, whatever the host, whether the cache was hit at all.
+    (0.77 and 0.58 on two leases, 0.47 and 0.82 in two runs on a third, 0.50 on a fourth). The
+    server's own prefix cache counters then say, whatever the host, whether the cache was hit at all.
     """
     assert base_server.spec is None or base_server.spec.flag_dict.get("enable_prefix_caching") is not False
     without = vllm_server_factory(role="no_prefix_cache", enable_prefix_caching=False)
