@@ -196,7 +196,6 @@ class ServerPool:
             server.stop()
 
 
-
 def boots_in_parallel(order: BootOrder, plans: Sequence[LaunchPlan]) -> bool:
     """Whether servers booting together start at once: where the profile allows it, or where
     every one's memory is fixed beforehand (a KV cache size on a shared GPU)."""
