@@ -22,7 +22,7 @@ from pytest_vllm.errors import UsageError
 from pytest_vllm.gpu import DeviceInfo, GPUProfile, detect_device, resolve_profile
 from pytest_vllm.models.pair import RoleModel, resolve_role
 from pytest_vllm.paths import cache_dir
-from pytest_vllm.server.flags import VLLMArgSchema, load_schema, to_argv
+from pytest_vllm.server.flags import VLLMArgSchema, flag_name, load_schema, to_argv
 from pytest_vllm.server.handle import ServerHandle, connect_remote
 from pytest_vllm.server.memory import GIB, MIB, pinned_kv_cache_bytes
 from pytest_vllm.server.pool import ServerPool
@@ -142,17 +142,15 @@ class VLLMSession:
         A launch detail like the port, not part of the spec: the spec (and its baselines) keep the
         memory share, and the KV cache of the suites' servers is far larger than their load needs.
         """
+        if flags.get("kv_cache_memory_bytes") is not None:
+            return flags, True, ""  # fixed by a marker already
+        if flag_name("kv_cache_memory_bytes") not in self.schema.options:
+            return flags, False, ""  # a vLLM without the flag profiles, and boots alone
         kv_bytes = pinned_kv_cache_bytes(spec.model, flags, self.device.memory_mib * MIB)
         if kv_bytes is None:
             return flags, False, ""
-        if "kv_cache_memory_bytes" in flags:
-            return flags, True, ""
-        fixed = {**flags, "kv_cache_memory_bytes": kv_bytes}
-        try:
-            to_argv(fixed, self.schema)
-        except UsageError:
-            return flags, False, ""  # a vLLM without --kv-cache-memory-bytes profiles, and boots alone
-        return fixed, True, f"KV cache fixed at {kv_bytes / GIB:.1f} GiB of its share, so it can boot beside others"
+        return ({**flags, "kv_cache_memory_bytes": kv_bytes}, True,
+                f"KV cache fixed at {kv_bytes / GIB:.1f} GiB of its share, so it can boot beside others")
 
     # -- planning ------------------------------------------------------------------------------
     def plan(self, items: Sequence[tuple[str, tuple[str, ...], list[MarkerFlags]]]) -> None:

@@ -73,13 +73,15 @@ class ServerHandle:
         return openai.AsyncOpenAI(base_url=self.api_base, api_key=self.api_key, max_retries=0, timeout=timeout,
                                   **kwargs)
 
-    def counter(self, name: str) -> float | None:
+    def counter(self, name: str, **labels: str) -> float | None:
         """A Prometheus counter of the server's /metrics (e.g. ``vllm:prefix_cache_hits``), summed
-        over its labels; None when this vLLM does not export it."""
+        over the samples carrying ``labels``; None when this vLLM does not export it."""
         with self.http(timeout=30) as http:
             text = http.get("/metrics").text
+        wanted = [f'{key}="{value}"' for key, value in labels.items()]
         values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                  if line.startswith((f"{name}_total{{", f"{name}_total ", f"{name}{{", f"{name} "))]
+                  if line.startswith((f"{name}_total{{", f"{name}_total ", f"{name}{{", f"{name} "))
+                  and all(label in line for label in wanted)]
         return sum(values) if values else None
 
     def http(self, timeout: float = DEFAULT_TIMEOUT) -> httpx.Client:

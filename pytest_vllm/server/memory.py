@@ -46,8 +46,6 @@ def pinned_kv_cache_bytes(model: str, flags: dict[str, Any], device_memory_bytes
     The estimate takes the checkpoint's size on disk as its weights, which overstates weights that
     quantize when loaded (online FP8): the KV cache comes out smaller, never larger.
     """
-    if flags.get("kv_cache_memory_bytes") is not None:
-        return int(flags["kv_cache_memory_bytes"])
     share = flags.get("gpu_memory_utilization")
     if not share or device_memory_bytes <= 0:
         return None

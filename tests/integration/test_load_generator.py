@@ -48,10 +48,9 @@ def test_prompts_are_built_once_per_server_and_shape(base_server) -> None:
 
 def tokenize_calls(server) -> float:
     """/tokenize requests the server has answered (its Prometheus counter)."""
-    with server.http() as http:
-        text = http.get("/metrics").text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("http_requests_total{") and 'handler="/tokenize"' in line)
+    calls = server.counter("http_requests_total", handler="/tokenize")
+    assert calls is not None, "the server exports no per-handler request counter"
+    return calls
 
 
 def test_shared_prefix_prompts_share_their_first_tokens(base_server) -> None:

@@ -11,7 +11,7 @@ from pytest_vllm.gpu import BootOrder, DeviceInfo
 from pytest_vllm.server.memory import GIB, MIB, pinned_kv_cache_bytes
 from pytest_vllm.server.pool import boots_in_parallel
 from pytest_vllm.server.process import LaunchPlan
-from pytest_vllm.server.spec import ServerSpec
+from pytest_vllm.server.spec import MarkerFlags, ServerSpec
 from pytest_vllm.session import VLLMSession
 
 H100_BYTES = 81559 * MIB
@@ -79,11 +79,6 @@ def test_hub_ids_and_weightless_folders_are_not_estimated(tmp_path: Path) -> Non
     assert pinned_kv_cache_bytes(str(tmp_path), {"gpu_memory_utilization": 0.42}, H100_BYTES) is None
 
 
-def test_a_kv_cache_size_the_marker_gives_is_kept(tmp_path: Path) -> None:
-    flags = {"gpu_memory_utilization": 0.42, "kv_cache_memory_bytes": 3 * GIB}
-    assert pinned_kv_cache_bytes("any/hub-model", flags, H100_BYTES) == 3 * GIB
-
-
 def plan(beside_others: bool) -> LaunchPlan:
     return LaunchPlan(argv=["vllm"], env={}, boots_beside_others=beside_others)
 
@@ -120,3 +115,11 @@ def test_gpu_launch_without_an_estimate_profiles_and_boots_alone(tmp_path: Path)
     session, spec = gpu_session(tmp_path, 30 * GIB)  # more than its 0.42 share leaves room for
     launch = session.launch_plan(spec, port=8000, slot=0)
     assert not launch.boots_beside_others and "--kv-cache-memory-bytes" not in launch.argv
+
+
+def test_gpu_launch_keeps_a_kv_cache_size_the_marker_gives(tmp_path: Path) -> None:
+    session, _ = gpu_session(tmp_path, 540 * MIB)
+    spec = session.spec_for("base", [MarkerFlags(flags={"kv_cache_memory_bytes": 3 * GIB})], model="any/hub-model")
+    launch = session.launch_plan(spec, port=8000, slot=0)
+    assert launch.boots_beside_others and launch.note == ""
+    assert launch.argv[launch.argv.index("--kv-cache-memory-bytes") + 1] == str(3 * GIB)
