@@ -77,8 +77,8 @@ def test_prefix_caching_cuts_ttft_of_shared_prefixes(base_server, vllm_server_fa
     the first token's 20-30 ms is the host's scheduling and HTTP work: one prompt at a time the
     ratio was 0.77-0.88 on three leases and 0.96 on a fourth, so the GPU workload sends 8 at once
     (0.77 and 0.58 on two leases, 0.47 and 0.82 in two runs on a third, 0.50 on a fourth, 0.55 and
-    0.60 in two runs on a fifth). The
-    server's own prefix cache counters then say, whatever the host, whether the cache was hit at all.
+    0.60 in two runs on a fifth). The server's own prefix cache counters then say, whatever the
+    host, whether the cache was hit at all.
     """
     assert base_server.spec is None or base_server.spec.flag_dict.get("enable_prefix_caching") is not False
     without = vllm_server_factory(role="no_prefix_cache", enable_prefix_caching=False)

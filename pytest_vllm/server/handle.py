@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from pytest_vllm.errors import UsageError
 from pytest_vllm.server.spec import ServerSpec
@@ -78,10 +79,8 @@ class ServerHandle:
         over the samples carrying ``labels``; None when this vLLM does not export it."""
         with self.http(timeout=30) as http:
             text = http.get("/metrics").text
-        wanted = [f'{key}="{value}"' for key, value in labels.items()]
-        values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                  if line.startswith((f"{name}_total{{", f"{name}_total ", f"{name}{{", f"{name} "))
-                  and all(label in line for label in wanted)]
+        values = [sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+                  if sample.name in (name, f"{name}_total") and labels.items() <= sample.labels.items()]
         return sum(values) if values else None
 
     def http(self, timeout: float = DEFAULT_TIMEOUT) -> httpx.Client:
