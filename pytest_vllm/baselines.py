@@ -49,7 +49,7 @@ def split_nodeid(nodeid: str) -> tuple[str, str, str]:
 
 @dataclass(frozen=True)
 class BaselineKey:
-    gpu: str
+    scope: str  # the top folder: a host class for performance (hostclass.py), a GPU profile for accuracy
     model: str  # served model name
     nodeid: str
     measurement: str  # workload name
@@ -62,7 +62,7 @@ class BaselineKey:
 
     def path(self, root: Path) -> Path:
         module, function, _ = split_nodeid(self.nodeid)
-        return root / slug(self.gpu) / slug(self.model) / slug(module) / f"{slug(function)}.json"
+        return root / slug(self.scope) / slug(self.model) / slug(module) / f"{slug(function)}.json"
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,19 @@ class Baseline:
     def spread(self, metric: str) -> float:
         found = self.data["metrics"].get(metric)
         return 0.0 if found is None else float(found.get("spread", 0.0))
+
+    def recording_runs(self, metric: str) -> list[list[float]]:
+        """Each recording's repetitions of ``metric`` (the noise model reads them)."""
+        out = []
+        for recording in recordings_of(self.data):
+            found = recording["metrics"].get(metric)
+            if found is not None:
+                out.append([float(v) for v in found.get("runs") or [found["median"]]])
+        return out
+
+    @property
+    def recordings(self) -> int:
+        return len(recordings_of(self.data))
 
     @property
     def server_key(self) -> str:
@@ -136,13 +149,23 @@ def load(root: Path, key: BaselineKey) -> Baseline | None:
     return None if entry is None else Baseline(path, key.entry_name, entry)
 
 
-def environment_record(gpu: str, device_name: str, driver: str, vllm_version: str, rootdir: Path) -> dict[str, Any]:
+def classes_with_baselines(root: Path, profile: str, model: str) -> list[str]:
+    """The host classes of ``profile`` with baselines of ``model`` under ``root``."""
+    if not root.is_dir():
+        return []
+    return sorted(d.name for d in root.iterdir()
+                  if d.is_dir() and d.name.startswith(f"{profile}-") and (d / slug(model)).is_dir())
+
+
+def environment_record(gpu: str, device_name: str, driver: str, vllm_version: str, rootdir: Path,
+                       host_class: str = "", host: Mapping[str, Any] | None = None) -> dict[str, Any]:
     import platform
 
     from pytest_vllm import __version__
 
     return {
-        "gpu_profile": gpu, "device_name": device_name, "driver": driver, "vllm_version": vllm_version,
+        "gpu_profile": gpu, "host_class": host_class, "host": dict(host or {}),
+        "device_name": device_name, "driver": driver, "vllm_version": vllm_version,
         "host_cpu": host_cpu(), "host_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
         else os.cpu_count(), "python": platform.python_version(), "pytest_vllm": __version__,
         "git_commit": git_commit(rootdir), "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -190,7 +213,7 @@ def git_commit(rootdir: Path, environ: Mapping[str, str] = os.environ) -> str | 
 MAX_RECORDINGS = 5  # a pooled entry keeps its newest recordings
 # Environment keys that must agree between recordings pooled in one entry (the host may differ:
 # that is what pooling is for).
-POOLED_MUST_MATCH = ("gpu_profile", "device_name", "vllm_version")
+POOLED_MUST_MATCH = ("gpu_profile", "host_class", "vllm_version")
 
 
 def recordings_of(entry: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -247,7 +270,8 @@ def make_entry(result: RepeatedResult, server: Mapping[str, Any], workload: Mapp
 
 def entries_from_results(results: Mapping[str, Any], source: str) -> list[tuple[BaselineKey, dict[str, Any]]]:
     """The baseline entries a gate run's ``results.json`` holds: every performance measurement
-    whose repetitions all completed. BaselineError (naming ``source``) when it cannot serve."""
+    whose repetitions all completed, and every pair comparison. BaselineError (naming ``source``)
+    when it cannot serve."""
     section = results.get("performance") if isinstance(results, Mapping) else None
     if not isinstance(section, Mapping) or not section.get("measurements"):
         raise BaselineError(f"{source} holds no performance measurements")
@@ -260,10 +284,11 @@ def entries_from_results(results: Mapping[str, Any], source: str) -> list[tuple[
     definitions = section.get("metric_definitions", METRIC_DEFINITIONS)
     out = []
     try:
-        for m in section["measurements"]:
-            if any(m["metrics"].get("failed", {}).get("runs", [0])):
+        for m in [*section["measurements"], *section.get("pairs", ())]:  # a pair: its per-pair ratios
+            if any(m["metrics"].get("failed", {}).get("runs", [0])) or not m["metrics"]:
                 continue
-            key = BaselineKey(str(settings["gpu"]), m["model"], m["test"], m["workload"]["name"], m["role"])
+            key = BaselineKey(str(settings.get("host_class") or settings["gpu"]), m["model"], m["test"],
+                              m["workload"]["name"], m["role"])
             out.append((key, {"metric_definitions": definitions, "test_id": m["test"], "role": m["role"],
                               "server": {"key": m["server_key"], "flags": m.get("server_flags", {})},
                               "workload": {**m["workload"], "key": m["workload_key"]},

@@ -7,6 +7,7 @@ pytest.ini / ``[tool.pytest.ini_options]``) > ``[tool.pytest_vllm]`` in pyprojec
 
 from __future__ import annotations
 
+import re
 import sys
 import tomllib
 from collections.abc import Mapping
@@ -72,14 +73,24 @@ OPTIONS: tuple[Option, ...] = (
            "replace it with --update-baselines)", kind="bool", default=False),
     Option("baseline_dir", "--vllm-baseline-dir",
            "folder of baseline files (layout <gpu>/<model>/<module>/<test>.json)", default="baselines", metavar="DIR"),
-    Option("missing_baseline", "--vllm-missing-baseline", "what a measurement without a baseline does: fail "
-           "(default) or skip; it never passes silently", default="fail", metavar="fail|skip"),
+    Option("missing_baseline", "--vllm-missing-baseline", "what a measurement without a baseline does: auto "
+           "(default: on a host class with no baselines for the model, relative budgets are not judged and one line "
+           "says so; a missing entry of a recorded class fails), fail (always) or skip", default="auto",
+           metavar="auto|fail|skip"),
+    Option("host_class", "--vllm-host-class", "the host class performance baselines are filed under and looked "
+           "up by (default: derived from this machine, e.g. cpu-amd-avx512bf16-2c or h200-140g); set it only "
+           "for runners you know to be alike", metavar="CLASS"),
     Option("repeats", "--vllm-repeats", "repetitions of every measurement (odd; the median gates); default: the "
            "workload's own (3)", kind="int", metavar="N"),
-    Option("noise_k", "--vllm-noise-k", "relative budgets widen to this many times the baseline's spread ...",
-           kind="float", default=2.0, metavar="K"),
-    Option("max_tolerance", "--vllm-max-tolerance", "... but never beyond this relative tolerance",
-           kind="float", default=0.20, metavar="FRACTION"),
+    Option("prompt_seed", "--vllm-prompt-seed", "mixed into every workload's prompts (default 0: the same prompts "
+           "in every run, so runs and baselines compare the same work); another value draws new prompts of the same "
+           "shape, for a long-running --vllm-url server whose prefix cache still holds the last run's",
+           kind="int", default=0, metavar="N"),
+    Option("false_alarm_rate", "--vllm-false-alarm-rate", "the rate at which a relative budget may fail a healthy "
+           "server: its tolerance is at least the noise floor this rate sets from the measured noise (within a run, "
+           "between boots and hosts of the class) ...", kind="float", default=0.01, metavar="RATE"),
+    Option("max_tolerance", "--vllm-max-tolerance", "... but never beyond this fraction of the baseline (a "
+           "floor above it is capped and said)", kind="float", default=0.25, metavar="FRACTION"),
     Option("report_dir", "--vllm-report-dir", "folder for results.json, summary.md and report.html",
            default=".pytest_vllm/reports", metavar="DIR"),
     Option("conformance_profile", "--vllm-conformance-profile", "hypothesis profile of the OpenAI conformance "
@@ -125,10 +136,12 @@ class RunConfig:
     update_baselines: bool = False
     add_baselines: bool = False
     baseline_dir: Path = Path("baselines")
-    missing_baseline: str = "fail"
+    missing_baseline: str = "auto"
+    host_class: str | None = None
     repeats: int | None = None
-    noise_k: float = 2.0
-    max_tolerance: float = 0.20
+    prompt_seed: int = 0
+    false_alarm_rate: float = 0.01
+    max_tolerance: float = 0.25
     report_dir: Path = Path(".pytest_vllm/reports")
     conformance_profile: str = "ci"
     budgets: Mapping[str, Any] = field(default_factory=dict)  # [tool.pytest_vllm.budgets]
@@ -140,8 +153,18 @@ class RunConfig:
         get = lambda name: coerce(OPTIONS_BY_NAME[name], values.get(name))  # noqa: E731
         under_root = lambda p: p if p.is_absolute() else rootdir / p  # noqa: E731
         missing = str(get("missing_baseline")).lower()
-        if missing not in ("fail", "skip"):
-            raise UsageError(f"--vllm-missing-baseline must be fail or skip, not {missing!r}")
+        if missing not in ("auto", "fail", "skip"):
+            raise UsageError(f"--vllm-missing-baseline must be auto, fail or skip, not {missing!r}")
+        false_alarm_rate, max_tolerance = float(get("false_alarm_rate")), float(get("max_tolerance"))
+        if not 0 < false_alarm_rate < 0.5:
+            raise UsageError(f"--vllm-false-alarm-rate must be between 0 and 0.5 (0.01 is 1%), not {false_alarm_rate}")
+        if not 0 < max_tolerance < 1:
+            raise UsageError(f"--vllm-max-tolerance must be a fraction between 0 and 1 (0.25 is 25%), "
+                             f"not {max_tolerance}")
+        host_class = get("host_class")
+        if host_class is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", host_class):
+            raise UsageError(f"--vllm-host-class {host_class!r}: use letters, digits, '.', '_' and '-' (it names a "
+                             "folder under the baseline directory)")
         repeats = get("repeats")
         if repeats is not None and (repeats < 1 or repeats % 2 == 0):
             raise UsageError(f"--vllm-repeats must be odd and positive (the median of an odd count), not {repeats}")
@@ -175,9 +198,11 @@ class RunConfig:
             add_baselines=bool(get("add_baselines")),
             baseline_dir=under_root(Path(str(get("baseline_dir")))),
             missing_baseline=missing,
+            host_class=host_class,
             repeats=repeats,
-            noise_k=float(get("noise_k")),
-            max_tolerance=float(get("max_tolerance")),
+            prompt_seed=int(get("prompt_seed")),
+            false_alarm_rate=false_alarm_rate,
+            max_tolerance=max_tolerance,
             report_dir=under_root(Path(str(get("report_dir")))),
             conformance_profile=conformance_profile,
             budgets=dict(budgets),

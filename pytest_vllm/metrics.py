@@ -24,6 +24,7 @@ from typing import Literal
 import numpy as np
 
 from pytest_vllm.load.client import RequestRecord
+from pytest_vllm.load.runner import RunResult
 
 METRIC_DEFINITIONS = "vllm-bench-serve/1"
 PERCENTILES = (50, 90, 95, 99)
@@ -64,6 +65,8 @@ METRICS: dict[str, MetricInfo] = {
     "client_loop_lag_max": MetricInfo("ms", "none", "worst event-loop wake-up delay of the client"),
     "host_cpu_steal": MetricInfo("%", "lower", "share of the host's CPU time the hypervisor gave to other tenants "
                                  "during the run (steal); budget it to refuse judging on a loaded host"),
+    "prefix_cache_hit_rate": MetricInfo("", "higher", "share of the prompt tokens the server's prefix cache served "
+                                        "(its vllm:prefix_cache_hits / _queries counters; absent where not exported)"),
     "duration": MetricInfo("s", "none", "wall time of the measured run"),
     "completed": MetricInfo("", "none", "requests that succeeded"),
     "failed": MetricInfo("", "lower", "requests that failed"),
@@ -90,6 +93,15 @@ def _stats(prefix: str, seconds: Sequence[float]) -> dict[str, float]:
     for p in PERCENTILES:
         out[f"{prefix}_p{p}"] = float(np.percentile(ms, p))
     return out
+
+
+def compute_run(run: RunResult, slo_ms: Mapping[str, float] | None = None) -> BenchResult:
+    """Metrics of one measured repetition, with the server's prefix cache hit share where known."""
+    result = compute(run.records, run.duration, client_cpu_s=run.client_cpu_s, loop_lag_mean_s=run.loop_lag_mean_s,
+                     loop_lag_max_s=run.loop_lag_max_s, host_steal=run.host_steal, slo_ms=slo_ms)
+    if run.prefix_cache is not None:
+        result.values["prefix_cache_hit_rate"] = run.prefix_cache.hit_rate
+    return result
 
 
 def compute(records: Sequence[RequestRecord], duration: float, *, client_cpu_s: float = 0.0,
@@ -157,6 +169,9 @@ class RepeatedResult:
 
     def median(self, name: str) -> float:
         return float(np.median(self.values(name)))
+
+    def has(self, name: str) -> bool:
+        return bool(self.runs) and all(name in run.values for run in self.runs)
 
     def spread(self, name: str) -> float:
         """(max − min) / |median| over the repetitions: 0 when they agree."""

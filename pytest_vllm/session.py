@@ -20,6 +20,7 @@ import httpx
 from pytest_vllm.config import RunConfig
 from pytest_vllm.errors import UsageError
 from pytest_vllm.gpu import DeviceInfo, GPUProfile, detect_device, resolve_profile
+from pytest_vllm.hostclass import HostFingerprint, emulating_avx2, emulation_server_env, fingerprint
 from pytest_vllm.models.pair import RoleModel, resolve_role
 from pytest_vllm.paths import cache_dir
 from pytest_vllm.server.flags import VLLMArgSchema, flag_name, load_schema, to_argv
@@ -124,6 +125,8 @@ class VLLMSession:
             flags, beside_others, note = self._fix_kv_cache(spec, flags)
         argv = [self.config.python, "-m", "vllm.entrypoints.openai.api_server", "--model", spec.model,
                 "--host", "127.0.0.1", "--port", str(port), *to_argv(flags, self.schema)]
+        if not self.profile.is_gpu:
+            env.update(emulation_server_env())
         if not self.profile.is_gpu and "VLLM_CPU_OMP_THREADS_BIND" not in env:
             # vLLM binds every CPU server's compute threads to the same core by default; two
             # servers booting or serving side by side would then share one core.
@@ -243,11 +246,26 @@ class VLLMSession:
 
     # -- performance and reports ------------------------------------------------------------
     @cached_property
+    def host(self) -> HostFingerprint:
+        return fingerprint(self.device)
+
+    @cached_property
+    def host_class(self) -> str:
+        """Where this host's performance baselines are filed (``--vllm-host-class`` overrides)."""
+        return self.config.host_class or self.host.host_class(self.profile)
+
+    @cached_property
     def bench_state(self) -> BenchState:
+        from pytest_vllm import baselines
         from pytest_vllm.bench import BenchState, settings_for
 
+        if emulating_avx2() and (self.config.update_baselines or self.config.add_baselines):
+            raise UsageError("PYTEST_VLLM_EMULATE_AVX2 is set: baselines are never recorded under emulation "
+                             "(it sizes runs; a real avx2-only host records that class)")
         device = self.device
-        return BenchState(settings_for(self.config, self.profile, device.name, device.driver, self.vllm_version))
+        environment = baselines.environment_record(self.profile.name, device.name, device.driver, self.vllm_version,
+                                                   self.config.rootdir, self.host_class, self.host.to_dict())
+        return BenchState(settings_for(self.config, self.profile, self.host_class, environment))
 
     @cached_property
     def vllm_version(self) -> str:
@@ -314,7 +332,7 @@ class VLLMSession:
             return [f"vllm: {exc}"]
         device = self.device
         what = f"{device.count}x {device.name} (driver {device.driver})" if device.is_gpu else f"CPU {device.name}"
-        lines.append(f"vllm: profile {profile}, device {what}")
+        lines.append(f"vllm: profile {profile}, device {what}, host class {self.host_class}")
         if self.remote:
             lines.append(f"vllm: remote servers: base={self.config.urls.base} "
                          f"compressed={self.config.urls.compressed}")

@@ -21,7 +21,7 @@ DEFINITIONS = "pytest-vllm-accuracy/1"
 
 
 def baseline_key(gpu: str, nodeid: str, scored: Scored) -> baselines.BaselineKey:
-    return baselines.BaselineKey(gpu=gpu, model=scored.model, nodeid=nodeid, measurement=scored.name,
+    return baselines.BaselineKey(scope=gpu, model=scored.model, nodeid=nodeid, measurement=scored.name,
                                  role=scored.role)
 
 

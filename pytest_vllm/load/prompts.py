@@ -93,19 +93,28 @@ class PromptFactory:
                 text = text + " " + rng.choice(WORDS)
         raise UsageError(f"could not build a prompt of exactly {n_tokens} tokens with this tokenizer")
 
-    async def build(self, workload: Workload, count: int, seed_offset: int = 0) -> list[Prompt]:
-        """``count`` prompts for ``workload``; the same seed gives the same prompts."""
+    async def template_tokens(self, workload: Workload) -> int:
+        """Tokens every prompt of ``workload`` has beside its own text (a chat template's frame)."""
+        if workload.endpoint != "chat" or workload.dataset:
+            return 0
+        return len(await self._tokenize(messages=[{"role": "user", "content": ""}]))
+
+    async def build(self, workload: Workload, count: int, prompt_set: str, start: int = 0) -> list[Prompt]:
+        """``count`` prompts of the set named ``prompt_set`` ("warmup", "run1", ...): seeded by the
+        workload's name, seed and the set, so every set differs from every other (a repetition must
+        not be served from the prefix cache its predecessor filled) while every server and every
+        run get the same sets. Dataset rows: a seeded permutation, each set from ``start`` on."""
         if workload.dataset:
-            return load_dataset(Path(workload.dataset), workload.endpoint, count, workload.seed + seed_offset)
+            return load_dataset(Path(workload.dataset), workload.endpoint, count,
+                                workload.seed + 7919 * workload.prompt_seed, start)
         prefix = ""
         if workload.shared_prefix_len:
-            prefix = await self.text_of_length(random.Random(workload.seed), workload.shared_prefix_len) + " "
-        chat_overhead = 0
-        if workload.endpoint == "chat":
-            chat_overhead = len(await self._tokenize(messages=[{"role": "user", "content": ""}]))
+            seed = f"{workload.seed}-{workload.prompt_seed}" if workload.prompt_seed else workload.seed
+            prefix = await self.text_of_length(random.Random(seed), workload.shared_prefix_len) + " "
+        chat_overhead = await self.template_tokens(workload)
 
         async def one(index: int) -> Prompt:
-            rng = random.Random(f"{workload.seed}-{seed_offset}-{index}")
+            rng = random.Random(f"{workload.name}-{workload.seed}-{workload.prompt_seed}-{prompt_set}-{index}")
             if workload.endpoint == "chat":
                 target = max(1, workload.input_len - chat_overhead)
                 content = await self.text_of_length(rng, target, prefix)
@@ -125,8 +134,10 @@ class PromptFactory:
         return list(await asyncio.gather(*(bounded(i) for i in range(count))))
 
 
-def load_dataset(path: Path, endpoint: str, count: int, seed: int) -> list[Prompt]:
-    """Prompts from a JSONL file: rows with "prompt" (text) or "messages" (a conversation)."""
+def load_dataset(path: Path, endpoint: str, count: int, seed: int, start: int = 0) -> list[Prompt]:
+    """``count`` prompts from a JSONL file of rows with "prompt" (text) or "messages" (a
+    conversation): rows ``start``, ``start + 1``, ... of a seeded permutation, cycling when the
+    file has fewer rows, so consecutive sets reuse a row only when the file runs out."""
     rows = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -147,5 +158,6 @@ def load_dataset(path: Path, endpoint: str, count: int, seed: int) -> list[Promp
             raise UsageError(f"{path}:{number}: a row needs a 'prompt' or 'messages' field")
     if not rows:
         raise UsageError(f"{path} holds no prompts")
-    rng = random.Random(seed)
-    return [rows[rng.randrange(len(rows))] if count > len(rows) else rows[i] for i in range(count)]
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    return [rows[order[(start + i) % len(rows)]] for i in range(count)]

@@ -1,4 +1,5 @@
-"""Drive a Workload against one server: warmup, closed or open loop, repetitions, progress.
+"""Drive a Workload against one server (or two, interleaved): warmup, closed or open loop,
+repetitions on prompt sets of their own, progress.
 
 Open-loop arrivals are scheduled on absolute times (start + offset), so a slow client shows up
 as send delay instead of silently lowering the rate. The client's own CPU time and event-loop lag
@@ -8,6 +9,7 @@ are measured alongside, so a saturated client is reported as such, not blamed on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Callable, Coroutine
@@ -21,6 +23,7 @@ from pytest_vllm.load.client import PreparedRequest, RequestRecord, new_session,
 from pytest_vllm.load.host import HostCPUTimes, steal_share
 from pytest_vllm.load.prompts import Prompt, PromptFactory
 from pytest_vllm.load.workload import Workload
+from pytest_vllm.server.counters import PrefixCacheCounts, read_prefix_cache
 from pytest_vllm.server.handle import http_limits
 
 T = TypeVar("T")
@@ -40,6 +43,7 @@ class RunResult:
     loop_lag_mean_s: float = 0.0
     host_steal: float = 0.0  # fraction of the host's CPU time stolen by the hypervisor (load/host.py)
     requested_rate: float | None = None
+    prefix_cache: PrefixCacheCounts | None = None  # the server's prefix cache during the run (None: not exported)
 
     @property
     def duration(self) -> float:
@@ -54,7 +58,8 @@ class RunResult:
 class WorkloadRuns:
     workload: Workload
     runs: list[RunResult] = field(default_factory=list)
-    prompt_tokens: int = 0
+    prompt_tokens: int = 0  # of one repetition
+    template_tokens: int = 0  # per prompt, shared by all of them (a chat template's frame)
 
 
 def arrival_offsets(workload: Workload, count: int, repeat: int) -> list[float]:
@@ -154,87 +159,254 @@ async def _with_heartbeat(label: str, say: Callable[[str], None], stage: Corouti
         beat.cancel()
 
 
-# Prompts built in this process, by server, tokenizer, prompt shape and count (see build_prompts).
+# Prompt sets built in this process, by tokenizer, workload shape, set and count (see build_prompt_sets).
 _BUILT_PROMPTS: dict[tuple[object, ...], list[Prompt]] = {}
-WARMUP_SEED_OFFSET = 1_000_003  # warmup prompts differ from the measured ones
+WARMUP_SET = "warmup"
 
 
 def prompt_shape(workload: Workload) -> tuple[object, ...]:
-    """The workload fields the prompts depend on (not concurrency, rate, output length or name)."""
-    return workload.endpoint, workload.input_len, workload.shared_prefix_len, workload.seed
+    """The workload fields its prompts depend on (not concurrency, rate or output length)."""
+    return (workload.name, workload.endpoint, workload.input_len, workload.shared_prefix_len, workload.seed,
+            workload.prompt_seed)
 
 
 def forget_built_prompts() -> None:
     _BUILT_PROMPTS.clear()
 
 
-async def build_prompts(url: str, model: str, workload: Workload, api_key: str = "EMPTY"
-                        ) -> tuple[list[Prompt], list[Prompt]]:
-    """The measured prompts and the (different) warmup prompts, from the server's tokenizer.
+@dataclass
+class PromptSets:
+    """The warmup's prompts and each repetition's own: no two sets share a prompt."""
 
-    Built once per server, tokenizer, prompt shape and count in this process: a session measures
-    one shape on a server more than once (the highest concurrency of the throughput sweep, then
-    the speedup pair), and a thousand exact-length prompts cost 10-20 s of /tokenize round trips.
+    warmup: list[Prompt]
+    runs: list[list[Prompt]]
+    template_tokens: int = 0  # tokens of a chat template's frame, the same in every prompt
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(p.input_tokens for p in self.runs[0]) if self.runs else 0
+
+
+async def build_prompt_sets(url: str, model: str, workload: Workload, api_key: str = "EMPTY") -> PromptSets:
+    """The warmup set and ``workload.repeats`` measured sets, from the server's tokenizer.
+
+    Each set is built once per tokenizer in this process: the two servers of a pair (the same
+    tokenizer) get the same prompts, and exact-length prompts cost several /tokenize round trips
+    each (a thousand took 10-20 s on a GPU host).
     """
     headers = {"Authorization": f"Bearer {api_key}"}
     async with httpx.AsyncClient(base_url=url, timeout=120, headers=headers, limits=http_limits(64)) as http:
         factory = PromptFactory(http, model)
+        sizes = [(WARMUP_SET, workload.warmup)] + [(f"run{r + 1}", workload.num_requests)
+                                                   for r in range(workload.repeats)]
         if workload.dataset:  # read from a file: nothing to save, and no tokenizer is asked
-            return (await factory.build(workload, workload.num_requests),
-                    await factory.build(workload, workload.warmup, seed_offset=WARMUP_SEED_OFFSET))
-        server = (url, model, await factory.tokenizer_fingerprint(), prompt_shape(workload))
+            built, start = [], 0
+            for name, count in sizes:
+                built.append(await factory.build(workload, count, name, start=start))
+                start += count
+            return PromptSets(built[0], built[1:])
+        tokenizer = await factory.tokenizer_fingerprint()
         built = []
-        for count, seed_offset in ((workload.num_requests, 0), (workload.warmup, WARMUP_SEED_OFFSET)):
-            key = (*server, count, seed_offset)
+        for name, count in sizes:
+            key = (tokenizer, prompt_shape(workload), name, count)
             if key not in _BUILT_PROMPTS:
-                _BUILT_PROMPTS[key] = await factory.build(workload, count, seed_offset=seed_offset)
+                _BUILT_PROMPTS[key] = await factory.build(workload, count, name)
             built.append(list(_BUILT_PROMPTS[key]))
-    return built[0], built[1]
+        return PromptSets(built[0], built[1:], await factory.template_tokens(workload))
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a workload goes: a server's URL, the model name to request, its API key."""
+
+    url: str
+    model: str
+    api_key: str = "EMPTY"
+    label: str = ""
+
+
+class WorkloadSession:
+    """One workload on one server: its prompt sets, its warmup and its measured repetitions.
+
+    Every repetition reads the server's prefix cache counters before and after it, so a
+    measurement can prove its prompts were not served from the cache.
+    """
+
+    def __init__(self, target: Target, workload: Workload, say: Callable[[str], None] = lambda _: None) -> None:
+        self.target = target
+        self.workload = workload
+        self.label = target.label or workload.name
+        self._say = say
+        self.sets: PromptSets | None = None
+        self._requests: list[list[PreparedRequest]] = []
+        self._stack = contextlib.AsyncExitStack()
+        self._session: aiohttp.ClientSession | None = None
+        self._metrics: httpx.AsyncClient | None = None
+
+    async def __aenter__(self) -> WorkloadSession:
+        target, workload = self.target, self.workload
+        self.sets = await _with_heartbeat(f"{self.label} preparing prompts", self._say,
+                                          build_prompt_sets(target.url, target.model, workload, target.api_key))
+        self._requests = [[prepare(workload, target.model, p) for p in run] for run in self.sets.runs]
+        self._session = await self._stack.enter_async_context(new_session(target.api_key))
+        self._metrics = await self._stack.enter_async_context(httpx.AsyncClient(
+            base_url=target.url, timeout=30, headers={"Authorization": f"Bearer {target.api_key}"}))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    async def warm_up(self) -> None:
+        assert self.sets is not None and self._session is not None
+        workload, target = self.workload, self.target
+        records = [RequestRecord(i, warmup=True) for i in range(len(self.sets.warmup))]
+        await _with_heartbeat(f"{self.label} warmup", self._say,
+                              _closed_loop(self._session, target.url,
+                                           [prepare(workload, target.model, p) for p in self.sets.warmup],
+                                           workload.concurrency or 1, records))
+        errors = [r.error for r in records if r.error]
+        if errors:
+            self._say(f"{self.label}: {len(errors)} warmup request(s) failed: {errors[0]}")
+
+    async def prefix_cache(self) -> PrefixCacheCounts | None:
+        assert self._metrics is not None
+        return await read_prefix_cache(self._metrics)
+
+    async def repetition(self, index: int) -> RunResult:
+        """Measured repetition ``index`` (0-based) on its own prompt set."""
+        assert self._session is not None
+        workload, url = self.workload, self.target.url
+        requests = self._requests[index]
+        records = [RequestRecord(i) for i in range(len(requests))]
+        cache_before = await self.prefix_cache()
+        probe = _LagProbe()
+        probe.start()
+        cpu_before = time.thread_time()
+        host_before = HostCPUTimes.now()
+        start = time.perf_counter()
+        run_label = f"{self.label} run {index + 1}/{workload.repeats}"
+        progress = asyncio.create_task(_progress(run_label, records, self._say, start))
+        try:
+            if workload.closed_loop:
+                await _closed_loop(self._session, url, requests, workload.concurrency or 1, records)
+            else:
+                offsets = arrival_offsets(workload, len(requests), index)
+                await _open_loop(self._session, url, requests, offsets, workload.concurrency, records, start)
+        finally:
+            progress.cancel()
+            await probe.stop()
+        end = time.perf_counter()
+        lags = probe.samples or [0.0]
+        cpu = time.thread_time() - cpu_before
+        steal = steal_share(host_before, HostCPUTimes.now())
+        cache_after = await self.prefix_cache()
+        cache = cache_after.since(cache_before) if cache_before and cache_after else None
+        return RunResult(records=records, started_at=start, ended_at=end, client_cpu_s=cpu,
+                         loop_lag_max_s=max(lags), loop_lag_mean_s=sum(lags) / len(lags), host_steal=steal,
+                         requested_rate=workload.request_rate, prefix_cache=cache)
+
+    async def send(self, index: int, request: int, record: RequestRecord) -> None:
+        """One request of repetition ``index``, on its own (single-stream measurements)."""
+        assert self._session is not None
+        record.scheduled_at = time.perf_counter()
+        await send_streaming(self._session, self.target.url, self._requests[index][request], record)
+
+    def runs(self, results: list[RunResult]) -> WorkloadRuns:
+        assert self.sets is not None
+        return WorkloadRuns(self.workload, results, self.sets.prompt_tokens, self.sets.template_tokens)
 
 
 async def run_workload_async(url: str, model: str, workload: Workload, api_key: str = "EMPTY",
                              say: Callable[[str], None] = lambda _: None, label: str = "") -> WorkloadRuns:
-    """Warm up, then run ``workload.repeats`` measured repetitions on the same prompts."""
-    label = label or workload.name
-    prompts, warmup_prompts = await _with_heartbeat(f"{label} preparing prompts", say,
-                                                    build_prompts(url, model, workload, api_key))
-    requests = [prepare(workload, model, p) for p in prompts]
-    result = WorkloadRuns(workload, prompt_tokens=sum(p.input_tokens for p in prompts))
-    async with new_session(api_key) as session:
-        warm_records = [RequestRecord(i, warmup=True) for i in range(len(warmup_prompts))]
-        await _with_heartbeat(f"{label} warmup", say,
-                              _closed_loop(session, url, [prepare(workload, model, p) for p in warmup_prompts],
-                                           workload.concurrency or 1, warm_records))
-        warm_errors = [r.error for r in warm_records if r.error]
-        if warm_errors:
-            say(f"{label}: {len(warm_errors)} warmup request(s) failed: {warm_errors[0]}")
+    """Warm up, then run ``workload.repeats`` measured repetitions, each on its own prompts."""
+    async with WorkloadSession(Target(url, model, api_key, label), workload, say) as session:
+        await session.warm_up()
+        return session.runs([await session.repetition(r) for r in range(workload.repeats)])
 
-        for repeat in range(workload.repeats):
-            records = [RequestRecord(i) for i in range(len(requests))]
-            probe = _LagProbe()
-            probe.start()
-            cpu_before = time.thread_time()
-            host_before = HostCPUTimes.now()
-            start = time.perf_counter()
-            run_label = f"{label} run {repeat + 1}/{workload.repeats}"
-            progress = asyncio.create_task(_progress(run_label, records, say, start))
-            try:
-                if workload.closed_loop:
-                    await _closed_loop(session, url, requests, workload.concurrency or 1, records)
-                else:
-                    offsets = arrival_offsets(workload, len(requests), repeat)
-                    await _open_loop(session, url, requests, offsets, workload.concurrency, records, start)
-            finally:
-                progress.cancel()
-                await probe.stop()
-            end = time.perf_counter()
-            lags = probe.samples or [0.0]
-            result.runs.append(RunResult(records=records, started_at=start, ended_at=end,
-                                         client_cpu_s=time.thread_time() - cpu_before,
-                                         loop_lag_max_s=max(lags), loop_lag_mean_s=sum(lags) / len(lags),
-                                         host_steal=steal_share(host_before, HostCPUTimes.now()),
-                                         requested_rate=workload.request_rate))
-    return result
+
+async def run_pair_async(reference: Target, candidate: Target, workload: Workload,
+                         say: Callable[[str], None] = lambda _: None) -> tuple[WorkloadRuns, WorkloadRuns]:
+    """The same workload on two servers, repetitions interleaved: reference then candidate, then
+    candidate then reference, and so on, so that a host drifting during the measurement moves
+    both sides of each pair alike (the gate compares per-pair ratios)."""
+    async with WorkloadSession(reference, workload, say) as first, WorkloadSession(candidate, workload, say) as second:
+        await first.warm_up()
+        await second.warm_up()
+        results: dict[WorkloadSession, list[RunResult]] = {first: [], second: []}
+        for r in range(workload.repeats):
+            for session in ((first, second) if r % 2 == 0 else (second, first)):
+                results[session].append(await session.repetition(r))
+        return first.runs(results[first]), second.runs(results[second])
+
+
+class _SingleStream:
+    """Repetitions of one request at a time, each request a blocking call of its own, so that
+    pytest-benchmark can time them as rounds; counters and CPU are read between requests."""
+
+    def __init__(self, loop: asyncio.Runner, session: WorkloadSession) -> None:
+        self._loop = loop
+        self._session = session
+        workload = session.workload
+        self._order = [(r, i) for r in range(workload.repeats) for i in range(workload.num_requests)]
+        self._next = 0
+        self.records = [[RequestRecord(i) for i in range(workload.num_requests)] for _ in range(workload.repeats)]
+        self._opened: dict[int, tuple[PrefixCacheCounts | None, float, HostCPUTimes]] = {}
+        self.results: list[RunResult] = []
+
+    @property
+    def total(self) -> int:
+        return len(self._order)
+
+    def before_request(self) -> None:
+        """Untimed (pytest-benchmark's ``setup``): closes the previous set, opens the next."""
+        rep, index = self._order[self._next]
+        if index == 0:
+            if rep > 0:
+                self._close(rep - 1)
+            self._opened[rep] = (self._loop.run(self._session.prefix_cache()), time.thread_time(), HostCPUTimes.now())
+
+    def request(self) -> None:
+        rep, index = self._order[self._next]
+        self._next += 1
+        self._loop.run(self._session.send(rep, index, self.records[rep][index]))
+
+    def finish(self) -> list[RunResult]:
+        if self.records:
+            self._close(len(self.records) - 1)
+        return self.results
+
+    def _close(self, rep: int) -> None:
+        cache_before, cpu_before, host_before = self._opened[rep]
+        cpu, steal = time.thread_time() - cpu_before, steal_share(host_before, HostCPUTimes.now())
+        cache_after = self._loop.run(self._session.prefix_cache())
+        chunk = self.records[rep]
+        end = max((r.chunk_times[-1] for r in chunk if r.chunk_times), default=chunk[-1].sent_at)
+        self.results.append(RunResult(chunk, chunk[0].sent_at, end, client_cpu_s=cpu, host_steal=steal,
+                                      prefix_cache=cache_after.since(cache_before)
+                                      if cache_before and cache_after else None))
+
+
+def run_single_stream(target: Target, workload: Workload, benchmark: Any = None,
+                      say: Callable[[str], None] = lambda _: None) -> WorkloadRuns:
+    """Sequential requests, one at a time, each repetition on its own prompts; with a
+    pytest-benchmark ``benchmark`` fixture every request is one of its rounds (its setup, which
+    reads the counters, untimed)."""
+    workload = workload.with_(concurrency=1, request_rate=None)
+    with event_loop() as loop:
+        session = WorkloadSession(target, workload, say)
+        loop.run(session.__aenter__())
+        try:
+            loop.run(session.warm_up())
+            stream = _SingleStream(loop, session)
+            if benchmark is not None:
+                benchmark.pedantic(stream.request, setup=stream.before_request, rounds=stream.total, iterations=1)
+            else:
+                for _ in range(stream.total):
+                    stream.before_request()
+                    stream.request()
+            return session.runs(stream.finish())
+        finally:
+            loop.run(session.__aexit__(None, None, None))
 
 
 def event_loop() -> asyncio.Runner:

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from pytest_vllm.errors import UsageError
+from pytest_vllm.server.counters import counter_value
 from pytest_vllm.server.spec import ServerSpec
 
 if TYPE_CHECKING:
@@ -78,10 +78,7 @@ class ServerHandle:
         """A Prometheus counter of the server's /metrics (e.g. ``vllm:prefix_cache_hits``), summed
         over the samples carrying ``labels``; None when this vLLM does not export it."""
         with self.http(timeout=30) as http:
-            text = http.get("/metrics").text
-        values = [sample.value for family in text_string_to_metric_families(text) for sample in family.samples
-                  if sample.name in (name, f"{name}_total") and labels.items() <= sample.labels.items()]
-        return sum(values) if values else None
+            return counter_value(http.get("/metrics").text, name, **labels)
 
     def http(self, timeout: float = DEFAULT_TIMEOUT) -> httpx.Client:
         """A raw HTTP client on the server root, for endpoints the SDK lacks (/health, /tokenize)."""

@@ -41,7 +41,7 @@ def test_round_trip_keeps_median_and_spread(tmp_path: Path) -> None:
 
 
 def test_update_keeps_other_entries_and_leaves_no_temp_files(tmp_path: Path) -> None:
-    other = baselines.BaselineKey(KEY.gpu, KEY.model, KEY.nodeid.replace("c4", "c1"), "throughput_c1", "base")
+    other = baselines.BaselineKey(KEY.scope, KEY.model, KEY.nodeid.replace("c4", "c1"), "throughput_c1", "base")
     baselines.write(tmp_path, KEY, entry())
     baselines.write(tmp_path, other, entry(2.0))
     data = json.loads(KEY.path(tmp_path).read_text())

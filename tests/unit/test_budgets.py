@@ -1,11 +1,14 @@
-"""Budget parsing, direction defaults, noise widening and its cap."""
+"""Budget parsing, direction defaults, the noise floor's widening and its cap."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from pytest_vllm.budgets import NoisePolicy, evaluate, parse_budget, parse_budgets
+from pytest_vllm.budgets import GatePolicy, evaluate, parse_budget, parse_budgets
 from pytest_vllm.errors import UsageError
+from pytest_vllm.resolution import Noise
 
 
 def test_relative_budget_with_and_without_operator() -> None:
@@ -43,8 +46,8 @@ def test_all_problems_reported_together() -> None:
 
 def test_pair_budget_is_a_ratio() -> None:
     budget = parse_budget("output_throughput", ">= 1.2", kind_hint="pair")
-    assert evaluate(budget, current=130.0, reference=100.0).passed
-    assert not evaluate(budget, current=110.0, reference=100.0).passed
+    assert evaluate(budget, current=1.3).passed
+    assert not evaluate(budget, current=1.1).passed
     with pytest.raises(UsageError, match="ratio"):
         parse_budget("output_throughput", ">= 100 tok/s", kind_hint="pair")
 
@@ -58,17 +61,46 @@ def test_relative_check_directions() -> None:
     assert not evaluate(throughput, current=89.0, reference=100.0).passed
 
 
+def noise(sigma: float) -> Noise:
+    """A noise model with a given sigma (a test double: the arithmetic of the model is tested in
+    test_resolution.py)."""
+    return Noise(within=0.0, between=sigma, between_measured=None, prior=sigma, recordings=1, repeats=5, sigma=sigma)
+
+
 def test_noise_widens_the_tolerance_up_to_the_cap() -> None:
     throughput = parse_budget("output_throughput", ">= baseline * 0.95")
-    policy = NoisePolicy(noise_k=2.0, max_tolerance=0.20)
-    quiet = evaluate(throughput, current=92.0, reference=100.0, spread=0.01, noise=policy)
-    assert not quiet.passed and quiet.tolerance == pytest.approx(0.05)
-    noisy = evaluate(throughput, current=92.0, reference=100.0, spread=0.05, noise=policy)
-    assert noisy.passed and noisy.tolerance == pytest.approx(0.10) and "widened" in noisy.note
-    # a very noisy baseline cannot switch the gate off: 25% slower still fails
-    wild = evaluate(throughput, current=75.0, reference=100.0, spread=0.5, noise=policy)
+    policy = GatePolicy(false_alarm_rate=0.01, max_tolerance=0.20)
+    quiet = evaluate(throughput, current=92.0, reference=100.0, noise=noise(0.001), policy=policy)
+    assert not quiet.passed and quiet.tolerance == pytest.approx(0.05) and quiet.note == ""
+    # sigma 4%: the floor at 1% false alarms is 2.33 x 4% = 9.3% in ln units, so 92 passes, and says why
+    noisy = evaluate(throughput, current=92.0, reference=100.0, noise=noise(0.04), policy=policy)
+    assert noisy.passed and noisy.tolerance == pytest.approx(-math.expm1(-2.3263 * 0.04), rel=1e-3)
+    assert "widened from 5% to 9%" in noisy.note
+    assert noisy.resolution == pytest.approx(-math.expm1(-(2.3263 + 1.2816) * 0.04), rel=1e-3)
+    # a very noisy baseline cannot switch the gate off: 25% slower still fails at the 20% cap
+    wild = evaluate(throughput, current=75.0, reference=100.0, noise=noise(0.5), policy=policy)
     assert not wild.passed and wild.tolerance == pytest.approx(0.20) and "capped" in wild.note
-    # a budget wider than the cap is applied as asked, and says nothing about widening
+    # a budget wider than the floor is applied as asked, and says nothing about widening
     wide = evaluate(parse_budget("output_throughput", ">= baseline * 0.60"), current=61.0, reference=100.0,
-                    spread=0.5, noise=policy)
+                    noise=noise(0.04), policy=policy)
     assert wide.passed and wide.tolerance == pytest.approx(0.40) and wide.note == ""
+
+
+def test_a_budget_demanding_an_improvement_is_not_widened() -> None:
+    faster = parse_budget("ttft_p50", "<= baseline * 0.9")
+    check = evaluate(faster, current=95.0, reference=100.0, noise=noise(0.05))
+    assert not check.passed and check.limit == pytest.approx(90.0) and check.note == ""
+
+
+def test_relative_pair_budget_is_against_the_recorded_ratio() -> None:
+    budget = parse_budget("output_throughput", ">= baseline * 0.9", kind_hint="pair")
+    assert budget.kind == "relative" and budget.pair and "ratio" in budget.describe()
+    assert evaluate(budget, current=1.55, reference=1.65, noise=noise(0.001)).passed
+    assert not evaluate(budget, current=1.40, reference=1.65, noise=noise(0.001)).passed
+
+
+def test_malformed_numbers_are_usage_errors() -> None:
+    with pytest.raises(UsageError, match="not a number"):
+        parse_budget("ttft_p50", "<= baseline * 1.1.1")
+    with pytest.raises(UsageError, match="positive"):
+        parse_budget("ttft_p50", "<= baseline * 0")

@@ -11,7 +11,9 @@ import random
 import pytest
 
 from pytest_vllm.load.client import RequestRecord
-from pytest_vllm.metrics import METRICS, RepeatedResult, compute
+from pytest_vllm.load.runner import RunResult
+from pytest_vllm.metrics import METRICS, RepeatedResult, compute, compute_run
+from pytest_vllm.server.counters import PrefixCacheCounts
 
 
 def record(index: int, sent: float, chunks: list[float], tokens: int, prompt: int = 10,
@@ -72,7 +74,14 @@ def test_send_delay_and_client_cost() -> None:
 
 def test_every_value_is_a_declared_metric() -> None:
     result = compute([record(0, 0.0, [0.1, 0.2], tokens=2)], duration=1.0)
-    assert set(result.values) == set(METRICS)
+    assert set(result.values) == set(METRICS) - {"prefix_cache_hit_rate"}  # only from a server's counters
+
+
+def test_a_run_records_its_prefix_cache_hit_share_only_where_counted() -> None:
+    records = [record(0, 0.0, [0.1, 0.2], tokens=2)]
+    counted = RunResult(records, 0.0, 1.0, prefix_cache=PrefixCacheCounts(hits=32.0, queries=1024.0))
+    assert compute_run(counted).values["prefix_cache_hit_rate"] == pytest.approx(1 / 32)
+    assert "prefix_cache_hit_rate" not in compute_run(RunResult(records, 0.0, 1.0)).values  # absent, never 0
 
 
 def test_repeated_median_and_spread() -> None:

@@ -1,0 +1,78 @@
+"""Host fingerprints and the classes baselines are filed under, from /proc/cpuinfo texts and device
+records of the machines this project has run on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pytest_vllm.gpu import PROFILES, DeviceInfo
+from pytest_vllm.hostclass import (
+    cpu_fingerprint_fields,
+    emulation_server_env,
+    fingerprint,
+    read_cpuinfo,
+)
+
+AMD_AVX512 = {"vendor_id": "AuthenticAMD", "model name": "AMD EPYC",
+              "flags": "fpu sse avx avx2 fma f16c avx512f avx512bw avx512vl avx512_vnni avx512_bf16"}
+AMD_AVX2 = {"vendor_id": "AuthenticAMD", "model name": "AMD EPYC", "flags": "fpu sse avx avx2 fma f16c"}
+INTEL_VNNI = {"vendor_id": "GenuineIntel", "model name": "Intel(R) Xeon(R) Processor",
+              "flags": "avx avx2 avx512f avx512bw avx512vl avx512_vnni"}
+INTEL_AMX = {"vendor_id": "GenuineIntel", "model name": "Intel(R) Xeon(R) Platinum 8480+",
+             "flags": "avx2 avx512f avx512_vnni avx512_bf16 amx_bf16 amx_tile amx_int8"}
+CPU = DeviceInfo(name="AMD EPYC")
+
+
+@pytest.fixture(autouse=True)
+def _two_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("pytest_vllm.hostclass.usable_cores", lambda: 2)
+    monkeypatch.delenv("PYTEST_VLLM_EMULATE_AVX2", raising=False)
+
+
+@pytest.mark.parametrize(("cpuinfo", "expected"), [
+    (AMD_AVX512, "cpu-amd-avx512bf16-2c"),
+    (AMD_AVX2, "cpu-amd-avx2-2c"),
+    (INTEL_VNNI, "cpu-intel-avx512vnni-2c"),
+    (INTEL_AMX, "cpu-intel-amx-2c"),
+])
+def test_cpu_classes_tell_the_hosts_of_one_name_apart(cpuinfo: dict[str, str], expected: str) -> None:
+    assert fingerprint(CPU, cpuinfo).host_class(PROFILES["cpu"]) == expected
+
+
+def test_gpu_classes_name_the_device_memory_form_and_count() -> None:
+    h200 = DeviceInfo("NVIDIA H200", count=1, memory_mib=143771, driver="570.124.06")
+    record = fingerprint(h200, AMD_AVX512)
+    assert record.host_class(PROFILES["h200"]) == "h200-140g" and record.driver_major == "570"
+    pcie = DeviceInfo("NVIDIA H100 PCIe", count=2, memory_mib=81559, driver="550.1")
+    assert fingerprint(pcie, AMD_AVX512).host_class(PROFILES["h100"]) == "h100-80g-pcie-x2"
+
+
+def test_the_fingerprint_records_the_isa_and_round_trips_as_json() -> None:
+    vendor, model, isa = cpu_fingerprint_fields(INTEL_AMX)
+    assert (vendor, model) == ("intel", "Intel(R) Xeon(R) Platinum 8480+")
+    assert {"amx_bf16", "amx_tile", "avx512_vnni", "avx512f", "avx2"} <= set(isa)
+    data = fingerprint(CPU, INTEL_AMX).to_dict()
+    assert data["cpu_isa"] == list(isa) and data["cores"] == 2
+
+
+def test_emulated_avx2_is_a_class_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTEST_VLLM_EMULATE_AVX2", "1")
+    record = fingerprint(CPU, INTEL_VNNI)
+    assert record.host_class(PROFILES["cpu"]) == "cpu-intel-avx2emu-2c"
+    assert not any(flag.startswith("avx512") for flag in record.cpu_isa)
+    env = emulation_server_env()
+    assert env["ATEN_CPU_CAPABILITY"] == "avx2" and Path(env["PYTHONPATH"].split(":")[0], "sitecustomize.py").is_file()
+
+
+def test_no_emulation_no_server_environment() -> None:
+    assert emulation_server_env({}) == {}
+
+
+def test_read_cpuinfo_takes_the_first_processor(tmp_path: Path) -> None:
+    path = tmp_path / "cpuinfo"
+    path.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: avx2\n\nprocessor\t: 1\n"
+                    "vendor_id\t: Other\n")
+    assert read_cpuinfo(path)["vendor_id"] == "GenuineIntel"
+    assert read_cpuinfo(tmp_path / "missing") == {}

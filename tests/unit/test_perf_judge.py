@@ -1,0 +1,132 @@
+"""The performance judge's pure parts: which baseline a measurement meets and what is said about
+it, which budgets apply, the cold-cache rule, per-pair ratios and the classes on record.
+
+Measurements are built from hand-made records (a test double for exact numbers)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pytest_vllm import baselines
+from pytest_vllm.bench import (
+    BenchSettings,
+    Measurement,
+    PairComparison,
+    cold_cache_problem,
+    judge,
+    pair_ratios,
+    stored_baseline,
+)
+from pytest_vllm.budgets import GatePolicy, parse_budget, parse_budgets
+from pytest_vllm.gpu import PROFILES
+from pytest_vllm.load.client import RequestRecord
+from pytest_vllm.load.runner import RunResult, WorkloadRuns
+from pytest_vllm.load.workload import Workload
+from pytest_vllm.metrics import RepeatedResult, compute_run
+from pytest_vllm.server.counters import PrefixCacheCounts
+
+CLASS = "cpu-amd-avx512bf16-2c"
+WORKLOAD = Workload(name="w", num_requests=1, input_len=100, output_len=3, repeats=3)
+
+
+def run(duration: float, hits: float | None = 0.0) -> RunResult:
+    record = RequestRecord(0, 0.0, 0.0, 0.1, [0.1, 0.2, 0.3], output_tokens=3, prompt_tokens=100)
+    cache = None if hits is None else PrefixCacheCounts(hits, 100.0)
+    return RunResult([record], 0.0, duration, prefix_cache=cache)
+
+
+def measurement(durations=(1.0, 1.1, 0.9), hits: float | None = 0.0, flags=None, workload=WORKLOAD,
+                role="base") -> Measurement:
+    result = RepeatedResult([compute_run(run(d, hits)) for d in durations])
+    return Measurement("suites/test_perf.py::test_t", role, "m", workload, result, "srv", dict(flags or {}))
+
+
+def settings(tmp_path: Path, record: bool = False) -> BenchSettings:
+    return BenchSettings(profile=PROFILES["cpu"], host_class=CLASS, baseline_dir=tmp_path, record=record,
+                         missing="auto", policy=GatePolicy(), default_budgets={},
+                         environment={"gpu_profile": "cpu", "host_class": CLASS, "vllm_version": "0.32.0"})
+
+
+def store(tmp_path: Path, m: Measurement, environment=None) -> None:
+    baselines.write(tmp_path, m.baseline_key(CLASS), m.entry(environment or {"vllm_version": "0.32.0"}))
+
+
+def test_a_baseline_of_another_workload_is_not_used(tmp_path: Path) -> None:
+    store(tmp_path, measurement(workload=WORKLOAD.with_(output_len=4)))
+    found, note = stored_baseline(settings(tmp_path), measurement())
+    assert found is None and "another workload or prompt scheme" in note
+
+
+def test_a_changed_server_is_compared_and_named(tmp_path: Path) -> None:
+    stored = measurement(flags={"max_num_seqs": 8})
+    store(tmp_path, stored)
+    changed = measurement(flags={"max_num_seqs": 1})
+    changed.server_key = "other"
+    found, note = stored_baseline(settings(tmp_path), changed)
+    assert found is not None and "max_num_seqs: 8 → 1" in note
+
+
+def test_another_environment_is_named_beside_the_verdict(tmp_path: Path) -> None:
+    store(tmp_path, measurement(), environment={"vllm_version": "0.31.0"})
+    found, note = stored_baseline(settings(tmp_path), measurement())
+    assert found is not None and "vllm_version: 0.31.0 → 0.32.0" in note
+
+
+def test_judge_applies_relative_budgets_against_the_baseline_and_absolute_ones_always(tmp_path: Path) -> None:
+    stored = measurement()
+    store(tmp_path, stored)
+    found, _ = stored_baseline(settings(tmp_path), measurement())
+    budgets = parse_budgets({"output_throughput": ">= baseline * 0.9", "ttft_p50": "<= 500 ms"})
+    checks = {c.metric: c for c in judge(measurement(), budgets, found, settings(tmp_path))}
+    assert checks["output_throughput"].passed and checks["output_throughput"].reference == pytest.approx(3.0)
+    assert checks["output_throughput"].resolution is not None and checks["ttft_p50"].passed
+    # twice as slow fails
+    slow = {c.metric: c for c in judge(measurement((2.0, 2.2, 1.8)), budgets, found, settings(tmp_path))}
+    assert not slow["output_throughput"].passed
+    # recording replaces: the old baseline judges nothing relative; absolute budgets still apply
+    recording = judge(measurement((2.0, 2.2, 1.8)), budgets, found, settings(tmp_path, record=True))
+    assert [c.metric for c in recording] == ["ttft_p50"]
+    # no baseline: only the absolute budget
+    assert [c.metric for c in judge(measurement(), budgets, None, settings(tmp_path))] == ["ttft_p50"]
+
+
+def test_a_warm_cache_makes_the_measurement_invalid() -> None:
+    runs = WorkloadRuns(WORKLOAD)
+    assert cold_cache_problem(measurement(hits=2.0), runs) is None  # 2% of the prompt tokens
+    problem = cold_cache_problem(measurement(hits=40.0), runs)
+    assert problem is not None and "40%" in problem and "--vllm-prompt-seed" in problem
+    assert cold_cache_problem(measurement(hits=None), runs) is None  # no counters: said elsewhere, once
+    prefix = WORKLOAD.with_(shared_prefix_len=90)
+    assert cold_cache_problem(measurement(hits=90.0, workload=prefix), WorkloadRuns(prefix)) is None
+    # a chat template's frame is shared by every prompt: its tokens may hit
+    chat = WORKLOAD.with_(endpoint="chat")
+    assert cold_cache_problem(measurement(hits=20.0, workload=chat), WorkloadRuns(chat, template_tokens=20)) is None
+
+
+def test_pair_ratios_are_per_pair_of_repetitions_and_gated_on_their_median(tmp_path: Path) -> None:
+    reference, candidate = measurement((1.0, 2.0, 1.0)), measurement((0.5, 1.0, 0.4), role="compressed")
+    ratios = pair_ratios(reference.result, candidate.result, ["output_throughput"])
+    assert ratios.values("output_throughput") == pytest.approx([2.0, 2.0, 2.5])
+    pair = PairComparison("suites/test_perf.py::test_t", WORKLOAD, reference, candidate, ratios)
+    assert pair.ratio("output_throughput") == pytest.approx(2.0) and pair.role == "compressed_over_base"
+    floor = {"output_throughput": parse_budget("output_throughput", ">= 1.5", kind_hint="pair")}
+    assert [c.passed for c in judge(pair, floor, None, settings(tmp_path))] == [True]
+    # against the recorded ratio
+    store(tmp_path, measurement())  # another entry in the same folder does not count
+    baselines.write(tmp_path, pair.baseline_key(CLASS), pair.entry({}))
+    found, _ = stored_baseline(settings(tmp_path), pair)
+    assert found is not None and found.median("output_throughput") == pytest.approx(2.0)
+    relative = {"output_throughput": parse_budget("output_throughput", ">= baseline * 0.9", kind_hint="pair")}
+    halved = PairComparison(pair.nodeid, WORKLOAD, reference, candidate,
+                            pair_ratios(reference.result, measurement((1.0, 2.0, 1.0), role="compressed").result,
+                                        ["output_throughput"]))
+    assert [c.passed for c in judge(halved, relative, found, settings(tmp_path))] == [False]
+
+
+def test_classes_with_baselines_are_those_of_the_profile_holding_the_model(tmp_path: Path) -> None:
+    for folder in ("cpu-amd-avx2-2c/m", "cpu-intel-avx512vnni-2c/other", "h100-80g/m", "cpu/m"):
+        (tmp_path / folder).mkdir(parents=True)
+    assert baselines.classes_with_baselines(tmp_path, "cpu", "m") == ["cpu-amd-avx2-2c"]
+    assert baselines.classes_with_baselines(tmp_path / "missing", "cpu", "m") == []
