@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_vllm.plugin import SESSION_KEY
+from pytest_vllm.session import SESSION_KEY
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -26,8 +26,8 @@ import pytest
 
 from pytest_vllm.load.runner import run_workload
 from pytest_vllm.load.workload import Workload
-from pytest_vllm.metrics import compute
 from pytest_vllm.models import embedded
+from pytest_vllm.perf.metrics import compute
 
 from .vllm_bench import run_vllm_bench
 
@@ -75,7 +75,7 @@ def test_client_capacity_against_vllm_bench_serve(mock_server: str, tmp_path: Pa
             workload = Workload(name=f"capacity_c{level}", dataset=str(dataset), num_requests=n,
                                 output_len=OUTPUT_TOKENS, concurrency=level, repeats=1, seed=turn)
             run = run_workload(mock_server, "mock", workload).runs[0]
-            mine = compute(run.records, run.duration, client_cpu_s=run.client_cpu_s)
+            mine = compute(run)
             assert not mine.errors, mine.errors[:3]
             ours_tps.append(mine["output_throughput"])
             ours_cpu.append(mine["client_cpu_us_per_token"])

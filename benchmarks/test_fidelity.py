@@ -23,7 +23,7 @@ import pytest
 
 from pytest_vllm.load.runner import run_workload
 from pytest_vllm.load.workload import Workload
-from pytest_vllm.metrics import compute
+from pytest_vllm.perf.metrics import compute
 from pytest_vllm.server.handle import ServerHandle
 
 from .vllm_bench import run_vllm_bench
@@ -80,7 +80,7 @@ def test_fidelity_against_vllm_bench_serve(base_server, vllm_session) -> None:
 
 def _ours(server: ServerHandle, workload: Workload) -> dict[str, float]:
     run = run_workload(server.url, server.model, workload).runs[0]
-    mine = compute(run.records, run.duration)
+    mine = compute(run)
     assert not mine.errors, mine.errors[:3]
     return {key: mine[key] for key, _ in PAIRS}
 

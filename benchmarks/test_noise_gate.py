@@ -8,12 +8,14 @@ every trial is a freshly booted server, two at a time (as the suites' pair boots
 trial, ``NOISE_TRIALS`` boots each (default 6):
 
 * A/A: the reference configuration;
-* slowed, about 15% and about 30%: the same server with ``max_num_seqs`` cut below the workload's
-  concurrency (the server schedules fewer requests at once: a real, server-side slowdown). Its
-  true size is printed: the slowed boots' median throughput against the A/A boots'.
+* slowed, about 15% and about 30%: real, server-side slowdowns. On the CPU profile the same server
+  without torch.compile (``enforce_eager``: -13% throughput at concurrency 4 on the 2-core host),
+  and that with ``max_num_seqs`` cut below the concurrency as well (3 of 4 slots alone: -22.5%);
+  on GPU profiles ``max_num_seqs`` at 90% and 60% of the concurrency. Their true size is printed:
+  the slowed boots' median throughput against the A/A boots'.
 
 Each trial is one measurement of the suite's own throughput workload at the profile's highest
-concurrency, gated by the suites' judge (``pytest_vllm.bench.judge``: default budgets, the
+concurrency, gated by the suites' judge (``pytest_vllm.perf.judge.judge``: default budgets, the
 profile's noise prior, 1% false alarms per check) against a pooled baseline of three *other* A/A
 boots (leave-one-out), as a host class with three recordings has it. Printed: the false-alarm
 rate (A/A trials that fail), the detection rate per slowdown size, each with its 95% Wilson
@@ -33,9 +35,12 @@ from typing import Any
 
 from pytest_vllm import baselines
 from pytest_vllm.accuracy.stats import wilson_interval
-from pytest_vllm.bench import Measurement, judge, settings_for
+from pytest_vllm.gpu import GPUProfile
 from pytest_vllm.load.runner import run_workload
-from pytest_vllm.metrics import RepeatedResult, compute_run
+from pytest_vllm.perf.gate import settings_for
+from pytest_vllm.perf.judge import judge
+from pytest_vllm.perf.metrics import RepeatedResult, compute
+from pytest_vllm.perf.results import Measurement
 
 TRIALS = int(os.environ.get("NOISE_TRIALS", "6"))  # boots of each kind
 POOL = 3  # recordings in each trial's baseline
@@ -44,21 +49,24 @@ GATED = ("output_throughput", "ttft_p50", "tpot_p50")
 
 @dataclass
 class Trial:
-    kind: str  # "A/A", "slowed 15%", "slowed 30%"
+    kind: str  # "A/A", "slowed ~15%", "slowed ~30%"
     boot: int
     flags: dict[str, Any]
     result: RepeatedResult | None = None
 
 
-def slowdowns(concurrency: int) -> dict[str, int]:
-    """max_num_seqs for about 15% and about 30% less throughput at ``concurrency`` (measured on the
-    2-core CPU profile at concurrency 4: 3 and 2 of 4 slots)."""
-    return {"slowed 15%": max(1, round(concurrency * 0.75)), "slowed 30%": max(1, concurrency // 2)}
+def slowdowns(profile: GPUProfile, concurrency: int) -> dict[str, dict[str, Any]]:
+    """Server flags for about 15% and about 30% less throughput at ``concurrency`` (see above)."""
+    if not profile.is_gpu:
+        return {"slowed ~15%": {"enforce_eager": True},
+                "slowed ~30%": {"enforce_eager": True, "max_num_seqs": max(1, round(concurrency * 0.75))}}
+    return {"slowed ~15%": {"max_num_seqs": max(1, round(concurrency * 0.9))},
+            "slowed ~30%": {"max_num_seqs": max(1, round(concurrency * 0.6))}}
 
 
 def measure(server, workload) -> RepeatedResult:
     runs = run_workload(server.url, server.model, workload).runs
-    result = RepeatedResult([compute_run(r) for r in runs])
+    result = RepeatedResult([compute(r) for r in runs])
     assert not result.errors, result.errors[:3]
     return result
 
@@ -69,8 +77,8 @@ def test_false_alarm_and_detection_rates_across_boots(vllm_server_factory, vllm_
     profile = vllm_session.profile
     workload = suite.throughput(profile, profile.concurrency_levels[-1])
     trials = [Trial("A/A", i, {}) for i in range(TRIALS)]
-    for kind, max_num_seqs in slowdowns(workload.concurrency or 1).items():
-        trials += [Trial(kind, i, {"max_num_seqs": max_num_seqs}) for i in range(TRIALS)]
+    for kind, flags in slowdowns(profile, workload.concurrency or 1).items():
+        trials += [Trial(kind, i, flags) for i in range(TRIALS)]
     # Interleave the kinds, so a host that drifts over the benchmark moves all of them alike.
     order = sorted(trials, key=lambda t: (t.boot, t.kind))
     for first, second in zip(order[::2], order[1::2] + [None] * (len(order) % 2)):
@@ -113,13 +121,13 @@ def test_false_alarm_and_detection_rates_across_boots(vllm_server_factory, vllm_
     lines = [f"noise gate on {profile.name} ({vllm_session.host_class}), {TRIALS} fresh boots per kind, each judged "
              f"against a pool of {POOL} other A/A boots; workload {workload.describe()}"]
     summary: dict[str, Any] = {}
-    for kind in ("A/A", *slowdowns(workload.concurrency or 1)):
+    for kind in ("A/A", *slowdowns(profile, workload.concurrency or 1)):
         mine = [r for r in rows if r["kind"] == kind]
         failed = sum(not r["passed"] for r in mine)
         low, high = wilson_interval(failed, len(mine))
         size = statistics.median(r["output_throughput"] for r in mine) / reference - 1
         what = "false alarms" if kind == "A/A" else "detected"
-        lines.append(f"  {kind:<11} throughput {size:+.1%} against the A/A median: {what} {failed}/{len(mine)} "
+        lines.append(f"  {kind:<12} throughput {size:+.1%} against the A/A median: {what} {failed}/{len(mine)} "
                      f"({failed / len(mine):.0%}, 95% interval {low:.0%}-{high:.0%})")
         summary[kind] = {"true_throughput_change": size, "failed": failed, "trials": len(mine),
                          "interval": [low, high]}
@@ -131,7 +139,7 @@ def test_false_alarm_and_detection_rates_across_boots(vllm_server_factory, vllm_
                      f"boot sd {within:.1%} (the profile's prior: {profile.boot_noise_of(metric):.1%})")
         summary[f"{metric}_between_boot_sd"] = statistics.stdev(logs)
         summary[f"{metric}_within_boot_sd"] = within
-    lines += [f"    {r['kind']:<11} boot {r['boot'] + 1}: {r['output_throughput']:.2f} tok/s, "
+    lines += [f"    {r['kind']:<12} boot {r['boot'] + 1}: {r['output_throughput']:.2f} tok/s, "
               f"TTFT {r['ttft_p50']:.0f} ms, TPOT {r['tpot_p50']:.1f} ms: "
               f"{'passed' if r['passed'] else 'FAILED ' + '; '.join(r['failures'])}" for r in rows]
     print("\n" + "\n".join(lines))

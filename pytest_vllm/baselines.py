@@ -1,8 +1,10 @@
 """Baseline files: layout, schema, atomic writes.
 
-Layout: ``<baseline dir>/<gpu profile>/<served model>/<test file stem>/<test function>.json``.
-One file per test function holds one entry per measurement (parametrization and workload
-name), each keyed by the server spec and workload it was recorded with, so a changed
+Layout: ``<baseline dir>/<scope>/<served model>/<test file stem>/<test function>.json``, the scope
+being the host class for performance (``cpu-intel-avx512vnni-2c``, ``h200-140g``: a baseline says
+how fast one kind of machine serves) and the GPU profile for accuracy (scores do not depend on
+the host's speed). One file per test function holds one entry per measurement (parametrization,
+role and workload name), each keyed by the server spec and workload it was recorded with, so a changed
 configuration is never judged against another's numbers. Files are only written on request
 (``--update-baselines``), atomically (temp file + rename); a corrupt file is an error that names
 it, never silently replaced.
@@ -29,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_vllm.errors import BaselineError
-from pytest_vllm.metrics import METRIC_DEFINITIONS, RepeatedResult
+from pytest_vllm.perf.metrics import METRIC_DEFINITIONS
 
 FORMAT = "pytest-vllm-baseline/1"
 # Other subsystems whose entries share these files and layout (accuracy scores: pytest_vllm.accuracy.history).
@@ -224,7 +226,7 @@ def recordings_of(entry: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def pooled(stored: Mapping[str, Any] | None, new: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """``new`` (an entry of one run, as ``make_entry`` makes it) added to ``stored`` as one more
+    """``new`` (an entry of one run, as ``perf.results.make_entry`` makes it) added to ``stored`` as one more
     recording. Each metric's median is the median of the recordings' medians; its spread is the
     larger of their relative range and the widest spread within one recording, so the noise-aware
     gate sees how far hosts of the class disagree. BaselineError when the two cannot be pooled."""
@@ -256,16 +258,6 @@ def pooled(stored: Mapping[str, Any] | None, new: Mapping[str, Any], where: str)
         within = max(float(r["metrics"][name].get("spread", 0.0)) for r in recordings)
         metrics[name] = {"median": middle, "runs": medians, "spread": max(across, within)}
     return {**new, "metrics": metrics, "recordings": recordings}
-
-
-def make_entry(result: RepeatedResult, server: Mapping[str, Any], workload: Mapping[str, Any],
-               environment: Mapping[str, Any], test_id: str, role: str) -> dict[str, Any]:
-    metrics = {
-        name: {"median": result.median(name), "runs": result.values(name), "spread": result.spread(name)}
-        for name in result.runs[0].values
-    }
-    return {"metric_definitions": METRIC_DEFINITIONS, "test_id": test_id, "role": role, "server": dict(server),
-            "workload": dict(workload), "environment": dict(environment), "metrics": metrics}
 
 
 def entries_from_results(results: Mapping[str, Any], source: str) -> list[tuple[BaselineKey, dict[str, Any]]]:

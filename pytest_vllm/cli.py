@@ -116,7 +116,7 @@ def _baselines(args: argparse.Namespace) -> int:
 
 
 def _metrics(args: argparse.Namespace) -> int:
-    from pytest_vllm.metrics import METRIC_DEFINITIONS, METRICS
+    from pytest_vllm.perf.metrics import METRIC_DEFINITIONS, METRICS
 
     print(f"metric definitions {METRIC_DEFINITIONS} (those of `vllm bench serve`)")
     for name, info in METRICS.items():

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pytest_vllm.conformance.profiles import PROFILES
 from pytest_vllm.errors import UsageError
 
 Kind = Literal["str", "bool", "float", "int", "list"]
@@ -31,6 +30,7 @@ class Option:
     kind: Kind = "str"
     default: Any = None
     metavar: str | None = None
+    choices: tuple[str, ...] = ()  # the values a "str" option takes (case-insensitive)
 
     @property
     def dest(self) -> str:
@@ -76,7 +76,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("missing_baseline", "--vllm-missing-baseline", "what a measurement without a baseline does: auto "
            "(default: on a host class with no baselines for the model, relative budgets are not judged and one line "
            "says so; a missing entry of a recorded class fails), fail (always) or skip", default="auto",
-           metavar="auto|fail|skip"),
+           metavar="auto|fail|skip", choices=("auto", "fail", "skip")),
     Option("host_class", "--vllm-host-class", "the host class performance baselines are filed under and looked "
            "up by (default: derived from this machine, e.g. cpu-amd-avx512bf16-2c or h200-140g); set it only "
            "for runners you know to be alike", metavar="CLASS"),
@@ -95,7 +95,7 @@ OPTIONS: tuple[Option, ...] = (
            default=".pytest_vllm/reports", metavar="DIR"),
     Option("conformance_profile", "--vllm-conformance-profile", "hypothesis profile of the OpenAI conformance "
            "properties: ci (bounded examples, derandomized, no shrinking) or nightly (10x examples, random, "
-           "shrinking)", default="ci", metavar="ci|nightly"),
+           "shrinking)", default="ci", metavar="ci|nightly", choices=("ci", "nightly")),
 )
 
 # Sub-tables [tool.pytest_vllm.<name>] beside the options.
@@ -152,9 +152,7 @@ class RunConfig:
         """Build from already-merged raw values keyed by option name (strings allowed)."""
         get = lambda name: coerce(OPTIONS_BY_NAME[name], values.get(name))  # noqa: E731
         under_root = lambda p: p if p.is_absolute() else rootdir / p  # noqa: E731
-        missing = str(get("missing_baseline")).lower()
-        if missing not in ("auto", "fail", "skip"):
-            raise UsageError(f"--vllm-missing-baseline must be auto, fail or skip, not {missing!r}")
+        missing = str(get("missing_baseline"))
         false_alarm_rate, max_tolerance = float(get("false_alarm_rate")), float(get("max_tolerance"))
         if not 0 < false_alarm_rate < 0.5:
             raise UsageError(f"--vllm-false-alarm-rate must be between 0 and 0.5 (0.01 is 1%), not {false_alarm_rate}")
@@ -168,10 +166,7 @@ class RunConfig:
         repeats = get("repeats")
         if repeats is not None and (repeats < 1 or repeats % 2 == 0):
             raise UsageError(f"--vllm-repeats must be odd and positive (the median of an odd count), not {repeats}")
-        conformance_profile = str(get("conformance_profile")).lower()
-        if conformance_profile not in PROFILES:
-            raise UsageError(f"--vllm-conformance-profile must be one of {', '.join(PROFILES)}, "
-                             f"not {conformance_profile!r}")
+        conformance_profile = str(get("conformance_profile"))
         if get("update_baselines") and get("add_baselines"):
             raise UsageError("--update-baselines replaces the stored baselines and --add-baselines adds to them: "
                              "pass one of them")
@@ -232,6 +227,12 @@ def coerce(option: Option, raw: Any) -> Any:
             if isinstance(raw, str):
                 return tuple(raw.split())
             return tuple(str(v) for v in raw)
+        if option.choices:
+            value = str(raw).strip().lower()
+            if value not in option.choices:
+                raise UsageError(f"{option.flag} / {option.ini_name}: must be one of {', '.join(option.choices)}, "
+                                 f"not {raw!r}")
+            return value
         return str(raw)
     except (TypeError, ValueError):
         raise UsageError(f"{option.flag} / {option.ini_name}: {raw!r} is not a valid {option.kind}") from None

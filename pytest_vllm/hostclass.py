@@ -8,7 +8,10 @@ and a 2-core Intel Xeon with AVX-512 VNNI but no BF16 ran the float32 server at 
 fingerprint records what a CPU server's speed depends on (vendor, model, the ISA features
 vLLM's CPU kernels choose by, cores, memory) and, on GPUs, the device, its memory and count and
 the driver's major version; the class is the readable part that baselines are filed under:
-``cpu-intel-avx512vnni-2c``, ``h200-140g``.
+``cpu-intel-emeraldrapids-avx512vnni-2c``, ``h200-140g``. A CPU class names the vendor, the
+microarchitecture (from the family and model numbers: the model name of a cloud CPU is often
+just "AMD EPYC"), the ISA tier (a hypervisor may hide features the microarchitecture has) and
+the cores.
 """
 
 from __future__ import annotations
@@ -38,6 +41,14 @@ ISA_TIERS: tuple[tuple[str, str], ...] = (
 # Also recorded (they change which kernels run, but not the tier's name).
 ISA_RECORDED = ("avx512_fp16", "amx_tile", "amx_int8", "avx512bw", "avx512vl", "fma", "f16c", "bf16", "i8mm")
 VENDORS = {"GenuineIntel": "intel", "AuthenticAMD": "amd"}
+# (vendor, cpu family, model) -> microarchitecture; others are named f<family>m<model>.
+MICROARCHITECTURES = {
+    ("intel", 6, 63): "haswell", ("intel", 6, 79): "broadwell", ("intel", 6, 85): "skylake",
+    ("intel", 6, 106): "icelake", ("intel", 6, 108): "icelake", ("intel", 6, 143): "sapphirerapids",
+    ("intel", 6, 207): "emeraldrapids", ("intel", 6, 173): "graniterapids", ("intel", 6, 175): "sierraforest",
+    ("amd", 23, 1): "naples", ("amd", 23, 49): "rome", ("amd", 25, 1): "milan", ("amd", 25, 17): "genoa",
+    ("amd", 25, 160): "bergamo", ("amd", 26, 2): "turin", ("amd", 26, 17): "turin",
+}
 # PYTEST_VLLM_EMULATE_AVX2=1: the CPU servers load vLLM's avx2 kernels on an AVX-512 host (a
 # measurement aid for sizing runs for avx2-only hosts: W8A8 then ran 4.9x slower and float32
 # 1.15x, against 6.8x and 1.3x on a real avx2-only host). The fingerprint shows the host as such,
@@ -66,6 +77,7 @@ class HostFingerprint:
 
     cpu_vendor: str
     cpu_model: str
+    cpu_microarchitecture: str
     cpu_isa: tuple[str, ...]  # the ISA_TIERS / ISA_RECORDED flags this CPU has
     cores: int  # cores this process may use (its affinity), which the servers share
     memory_gib: int
@@ -85,7 +97,7 @@ class HostFingerprint:
             form = "".join(f"-{f}" for f in ("pcie", "nvl") if f in lowered)  # other memory bandwidth than SXM
             count = f"-x{self.gpu_count}" if self.gpu_count > 1 else ""
             return f"{profile.name}-{self.gpu_memory_gib}g{form}{count}"
-        return f"cpu-{self.cpu_vendor}-{self.isa_tier}-{self.cores}c"
+        return f"cpu-{self.cpu_vendor}-{self.cpu_microarchitecture}-{self.isa_tier}-{self.cores}c"
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -111,14 +123,25 @@ def read_cpuinfo(path: Path = Path("/proc/cpuinfo")) -> dict[str, str]:
     return fields
 
 
-def cpu_fingerprint_fields(cpuinfo: Mapping[str, str]) -> tuple[str, str, tuple[str, ...]]:
-    """(vendor, model name, ISA flags of interest) from /proc/cpuinfo's fields."""
+def cpu_fingerprint_fields(cpuinfo: Mapping[str, str]) -> tuple[str, str, str, tuple[str, ...]]:
+    """(vendor, model name, microarchitecture, ISA flags of interest) from /proc/cpuinfo's fields."""
     vendor_id = cpuinfo.get("vendor_id", "")
-    vendor = VENDORS.get(vendor_id) or re.sub(r"[^a-z0-9]+", "", vendor_id.lower()) or platform.machine().lower()
+    vendor = (VENDORS.get(vendor_id) or re.sub(r"[^a-z0-9]+", "", vendor_id.lower())
+              or ("arm" if "CPU implementer" in cpuinfo else platform.machine().lower()))
     model = cpuinfo.get("model name") or cpuinfo.get("Model") or platform.processor() or platform.machine()
     flags = set((cpuinfo.get("flags") or cpuinfo.get("Features") or "").split())
     wanted = [flag for flag, _ in ISA_TIERS] + list(ISA_RECORDED)
-    return vendor, model, tuple(flag for flag in wanted if flag in flags)
+    return vendor, model, microarchitecture(vendor, cpuinfo), tuple(flag for flag in wanted if flag in flags)
+
+
+def microarchitecture(vendor: str, cpuinfo: Mapping[str, str]) -> str:
+    """A readable name from the family and model numbers (an Arm core: its implementer and part)."""
+    try:
+        family, number = int(cpuinfo["cpu family"]), int(cpuinfo["model"])
+    except (KeyError, ValueError):
+        part = cpuinfo.get("CPU part", "")
+        return f"{cpuinfo.get('CPU implementer', 'unknown')}-{part}".replace("0x", "") if part else "unknown"
+    return MICROARCHITECTURES.get((vendor, family, number), f"f{family}m{number}")
 
 
 def usable_cores() -> int:
@@ -136,11 +159,11 @@ def memory_gib() -> int:
 
 def fingerprint(device: DeviceInfo, cpuinfo: Mapping[str, str] | None = None) -> HostFingerprint:
     """This machine's fingerprint (``cpuinfo``: /proc/cpuinfo's fields, read when not given)."""
-    vendor, model, isa = cpu_fingerprint_fields(read_cpuinfo() if cpuinfo is None else cpuinfo)
+    vendor, model, uarch, isa = cpu_fingerprint_fields(read_cpuinfo() if cpuinfo is None else cpuinfo)
     if emulating_avx2():
         isa = tuple(flag for flag in isa if not flag.startswith(AVX512_AND_ABOVE)) + ("avx2emu",)
-    host = HostFingerprint(cpu_vendor=vendor, cpu_model=model, cpu_isa=isa, cores=usable_cores(),
-                           memory_gib=memory_gib())
+    host = HostFingerprint(cpu_vendor=vendor, cpu_model=model, cpu_microarchitecture=uarch, cpu_isa=isa,
+                           cores=usable_cores(), memory_gib=memory_gib())
     if not device.is_gpu:
         return host
     return replace(host, gpu_name=device.name, gpu_memory_gib=round(device.memory_mib / 1024),

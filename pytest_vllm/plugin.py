@@ -1,34 +1,33 @@
-"""pytest-vllm's pytest plugin: options, markers, fixtures and hooks, delegating to VLLMSession.
+"""pytest-vllm's pytest plugin: options, the server marker and fixtures, and hooks, delegating
+to VLLMSession.
 
 Kept thin and light: nothing heavy (vllm, torch, transformers, openai) is imported at module
-import, so ``pytest --help`` stays fast. The state of a run lives in ``session.VLLMSession``.
+import, so ``pytest --help`` stays fast. The state of a run lives in ``session.VLLMSession``; each
+gate (perf, accuracy, conformance) is a plugin of its own, loaded with this one, with its own
+fixtures, markers, stash key and report section.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import pytest_asyncio
 
-from pytest_vllm.budgets import MARKER_HELP as BUDGET_MARKER_HELP
-from pytest_vllm.budgets import PAIR_MARKER_HELP as PAIR_BUDGET_MARKER_HELP
+from pytest_vllm import gating
 from pytest_vllm.config import OPTIONS, TABLES, RunConfig, check_table_keys, read_pyproject_table
 from pytest_vllm.errors import ServerStartError, UsageError
-from pytest_vllm.server.handle import ServerHandle
+from pytest_vllm.server.handle import ServerHandle, ServerPair
 from pytest_vllm.server.spec import BASE, COMPRESSED, MARKER, MARKER_HELP, PAIR_ROLES, MarkerFlags
-from pytest_vllm.session import VLLMSession
+from pytest_vllm.session import SESSION_KEY, VLLMSession
 
 if TYPE_CHECKING:
     import openai
 
-    from pytest_vllm.bench import Bench
-
-SESSION_KEY = pytest.StashKey[VLLMSession]()
-# Subsystems with their own hooks and fixtures, loaded with this plugin (light imports only).
-pytest_plugins = ["pytest_vllm.accuracy.plugin"]
+# The gates, each with its own hooks and fixtures, loaded with this plugin (light imports only).
+pytest_plugins = ["pytest_vllm.perf.plugin", "pytest_vllm.accuracy.plugin", "pytest_vllm.conformance.plugin"]
 # Fixtures that need a server of a fixed role.
 ROLE_FIXTURES = {"base_server": BASE, "compressed_server": COMPRESSED}
 # The fixture parametrized over both roles.
@@ -54,8 +53,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    for line in (MARKER_HELP, BUDGET_MARKER_HELP, PAIR_BUDGET_MARKER_HELP):
-        config.addinivalue_line("markers", line)
+    config.addinivalue_line("markers", MARKER_HELP)
     try:
         run_config = _run_config(config)
         session = VLLMSession(run_config, say=_make_say(config))
@@ -123,7 +121,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     try:
         plans = [(item.nodeid, _roles_of(item), _markers_of(item)) for item in items]
         vllm_session.plan(plans)
-        _check_budget_markers(items)
+        gating.check_collection(config, items)
     except UsageError as exc:
         raise pytest.UsageError(str(exc)) from None
     for item in items:
@@ -133,20 +131,6 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     by_id = {item.nodeid: item for item in items}
     boots_own = frozenset(i.nodeid for i in items if "vllm_server_factory" in getattr(i, "fixturenames", ()))
     items[:] = [by_id[nodeid] for nodeid in vllm_session.order([item.nodeid for item in items], boots_own)]
-
-
-def _check_budget_markers(items: list[pytest.Item]) -> None:
-    """Unknown metrics or malformed budgets fail the collection, for every test at once."""
-    from pytest_vllm.bench import marker_budgets
-
-    problems = []
-    for item in items:
-        try:
-            marker_budgets(item)
-        except UsageError as exc:
-            problems.append(str(exc))
-    if problems:
-        raise UsageError("\n".join(problems))
 
 
 def pytest_report_collectionfinish(config: pytest.Config) -> list[str]:
@@ -168,10 +152,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
     report = yield
     if not report.failed or call.when == "teardown":
         return report
-    session = item.config.stash[SESSION_KEY]
-    if session.remote or "pool" not in session.__dict__:
-        return report
-    for server in session.pool.servers_used_by(item.nodeid):
+    for server in item.config.stash[SESSION_KEY].servers_used_by(item.nodeid):
         tail = "\n".join(server.log_tail(LOG_LINES_IN_REPORT))
         report.sections.append((f"vllm {server.spec.role} server log (last {LOG_LINES_IN_REPORT} lines; "
                                 f"full log {server.log_path})", tail))
@@ -242,11 +223,6 @@ def vllm_server(request: pytest.FixtureRequest) -> ServerHandle:
     return _serve(request, request.param)
 
 
-class ServerPair(NamedTuple):
-    base: ServerHandle
-    compressed: ServerHandle
-
-
 @pytest.fixture
 def server_pair(base_server: ServerHandle, compressed_server: ServerHandle) -> ServerPair:
     """Both servers at once (they boot in parallel when the GPU profile allows), for A/B checks."""
@@ -272,25 +248,6 @@ def vllm_server_factory(request: pytest.FixtureRequest) -> Callable[..., ServerH
             pytest.fail(str(exc), pytrace=False)
 
     return make
-
-
-@pytest.fixture
-def vllm_bench(request: pytest.FixtureRequest) -> Bench:
-    """Measure load on a server and gate it: ``vllm_bench.run(server, Workload(...))``,
-    ``vllm_bench.compare(server_pair, workload)``, ``vllm_bench.single_stream(server, workload, benchmark)``.
-
-    Metrics follow `vllm bench serve`; the median of the repetitions is checked against the
-    baseline for this GPU (budgets from vllm_budget / vllm_pair_budget markers and
-    [tool.pytest_vllm.budgets]); --update-baselines records instead.
-    """
-    from pytest_vllm.bench import Bench
-
-    session: VLLMSession = request.config.stash[SESSION_KEY]
-    try:
-        state = session.bench_state
-    except UsageError as exc:
-        pytest.fail(f"usage error: {exc}", pytrace=False)
-    return Bench(state, request.node, session.say)
 
 
 @pytest.fixture

@@ -1,52 +1,46 @@
 """VLLMSession: the plugin's state for one pytest run.
 
-It resolves the GPU profile and model pair once, turns each test's markers into server specs
-(validated against vLLM's parser at collection), plans and reorders tests so each server boots
-once, and hands out ready servers. The pytest hooks in ``plugin.py`` only delegate here.
+It resolves the GPU profile, host class and model pair once, turns each test's markers into
+server specs at collection (through ``server.launcher``, which validates them against vLLM's
+parser), plans and orders tests so each server boots once, hands out ready servers, and gathers
+the report sections of the gates. The pytest hooks in ``plugin.py`` only delegate here; each gate
+keeps its own state under its own stash key (``gate_state``).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypeVar
 
 import httpx
+import pytest
 
 from pytest_vllm.config import RunConfig
 from pytest_vllm.errors import UsageError
 from pytest_vllm.gpu import DeviceInfo, GPUProfile, detect_device, resolve_profile
-from pytest_vllm.hostclass import HostFingerprint, emulating_avx2, emulation_server_env, fingerprint
+from pytest_vllm.hostclass import HostFingerprint, fingerprint
 from pytest_vllm.models.pair import RoleModel, resolve_role
 from pytest_vllm.paths import cache_dir
-from pytest_vllm.server.flags import VLLMArgSchema, flag_name, load_schema, to_argv
+from pytest_vllm.server.flags import VLLMArgSchema, load_schema
 from pytest_vllm.server.handle import ServerHandle, connect_remote
-from pytest_vllm.server.memory import GIB, MIB, pinned_kv_cache_bytes
+from pytest_vllm.server.launcher import Launcher
 from pytest_vllm.server.pool import ServerPool
-from pytest_vllm.server.process import LaunchPlan
-from pytest_vllm.server.spec import (
-    BASE,
-    COMPRESSED,
-    MarkerFlags,
-    ServerSpec,
-    merge_flags,
-)
+from pytest_vllm.server.process import VLLMServer
+from pytest_vllm.server.spec import BASE, COMPRESSED, MarkerFlags, ServerSpec
 
 if TYPE_CHECKING:
-    from pytest_vllm.bench import BenchState
     from pytest_vllm.report.writer import Section
 
-SERVER_ENV = {
-    "VLLM_NO_USAGE_STATS": "1",
-    "DO_NOT_TRACK": "1",
-    "PYTHONUNBUFFERED": "1",
-    # FlashInfer is optional in vLLM wheels; its sampler probe fails without it.
-    "VLLM_USE_FLASHINFER_SAMPLER": "0",
-}
+SESSION_KEY = pytest.StashKey["VLLMSession"]()
+# A gate's report section for the end of the session (None when it has nothing to say).
+SectionProvider = Callable[[], "Section | None"]
+# Sections appear in this order in every report, whatever ran first.
+SECTION_ORDER = ("performance", "accuracy", "conformance")
+T = TypeVar("T")
 
 
 @dataclass
@@ -56,7 +50,7 @@ class ItemNeeds:
     roles: tuple[str, ...]
     markers: tuple[MarkerFlags, ...]
     specs: tuple[ServerSpec, ...] = ()
-    family: str = ""
+    marker_key: str = ""  # the markers' flags as JSON: tests with equal keys share their servers
     skip_reason: str | None = None
 
 
@@ -66,9 +60,8 @@ class VLLMSession:
     say: Callable[[str], None] = print
     needs: dict[str, ItemNeeds] = field(default_factory=dict)
     _remote: dict[str, ServerHandle] = field(default_factory=dict)
-    # Report sections of other subsystems (accuracy, conformance): each provider returns a Section
-    # (or None when it has nothing to say) at the end of the session.
-    section_providers: list[Callable[[], Section | None]] = field(default_factory=list)
+    _role_models: dict[str, RoleModel] = field(default_factory=dict)
+    _sections: list[SectionProvider] = field(default_factory=list)
 
     # -- resolved once -----------------------------------------------------------------------
     @cached_property
@@ -80,82 +73,62 @@ class VLLMSession:
         return resolve_profile(self.config.gpu, self.device, force=self.config.gpu_force)
 
     @cached_property
+    def host(self) -> HostFingerprint:
+        return fingerprint(self.device)
+
+    @cached_property
+    def host_class(self) -> str:
+        """Where this host's performance baselines are filed (``--vllm-host-class`` overrides)."""
+        return self.config.host_class or self.host.host_class(self.profile)
+
+    @cached_property
     def schema(self) -> VLLMArgSchema:
         return load_schema(self.config.python, cache_dir())
 
     @cached_property
+    def launcher(self) -> Launcher:
+        return Launcher(self.profile, self.device, self.schema, self.config.python)
+
+    @cached_property
     def pool(self) -> ServerPool:
-        return ServerPool(planner=self.launch_plan, log_dir=self.config.log_dir,
+        return ServerPool(launcher=self.launcher, log_dir=self.config.log_dir,
                           startup_timeout=self.config.startup_timeout, stop_grace=self.config.stop_timeout,
-                          boot_order=self.profile.boot_order, say=self.say)
+                          say=self.say)
+
+    @property
+    def pool_started(self) -> bool:
+        """Whether any server was planned or booted (the pool exists only once it is needed)."""
+        return "pool" in self.__dict__
+
+    @cached_property
+    def vllm_version(self) -> str:
+        if not self.remote:
+            return self.schema.vllm_version
+        try:
+            url = self.config.urls.base or self.config.urls.compressed
+            with httpx.Client(timeout=10) as http:
+                return str(http.get(f"{url}/version").json()["version"])
+        except (httpx.HTTPError, ValueError, KeyError):
+            return "unknown"
 
     def role_model(self, role: str) -> RoleModel:
-        cache = self.__dict__.setdefault("_role_models", {})
-        if role not in cache:
-            cache[role] = resolve_role(role, self.config.base_model, self.config.compressed_model, self.profile)
-        return cache[role]
+        if role not in self._role_models:
+            self._role_models[role] = resolve_role(role, self.config.base_model, self.config.compressed_model,
+                                                   self.profile)
+        return self._role_models[role]
 
     @property
     def remote(self) -> bool:
         return self.config.urls.any
 
-    # -- specs -------------------------------------------------------------------------------
+    # -- specs and planning ---------------------------------------------------------------------
     def spec_for(self, role: str, markers: Sequence[MarkerFlags], model: str | None = None) -> ServerSpec:
         """The server spec for ``role`` under these markers (farthest first), flags validated."""
-        layers: list[dict[str, Any]] = [dict(self.profile.server_defaults)]
-        if model is None:
-            role_model = self.role_model(role)
-            model = role_model.model
-            layers.append(role_model.flags)
-        if self.profile.pair_gpu_memory_utilization:
-            # Two servers may share the GPU at any time (the pair, or a test's own server beside a
-            # shared one), so every server takes its share, not vLLM's default 0.9.
-            layers.append({"gpu_memory_utilization": self.profile.pair_gpu_memory_utilization})
-        flags, env = merge_flags(role, layers, markers)
-        spec = ServerSpec.create(role, model, flags, {**self.profile.server_env, **env})
-        to_argv(spec.flag_dict, self.schema)  # raises UsageError naming every bad flag
-        return spec
+        if model is not None:
+            return self.launcher.spec(role, model, markers)
+        role_model = self.role_model(role)
+        return self.launcher.spec(role, role_model.model, markers, role_flags=role_model.flags)
 
-    def launch_plan(self, spec: ServerSpec, port: int, slot: int) -> LaunchPlan:
-        flags = spec.flag_dict
-        flags.setdefault("served_model_name", spec.served_model_name)
-        env = {**SERVER_ENV, **spec.env_dict}
-        beside_others, note = not self.profile.is_gpu, ""
-        if self.profile.is_gpu and self.profile.pair_gpu_memory_utilization:
-            flags, beside_others, note = self._fix_kv_cache(spec, flags)
-        argv = [self.config.python, "-m", "vllm.entrypoints.openai.api_server", "--model", spec.model,
-                "--host", "127.0.0.1", "--port", str(port), *to_argv(flags, self.schema)]
-        if not self.profile.is_gpu:
-            env.update(emulation_server_env())
-        if not self.profile.is_gpu and "VLLM_CPU_OMP_THREADS_BIND" not in env:
-            # vLLM binds every CPU server's compute threads to the same core by default; two
-            # servers booting or serving side by side would then share one core.
-            cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-            binding = cpu_binding(cores, slot, slots=self.pool.max_resident)
-            if binding:
-                env["VLLM_CPU_OMP_THREADS_BIND"] = binding
-        if Path(spec.model).expanduser().exists():
-            env.setdefault("HF_HUB_OFFLINE", "1")  # a local checkpoint needs no hub; fail fast without one
-        return LaunchPlan(argv=argv, env=env, boots_beside_others=beside_others, note=note)
-
-    def _fix_kv_cache(self, spec: ServerSpec, flags: dict[str, Any]) -> tuple[dict[str, Any], bool, str]:
-        """Flags with the KV cache size fixed from the server's memory share (server/memory.py),
-        whether the server may then boot beside others, and what to say about it.
-
-        A launch detail like the port, not part of the spec: the spec (and its baselines) keep the
-        memory share, and the KV cache of the suites' servers is far larger than their load needs.
-        """
-        if flags.get("kv_cache_memory_bytes") is not None:
-            return flags, True, ""  # fixed by a marker already
-        if flag_name("kv_cache_memory_bytes") not in self.schema.options:
-            return flags, False, ""  # a vLLM without the flag profiles, and boots alone
-        kv_bytes = pinned_kv_cache_bytes(spec.model, flags, self.device.memory_mib * MIB)
-        if kv_bytes is None:
-            return flags, False, ""
-        return ({**flags, "kv_cache_memory_bytes": kv_bytes}, True,
-                f"KV cache fixed at {kv_bytes / GIB:.1f} GiB of its share, so it can boot beside others")
-
-    # -- planning ------------------------------------------------------------------------------
     def plan(self, items: Sequence[tuple[str, tuple[str, ...], list[MarkerFlags]]]) -> None:
         """Resolve every test's specs (usage errors for all tests at once) and plan the pool.
 
@@ -166,7 +139,7 @@ class VLLMSession:
             if not roles:
                 continue
             need = ItemNeeds(roles=roles, markers=tuple(markers))
-            need.family = json.dumps([sorted(m.flags.items(), key=str) for m in markers], default=str)
+            need.marker_key = json.dumps([sorted(m.flags.items(), key=str) for m in markers], default=str)
             if self.remote:
                 need.skip_reason = self._remote_skip_reason(roles, markers)
             else:
@@ -178,7 +151,7 @@ class VLLMSession:
         if problems:
             raise UsageError("\n".join(problems))
         if not self.remote:
-            families = {spec: need.family for need in self.needs.values() for spec in need.specs}
+            families = {spec: need.marker_key for need in self.needs.values() for spec in need.specs}
             self.pool.plan({nodeid: need.specs for nodeid, need in self.needs.items()}, families)
 
     def _remote_skip_reason(self, roles: Sequence[str], markers: Sequence[MarkerFlags]) -> str | None:
@@ -202,7 +175,7 @@ class VLLMSession:
         keys = []
         for index, nodeid in enumerate(nodeids):
             need = self.needs.get(nodeid)
-            group = "" if need is None or need.skip_reason else need.family
+            group = "" if need is None or need.skip_reason else need.marker_key
             first_seen.setdefault(group, index)
             keys.append((first_seen[group], nodeid in boots_own, index, nodeid))
         return [key[-1] for key in sorted(keys)]
@@ -215,8 +188,7 @@ class VLLMSession:
             return self._remote_handle(role)
         if need is None or role not in need.roles:
             raise UsageError(f"{nodeid} asked for the {role} server outside the plan")
-        spec = need.specs[need.roles.index(role)]
-        return self._serve(spec, nodeid)
+        return self._serve(need.specs[need.roles.index(role)], nodeid)
 
     def handle_for_spec(self, spec: ServerSpec, nodeid: str) -> ServerHandle:
         if self.remote:
@@ -236,68 +208,28 @@ class VLLMSession:
             self._remote[role] = connect_remote(role, url, self.config.api_key)
         return self._remote[role]
 
+    def servers_used_by(self, nodeid: str) -> list[VLLMServer]:
+        """The booted servers a test used (their logs join its failure report)."""
+        return [] if self.remote or not self.pool_started else list(self.pool.servers_used_by(nodeid))
+
     def finished(self, nodeid: str) -> None:
-        if not self.remote and "pool" in self.__dict__:
+        if not self.remote and self.pool_started:
             self.pool.finished(nodeid)
 
     def shutdown(self) -> None:
-        if "pool" in self.__dict__:
+        if self.pool_started:
             self.pool.stop_all()
 
-    # -- performance and reports ------------------------------------------------------------
-    @cached_property
-    def host(self) -> HostFingerprint:
-        return fingerprint(self.device)
-
-    @cached_property
-    def host_class(self) -> str:
-        """Where this host's performance baselines are filed (``--vllm-host-class`` overrides)."""
-        return self.config.host_class or self.host.host_class(self.profile)
-
-    @cached_property
-    def bench_state(self) -> BenchState:
-        from pytest_vllm import baselines
-        from pytest_vllm.bench import BenchState, settings_for
-
-        if emulating_avx2() and (self.config.update_baselines or self.config.add_baselines):
-            raise UsageError("PYTEST_VLLM_EMULATE_AVX2 is set: baselines are never recorded under emulation "
-                             "(it sizes runs; a real avx2-only host records that class)")
-        device = self.device
-        environment = baselines.environment_record(self.profile.name, device.name, device.driver, self.vllm_version,
-                                                   self.config.rootdir, self.host_class, self.host.to_dict())
-        return BenchState(settings_for(self.config, self.profile, self.host_class, environment))
-
-    @cached_property
-    def vllm_version(self) -> str:
-        if not self.remote:
-            return self.schema.vllm_version
-        try:
-            url = self.config.urls.base or self.config.urls.compressed
-            with httpx.Client(timeout=10) as http:
-                return str(http.get(f"{url}/version").json()["version"])
-        except (httpx.HTTPError, ValueError, KeyError):
-            return "unknown"
+    # -- reports ------------------------------------------------------------------------------
+    def add_section(self, provider: SectionProvider) -> None:
+        """A gate's report section, asked for at the end of the session."""
+        self._sections.append(provider)
 
     def sections(self) -> list[Section]:
-        """Report sections of whatever ran in this session."""
-        from pytest_vllm.report.writer import Section
-
-        sections = []
-        if "bench_state" in self.__dict__ and self.bench_state.measurements:
-            from pytest_vllm.report import perf, plots
-
-            state = self.bench_state
-            try:
-                images = plots.all_plots(state)
-            except Exception as exc:  # noqa: BLE001 - a plot must never hide the verdicts
-                self.say(f"plots skipped: {type(exc).__name__}: {exc}")
-                images = {}
-            sections.append(Section("performance", perf.tables(state), perf.to_json(state), images))
-        for provider in self.section_providers:
-            section = provider()
-            if section is not None:
-                sections.append(section)
-        return sections
+        """Report sections of whatever ran in this session, in SECTION_ORDER."""
+        found = [section for section in (provider() for provider in self._sections) if section is not None]
+        rank = {name: i for i, name in enumerate(SECTION_ORDER)}
+        return sorted(found, key=lambda s: rank.get(s.name, len(rank)))
 
     def finish_reports(self, exitstatus: int) -> tuple[list[str], list[Path]]:
         """Terminal lines and report files for the end of the session."""
@@ -307,11 +239,11 @@ class VLLMSession:
         if not sections:
             return [], []
         info = {"verdict": "PASS" if exitstatus == 0 else "FAIL", "gpu": self.profile.name,
-                "device": self.device.name, "vllm_version": self.vllm_version, "exit_status": int(exitstatus)}
+                "host_class": self.host_class, "device": self.device.name, "vllm_version": self.vllm_version,
+                "exit_status": int(exitstatus)}
         written = write_reports(self.config.report_dir, sections, info, say=self.say)
         return terminal_lines(sections), written
 
-    # -- reporting ----------------------------------------------------------------------------
     def plan_lines(self) -> list[str]:
         """What will boot, for the terminal after collection (also with --collect-only)."""
         uses: dict[ServerSpec, int] = {}
@@ -345,13 +277,13 @@ class VLLMSession:
         return lines
 
 
-def cpu_binding(cores: Sequence[int], slot: int, slots: int) -> str | None:
-    """The cores for the CPU server in ``slot``: an equal share each, one core per share left for
-    the API server process when a share has more than two (as vLLM's own auto binding does)."""
-    if len(cores) < 2:
-        return None
-    share = max(1, len(cores) // slots)
-    mine = list(cores[(slot % slots) * share:(slot % slots + 1) * share]) or [cores[slot % len(cores)]]
-    if len(mine) > 2:
-        mine = mine[:-1]
-    return ",".join(str(c) for c in mine)
+def gate_state(config: pytest.Config, key: pytest.StashKey[T],
+               make: Callable[[pytest.Config, VLLMSession], tuple[T, SectionProvider]]) -> T:
+    """A gate's state for this run under its own ``key``, made on first use by ``make``, which
+    also gives the gate's report section: every gate attaches to the session this one way."""
+    if key not in config.stash:
+        session = config.stash[SESSION_KEY]
+        state, provider = make(config, session)
+        session.add_section(provider)
+        config.stash[key] = state
+    return config.stash[key]

@@ -12,6 +12,8 @@ error body is validated strictly against openai-python's types and the API refer
 - Errors: invalid requests get a 4xx with an OpenAI error object; the server stays healthy and
   keeps answering the canary the same way; no request, however odd, gets a 5xx.
 
+The ``conformance`` and ``conformance_pair`` fixtures come with the plugin
+(``pytest_vllm.conformance.plugin``): a conformance test of your own needs nothing from this file.
 A failure prints every request of the failing example as JSON and as a curl line. vLLM's known
 deviations from the OpenAI API (``deviations.KNOWN_VLLM_DEVIATIONS``) turn a property into an xfail
 that names them; anything else fails. Budgets: ``--vllm-conformance-profile ci`` (default: each
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import jsonschema
@@ -30,53 +31,14 @@ import pytest
 from hypothesis import assume
 from hypothesis import strategies as st
 
-from pytest_vllm.conformance import extensions
 from pytest_vllm.conformance import strategies as S
-from pytest_vllm.conformance.deviations import KNOWN_VLLM_DEVIATIONS, Deviation, applicable
-from pytest_vllm.conformance.ledger import ledger_for
-from pytest_vllm.conformance.probe import Probe
-from pytest_vllm.conformance.profiles import get_profile
-from pytest_vllm.conformance.runner import PropertyRun, vllm_version
+from pytest_vllm.conformance.deviations import Deviation
+from pytest_vllm.conformance.runner import PropertyRun
 from pytest_vllm.conformance.tokens import detokenize, tokenize
 from pytest_vllm.conformance.validators import CHAT, COMPLETIONS, Outcome, check_forced_text, check_model_list
-from pytest_vllm.server.handle import ServerHandle
-from pytest_vllm.session import VLLMSession
 
 # Words whose first token is an ordinary one in any English vocabulary (for logit_bias).
 BIAS_WORDS = (" banana", " hello", " blue", " Paris", " yes", " cat", "!", " seven")
-
-
-# -- fixtures ---------------------------------------------------------------------------------------
-def _run_for(request: pytest.FixtureRequest, session: VLLMSession, server: ServerHandle, label: str,
-             probe: Probe, peers: tuple[PropertyRun, ...] = ()) -> PropertyRun:
-    profile = get_profile(session.config.conformance_profile)
-    ledger = ledger_for(request.config, profile.name, session.section_providers.append)
-    record = ledger.record(request.node.nodeid, request.node.originalname, label)
-    version = vllm_version(probe, booted_version=None if server.is_remote else session.vllm_version)
-    vllm = version is not None
-    return PropertyRun(model=server.model, probe=probe, record=record, profile=profile, peers=peers,
-                       known=applicable(KNOWN_VLLM_DEVIATIONS, version) if vllm else (),
-                       extensions=extensions.supported(probe, server.model, vllm=vllm))
-
-
-@pytest.fixture
-def conformance(request: pytest.FixtureRequest, vllm_session: VLLMSession,
-                vllm_server: ServerHandle) -> Iterator[PropertyRun]:
-    """One property on one server (runs once per server): requests, validation, replay, ledger."""
-    with Probe(vllm_server.url, vllm_server.api_key) as probe:
-        yield _run_for(request, vllm_session, vllm_server, vllm_server.role, probe)
-
-
-@pytest.fixture
-def conformance_pair(request: pytest.FixtureRequest, vllm_session: VLLMSession,
-                     server_pair: Any) -> Iterator[tuple[PropertyRun, PropertyRun]]:
-    """One property on both servers at once: (base run, compressed run), one ledger row."""
-    with Probe(server_pair.base.url, server_pair.base.api_key) as base_probe, \
-            Probe(server_pair.compressed.url, server_pair.compressed.api_key) as compressed_probe:
-        compressed = _run_for(request, vllm_session, server_pair.compressed, "base vs compressed", compressed_probe)
-        base = _run_for(request, vllm_session, server_pair.base, "base vs compressed", base_probe,
-                        peers=(compressed,))
-        yield base, compressed
 
 
 def usage_tokens(outcome: Outcome) -> int:

@@ -24,20 +24,21 @@ A value is a number (``0.97``), a string with the key's operator (``">= 0.97"``,
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pytest_vllm.accuracy.stats import DEFAULT_CONFIDENCE, Recovery
 from pytest_vllm.errors import UsageError, parse_each
+from pytest_vllm.gating import BudgetMarker, Op, Outcome, Verdict, split_operator
 
-MARKER = "vllm_accuracy_budget"
-MARKER_HELP = (f"{MARKER}(**budgets): accuracy budgets of this test, e.g. recovery=0.97, recovery_facts=\"off\", "
-               "kl_mean=\"<= 0.1\", top1_agreement=0.9 (keys: recovery[_<set>], history[_<set>], top1_agreement, "
-               "kl_mean, kl_p99, ppl_ratio, greedy_topk, min_score[_<set>]; see pytest_vllm/accuracy/budgets.py)")
+MARKER_NAME = "vllm_accuracy_budget"
+MARKER_HELP = (f"{MARKER_NAME}(**budgets): accuracy budgets of this test, e.g. recovery=0.97, "
+               "recovery_facts=\"off\", kl_mean=\"<= 0.1\", top1_agreement=0.9 (keys: recovery[_<set>], "
+               "history[_<set>], top1_agreement, kl_mean, kl_p99, ppl_ratio, greedy_topk, min_score[_<set>]; see "
+               "pytest_vllm/accuracy/budgets.py)")
 
-Op = Literal[">=", "<="]
 Gate = Literal["upper", "lower", "point"]
 GATES: tuple[str, ...] = ("upper", "lower", "point")
 
@@ -62,7 +63,7 @@ KEYS: dict[str, KeySpec] = {
     "min_score": KeySpec(">=", None, "absolute floor on either model's score (a warning, not a failure)",
                          per_set=True, warn_only=True),
 }
-_VALUE = re.compile(r"^\s*(?P<op><=|>=)?\s*(?P<value>[0-9]*\.?[0-9]+(?:[eE]-?[0-9]+)?)\s*$")
+_VALUE = re.compile(r"^[0-9]*\.?[0-9]+(?:[eE]-?[0-9]+)?$")
 OFF = ("off", "none", "disabled")
 
 
@@ -107,21 +108,27 @@ def parse_budget(key: str, raw: object, set_names: Iterable[str], where: str = "
         return AccuracyBudget(key, spec.op, None, str(raw))
     if isinstance(raw, bool):
         raise UsageError(f"{where}accuracy budget {key}={raw!r}: give a number such as {spec.op} 0.9, or \"off\"")
-    match = _VALUE.match(str(raw))
-    if match is None:
+    given_op, number = split_operator(raw)
+    if not _VALUE.match(number):
         raise UsageError(f"{where}accuracy budget {key}={raw!r}: write a number ({spec.op} is implied), "
                          f"\"{spec.op} 0.9\", or \"off\"")
-    op = match.group("op") or spec.op
+    op = given_op or spec.op
     if op != spec.op:
         kind = "a lower limit" if spec.op == ">=" else "an upper limit"
         raise UsageError(f"{where}accuracy budget {key}={raw!r}: {split[0]} is {kind}; write \"{spec.op} "
-                         f"{match.group('value')}\"")
-    return AccuracyBudget(key, spec.op, float(match.group("value")), str(raw))
+                         f"{number}\"")
+    return AccuracyBudget(key, spec.op, float(number), str(raw))
 
 
 def parse_budgets(spec: Mapping[str, object], set_names: Iterable[str], where: str = "") -> dict[str, AccuracyBudget]:
     names = set(set_names)
     return parse_each(spec, lambda key, raw: parse_budget(key, raw, names, where))
+
+
+def budget_marker(set_names: Callable[[], Iterable[str]]) -> BudgetMarker:
+    """The ``vllm_accuracy_budget`` marker for the budget core; per-set keys checked against
+    ``set_names()`` (the eval sets and lm-eval tasks the run's settings know)."""
+    return BudgetMarker(MARKER_NAME, MARKER_HELP, lambda kwargs, where: parse_budgets(kwargs, set_names(), where))
 
 
 def defaults() -> dict[str, AccuracyBudget]:
@@ -148,20 +155,13 @@ class BudgetBook:
         return self.budgets[key]
 
 
-@dataclass(frozen=True)
-class Verdict:
-    passed: bool
-    label: str  # PASS, FAIL, "PASS (inconclusive)", ..., "-" without budget
-    note: str = ""
-
-
 def judge_interval(recovery: Recovery, budget: AccuracyBudget, gate: Gate) -> Verdict:
     """A recovery (or history ratio) against its budget, by the gate rule of the module docstring."""
     if budget.off:
-        return Verdict(True, "-", "no budget")
+        return Verdict(Outcome.NO_BUDGET, "no budget")
     assert budget.value is not None
     if recovery.value is None or recovery.lower is None or recovery.upper is None:
-        return Verdict(True, "n/a", "the reference scored 0: no ratio")
+        return Verdict(Outcome.NOT_JUDGED, "the reference scored 0: no ratio")
     sure_pass = recovery.lower >= budget.value
     sure_fail = recovery.upper < budget.value
     if gate == "upper":
@@ -170,18 +170,16 @@ def judge_interval(recovery: Recovery, budget: AccuracyBudget, gate: Gate) -> Ve
         passed = sure_pass
     else:
         passed = recovery.value >= budget.value
-    label = "PASS" if passed else "FAIL"
     if not (sure_pass or sure_fail):
-        return Verdict(passed, f"{label} (inconclusive)", f"the {recovery.confidence:.0%} interval "
-                       f"[{recovery.lower:.3f}, {recovery.upper:.3f}] contains the budget {budget.value:g}")
-    return Verdict(passed, label)
+        return Verdict.of(passed, f"the {recovery.confidence:.0%} interval [{recovery.lower:.3f}, "
+                          f"{recovery.upper:.3f}] contains the budget {budget.value:g}", inconclusive=True)
+    return Verdict.of(passed)
 
 
 def judge_value(value: float, budget: AccuracyBudget) -> Verdict:
     if budget.off:
-        return Verdict(True, "-", "no budget")
-    passed = budget.holds(value)
-    return Verdict(passed, "PASS" if passed else "FAIL")
+        return Verdict(Outcome.NO_BUDGET, "no budget")
+    return Verdict.of(budget.holds(value))
 
 
 # -- settings ------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from pytest_vllm.errors import VLLMPluginError
-from pytest_vllm.server.handle import ServerHandle, http_limits
+from pytest_vllm.server.handle import ServerHandle, http_limits, token_ids, tokenize_request
 
 TIMEOUT_S = 600.0
 SEED = 1234
@@ -89,9 +89,11 @@ class EvalClient:
         return str(data["choices"][0]["text"])
 
     async def tokenize(self, text: str, special: bool) -> list[int]:
-        data = await self._post("/tokenize", {"model": self.server.model, "prompt": text,
-                                              "add_special_tokens": special})
-        return [int(t) for t in data["tokens"]]
+        data = await self._post("/tokenize", tokenize_request(self.server.model, text, special=special))
+        ids = token_ids(data)
+        if ids is None:
+            raise EvalRequestError(f"{self.server.describe()}: /tokenize answered no token ids: {str(data)[:200]}")
+        return ids
 
     async def prompt_logprobs(self, prompts: Sequence[Sequence[int]],
                               top_k: int) -> list[list[PositionLogprobs | None]]:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,21 +18,23 @@ from pytest_vllm import baselines
 from pytest_vllm.accuracy import agreement as agreement_mod
 from pytest_vllm.accuracy import history as history_mod
 from pytest_vllm.accuracy.budgets import (
-    MARKER,
     AccuracyBudget,
     AccuracySettings,
     BudgetBook,
-    Verdict,
+    budget_marker,
     judge_interval,
     judge_value,
     known_set_names,
     parse_budgets,
 )
-from pytest_vllm.accuracy.engine import Engine, Reference, Scored
+from pytest_vllm.accuracy.engine import Reference, Scored
 from pytest_vllm.accuracy.evalsets import resolve
-from pytest_vllm.accuracy.stats import PairedCounts, Recovery, recovery_interval
+from pytest_vllm.accuracy.report import agreement_table, history_table, recovery_table, render
+from pytest_vllm.accuracy.results import AccuracyState, AgreementCheck, HistoryCheck, RecoveryCheck
+from pytest_vllm.accuracy.stats import PairedCounts, recovery_interval
 from pytest_vllm.accuracy.tasks import run
 from pytest_vllm.errors import BaselineError, UsageError, VLLMPluginError
+from pytest_vllm.gating import Outcome, Verdict, closest_wins
 from pytest_vllm.server.handle import ServerHandle
 
 # Below this many right answers on the base model, a recovery ratio is mostly noise: warned about.
@@ -43,86 +43,6 @@ FEW_RIGHT = 10
 
 class AccuracyWarning(UserWarning):
     """An absolute score below its floor, or a score that cannot be judged: reported, never fatal."""
-
-
-@dataclass
-class RecoveryCheck:
-    nodeid: str
-    scored_base: Scored
-    scored_compressed: Scored
-    metric: str
-    recovery: Recovery
-    budget: AccuracyBudget
-    verdict: Verdict
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def label(self) -> str:
-        return f"{self.scored_base.label} {self.metric}"
-
-    @property
-    def n(self) -> int:
-        return self.recovery.counts.n
-
-
-@dataclass
-class HistoryCheck:
-    nodeid: str
-    scored: Scored
-    metric: str
-    baseline_score: float | None
-    ratio: Recovery | None
-    budget: AccuracyBudget
-    verdict: Verdict
-    note: str = ""
-    path: Path | None = None
-
-    @property
-    def label(self) -> str:
-        return f"{self.scored.label} {self.metric}"
-
-
-@dataclass
-class AgreementCheck:
-    nodeid: str
-    result: agreement_mod.AgreementResult
-    rows: list[tuple[str, float, AccuracyBudget, Verdict]]
-    models: tuple[str, str]
-
-    @property
-    def passed(self) -> bool:
-        return all(v.passed for _, _, _, v in self.rows)
-
-
-@dataclass
-class AccuracyState:
-    """Everything the accuracy gates measured in this session (the report reads it)."""
-
-    settings: AccuracySettings
-    engine: Engine
-    gpu: str
-    environment: dict[str, Any]
-    baseline_dir: Path
-    update: bool
-    recoveries: list[RecoveryCheck] = field(default_factory=list)
-    histories: list[HistoryCheck] = field(default_factory=list)
-    agreements: list[AgreementCheck] = field(default_factory=list)
-    written: list[Path] = field(default_factory=list)
-
-    def section(self) -> Any:
-        from pytest_vllm.accuracy.report import section
-
-        return section(self)
-
-
-def marker_budgets(item: pytest.Item, set_names: Sequence[str]) -> dict[str, AccuracyBudget]:
-    """``vllm_accuracy_budget`` markers of ``item``, farthest first so the closest wins."""
-    merged: dict[str, AccuracyBudget] = {}
-    for marker in reversed(list(item.iter_markers(name=MARKER))):
-        if marker.args:
-            raise UsageError(f"{item.nodeid}: {MARKER} takes keyword arguments only (recovery=0.97, ...)")
-        merged.update(parse_budgets(marker.kwargs, set_names, where=f"{item.nodeid}: "))
-    return merged
 
 
 def _describe(exc: VLLMPluginError) -> str:
@@ -144,7 +64,7 @@ class AccuracyGate:
         self._state = state
         self._item = item
         self._set_names = known_set_names(state.settings.eval_dirs, state.settings.lmeval_tasks)
-        self._markers = marker_budgets(item, self._set_names)
+        self._markers: dict[str, AccuracyBudget] = closest_wins(item, budget_marker(lambda: self._set_names))
 
     @property
     def settings(self) -> AccuracySettings:
@@ -189,8 +109,6 @@ class AccuracyGate:
             for message in check.warnings:
                 warnings.warn(AccuracyWarning(message), stacklevel=2)
         if not all(c.verdict.passed for c in checks):
-            from pytest_vllm.accuracy.report import recovery_table, render
-
             failed = [c.label for c in checks if not c.verdict.passed]
             pytest.fail(f"accuracy recovery out of budget ({', '.join(failed)}):\n"
                         + render(recovery_table(checks, self.settings)), pytrace=False)
@@ -206,7 +124,7 @@ class AccuracyGate:
     # -- history ---------------------------------------------------------------------------------
     def history(self, server: ServerHandle, *refs: Reference,
                 budgets: Mapping[str, object] | None = None) -> list[HistoryCheck]:
-        """Gate ``server``'s scores against the baselines stored for this GPU, model and test;
+        """Gate ``server``'s scores against the baselines stored for this GPU profile, model and test;
         with ``--update-baselines``, record them instead."""
         book = self.budgets(budgets)
         (scores,) = self.scores([server], refs)
@@ -225,15 +143,13 @@ class AccuracyGate:
                 state.written.append(path)
                 for metric in scored.metrics:
                     checks.append(HistoryCheck(self._item.nodeid, scored, metric, scored.score(metric), None,
-                                               book.for_set("history", scored.name), Verdict(True, "recorded"),
+                                               book.for_set("history", scored.name), Verdict(Outcome.RECORDED),
                                                f"baseline written to {path}", path))
                 continue
             checks += self._compare_history(server, scored, key, book)
         state.histories += checks
         failed = [c for c in checks if not c.verdict.passed]
         if failed:
-            from pytest_vllm.accuracy.report import history_table, render
-
             pytest.fail(f"the {server.role} model's accuracy is out of budget against its baseline "
                         f"({', '.join(c.label for c in failed)}):\n" + render(history_table(checks, self.settings)),
                         pytrace=False)
@@ -258,7 +174,7 @@ class AccuracyGate:
             budget = book.for_set("history", scored.name)
             if stored is None:
                 message = note or (f"no baseline for {key.entry_name} in {path}; record one with --update-baselines")
-                verdict = Verdict(not self.settings.require_baseline, "no baseline", message)
+                verdict = self._no_baseline(message)
                 checks.append(HistoryCheck(self._item.nodeid, scored, metric, None, None, budget, verdict, message,
                                            path))
                 continue
@@ -266,7 +182,7 @@ class AccuracyGate:
             if counts is None:
                 message = f"the baseline in {path} has no per-item results for {metric}; re-record it"
                 checks.append(HistoryCheck(self._item.nodeid, scored, metric, stored.median(metric), None, budget,
-                                           Verdict(not self.settings.require_baseline, "no baseline", message),
+                                           self._no_baseline(message),
                                            message, path))
                 continue
             ratio = recovery_interval(counts, self.settings.confidence)
@@ -274,6 +190,10 @@ class AccuracyGate:
                                        judge_interval(ratio, budget, self.settings.gate),
                                        f"baseline {path} (recorded {stored.recorded})", path))
         return checks
+
+    def _no_baseline(self, message: str) -> Verdict:
+        """A score without a baseline: a note, or a failure where the settings require one."""
+        return Verdict(Outcome.FAIL if self.settings.require_baseline else Outcome.NO_BASELINE, message)
 
     # -- logprob agreement -------------------------------------------------------------------------
     def agreement(self, pair: Any, corpus: Reference = "agreement_corpus", prompts: Reference = "greedy_prompts",
@@ -302,8 +222,6 @@ class AccuracyGate:
         check = AgreementCheck(self._item.nodeid, result, rows, (base.model, compressed.model))
         self._state.agreements.append(check)
         if not check.passed:
-            from pytest_vllm.accuracy.report import agreement_table, render
-
             failed = [m for m, _, _, v in rows if not v.passed]
             pytest.fail(f"logprob agreement out of budget ({', '.join(failed)}):\n" + render(agreement_table(check)),
                         pytrace=False)

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_vllm.accuracy.agreement import METRICS as AGREEMENT_METRICS
 from pytest_vllm.accuracy.budgets import AccuracySettings
+from pytest_vllm.accuracy.results import AccuracyState, AgreementCheck, HistoryCheck, RecoveryCheck
 from pytest_vllm.report.tables import Table, render_text
 
 if TYPE_CHECKING:
-    from pytest_vllm.accuracy.gate import AccuracyState, AgreementCheck, HistoryCheck, RecoveryCheck
     from pytest_vllm.report.writer import Section
 
 GATE_NOTES = {
@@ -49,7 +49,7 @@ def recovery_table(checks: Sequence[RecoveryCheck], settings: AccuracySettings) 
         counts = check.recovery.counts
         table.add(check.label, counts.n, _f(check.scored_base.score(check.metric)),
                   _f(check.scored_compressed.score(check.metric)), _f(check.recovery.value),
-                  _f(check.recovery.lower), _f(check.recovery.upper), check.budget.describe(), check.verdict.label)
+                  _f(check.recovery.lower), _f(check.recovery.upper), check.budget.describe(), check.verdict)
         pair = f"base {check.scored_base.model}, compressed {check.scored_compressed.model}"
         if pair not in models:
             models.append(pair)
@@ -70,7 +70,7 @@ def history_table(checks: Sequence[HistoryCheck], settings: AccuracySettings) ->
         table.add(check.label, check.scored.role, check.scored.n(check.metric), _f(check.baseline_score),
                   _f(check.scored.score(check.metric)), _f(ratio.value if ratio else None),
                   _f(ratio.lower if ratio else None), _f(ratio.upper if ratio else None), check.budget.describe(),
-                  check.verdict.label)
+                  check.verdict)
     notes = list(dict.fromkeys(c.note for c in checks if c.note))
     table.notes += notes
     table.notes.append(interval_note(settings))
@@ -82,7 +82,7 @@ def agreement_table(check: AgreementCheck) -> Table:
     values = result.values()
     table = Table("accuracy: logprob agreement (base -> compressed)", ["Metric", "Value", "Budget", "Verdict"])
     for metric, value, budget, verdict in check.rows:
-        table.add(metric, _f(value, 4), budget.describe(), verdict.label)
+        table.add(metric, _f(value, 4), budget.describe(), verdict)
     mismatches = [g.mismatch_at for g in result.greedy if g.mismatch_at is not None]
     table.notes += [
         f"models: base {check.models[0]}, compressed {check.models[1]}",

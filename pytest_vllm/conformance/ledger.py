@@ -1,7 +1,7 @@
 """The conformance ledger: per property and server, how many examples ran and the verdict.
 
-It lives in the pytest config's stash, is created on the first conformance test, and adds itself
-to the session's report providers, so the terminal summary, results.json, summary.md and
+It lives in the pytest config's stash (``conformance.plugin``), is created on the first
+conformance test, and gives the session its report section, so the terminal summary, results.json, summary.md and
 report.html list every property with its examples and verdict for each server. Verdicts come from
 pytest's own reports (a small hook object registered with the plugin manager), so a property that
 errors in setup or is skipped shows as such instead of vanishing.
@@ -9,7 +9,6 @@ errors in setup or is skipped shows as such instead of vanishing.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -110,18 +109,3 @@ def _first_line(report: pytest.TestReport) -> str:
     message = crash.message if crash is not None else str(report.longrepr)
     first = next((line for line in message.splitlines() if line.strip()), "")
     return first[:200]
-
-
-LEDGER_KEY = pytest.StashKey["Ledger"]()
-
-
-def ledger_for(config: pytest.Config, profile: str, add_section: Callable[[Callable[[], Section | None]], None]
-               ) -> Ledger:
-    """The run's ledger, created (and hooked into pytest and the reports) on first use."""
-    ledger = config.stash.get(LEDGER_KEY, None)
-    if ledger is None:
-        ledger = Ledger(profile=profile)
-        config.stash[LEDGER_KEY] = ledger
-        config.pluginmanager.register(ledger, name="pytest-vllm-conformance-ledger")
-        add_section(ledger.section)
-    return ledger

@@ -10,16 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 from pytest_vllm.conformance.probe import Probe
+from pytest_vllm.server.handle import token_ids, tokenize_request
 
 
 def tokenize(probe: Probe, model: str, text: str) -> list[int] | None:
     """The ids of ``text`` without special tokens, or None when the server has no /tokenize."""
-    exchange = probe.post("/tokenize", {"model": model, "prompt": text, "add_special_tokens": False})
-    document = _document(exchange.status, exchange)
-    tokens = document.get("tokens") if isinstance(document, dict) else None
-    if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
-        return None
-    return tokens
+    exchange = probe.post("/tokenize", tokenize_request(model, text, special=False))
+    return token_ids(_document(exchange.status, exchange))
 
 
 def detokenize(probe: Probe, model: str, ids: list[int]) -> str | None:

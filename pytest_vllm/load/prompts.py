@@ -13,12 +13,12 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 
 from pytest_vllm.errors import UsageError
 from pytest_vllm.load.workload import Workload
+from pytest_vllm.server.handle import token_ids, tokenize_request
 
 WORDS = (
     "time year people way day man thing woman life child world school state family student group "
@@ -58,15 +58,11 @@ class PromptFactory:
 
     async def _tokenize(self, text: str | None = None, messages: list[dict[str, str]] | None = None,
                         special: bool = True) -> list[int]:
-        body: dict[str, Any] = {"model": self._model}
-        if messages is not None:
-            body |= {"messages": messages, "add_generation_prompt": True}
-        else:
-            body |= {"prompt": text, "add_special_tokens": special}
-        response = await self._http.post("/tokenize", json=body)
-        if response.status_code != 200:
+        response = await self._http.post("/tokenize", json=tokenize_request(self._model, text, messages, special))
+        ids = token_ids(response.json()) if response.status_code == 200 else None
+        if ids is None:
             raise UsageError(f"the server's /tokenize answered {response.status_code}: {response.text[:300]}")
-        return list(response.json()["tokens"])
+        return ids
 
     async def tokenizer_fingerprint(self) -> tuple[int, ...]:
         """The token ids of TOKENIZER_PROBE: equal for servers whose prompts may be shared."""

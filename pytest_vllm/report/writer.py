@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pytest_vllm.gating import Verdict
 from pytest_vllm.report.tables import Table, render_markdown, render_text
 
 
@@ -76,7 +77,8 @@ def _html(sections: Sequence[Section], run_info: dict[str, Any], images: dict[st
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>pytest-vllm report</title>",
              "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;"
              "margin-bottom:1.5em;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-             "td:first-child,th:first-child{text-align:left}.FAIL{background:#fdd}.ok,.PASS{background:#dfd}"
+             "td:first-child,th:first-child{text-align:left}.FAIL{background:#fdd}.PASS{background:#dfd}"
+             ".NOT_JUDGED,.NO_BASELINE{background:#ffd}"
              "</style></head><body>",
              f"<h1>pytest-vllm report: {html.escape(str(run_info.get('verdict', '')))}</h1>",
              f"<p>{html.escape(json.dumps(run_info, default=str))}</p>",
@@ -87,7 +89,7 @@ def _html(sections: Sequence[Section], run_info: dict[str, Any], images: dict[st
                          + "".join(f"<th>{html.escape(c)}</th>" for c in table.columns) + "</tr>")
             for row in table.rows:
                 parts.append("<tr>" + "".join(
-                    f"<td class='{html.escape(c) if c in ('ok', 'FAIL', 'PASS') else ''}'>{html.escape(c)}</td>"
+                    f"<td class='{c.outcome.name if isinstance(c, Verdict) else ''}'>{html.escape(str(c))}</td>"
                     for c in row) + "</tr>")
             parts.append("</table>" + "".join(f"<p>{html.escape(n)}</p>" for n in table.notes))
     for name, png in images.items():

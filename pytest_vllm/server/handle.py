@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import httpx
 
@@ -80,6 +80,17 @@ class ServerHandle:
         with self.http(timeout=30) as http:
             return counter_value(http.get("/metrics").text, name, **labels)
 
+    def tokenize(self, text: str | None = None, messages: list[dict[str, str]] | None = None,
+                 special: bool = True) -> list[int]:
+        """The served model's token ids of ``text`` (or of a chat's ``messages`` with the generation
+        prompt), through vLLM's ``/tokenize``; UsageError when the server has none."""
+        with self.http(timeout=60) as http:
+            response = http.post("/tokenize", json=tokenize_request(self.model, text, messages, special))
+        ids = token_ids(response.json()) if response.status_code == 200 else None
+        if ids is None:
+            raise UsageError(f"{self.describe()}: /tokenize answered {response.status_code}: {response.text[:300]}")
+        return ids
+
     def http(self, timeout: float = DEFAULT_TIMEOUT) -> httpx.Client:
         """A raw HTTP client on the server root, for endpoints the SDK lacks (/health, /tokenize)."""
         headers = {"Authorization": f"Bearer {self.api_key}"}
@@ -95,6 +106,29 @@ class ServerHandle:
     def describe(self) -> str:
         where = "remote " if self.is_remote else ""
         return f"{where}{self.role} server {self.model} at {self.url}"
+
+
+def tokenize_request(model: str, text: str | None = None, messages: list[dict[str, str]] | None = None,
+                     special: bool = True) -> dict[str, Any]:
+    """The body of a ``POST /tokenize`` (vLLM's extension; every client of it builds it here)."""
+    if messages is not None:
+        return {"model": model, "messages": messages, "add_generation_prompt": True}
+    return {"model": model, "prompt": text, "add_special_tokens": special}
+
+
+def token_ids(document: Any) -> list[int] | None:
+    """The ids in a ``/tokenize`` answer, or None when it holds none."""
+    tokens = document.get("tokens") if isinstance(document, dict) else None
+    if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
+        return None
+    return tokens
+
+
+class ServerPair(NamedTuple):
+    """The base and compressed servers of one configuration (the ``server_pair`` fixture)."""
+
+    base: ServerHandle
+    compressed: ServerHandle
 
 
 def connect_remote(role: str, url: str, api_key: str) -> ServerHandle:

@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 
@@ -26,20 +27,26 @@ from pytest_vllm.server.spec import ServerSpec
 
 PROGRESS_EVERY = 30.0  # seconds between "still booting" lines
 
-# (spec, port, slot) -> what to execute; slot is the lowest index no running server holds, so a
-# planner can give concurrent servers disjoint CPU cores or GPUs.
-Planner = Callable[[ServerSpec, int, int], LaunchPlan]
+
+class LaunchPolicy(Protocol):
+    """What the pool asks of a launcher (``launcher.Launcher``; a fake one in unit tests)."""
+
+    @property
+    def boot_order(self) -> BootOrder: ...
+
+    def plan(self, spec: ServerSpec, port: int, slot: int, slots: int) -> LaunchPlan:
+        """What to execute; ``slot`` is the lowest index no running server holds, of ``slots``, so
+        concurrent servers can get disjoint CPU cores or GPUs."""
+        ...
 
 
 class ServerPool:
-    def __init__(self, *, planner: Planner, log_dir: Path, startup_timeout: float, stop_grace: float,
-                 boot_order: BootOrder = BootOrder.PARALLEL, max_resident: int = 2,
-                 say: Callable[[str], None] = lambda _: None) -> None:
-        self._planner = planner
+    def __init__(self, *, launcher: LaunchPolicy, log_dir: Path, startup_timeout: float, stop_grace: float,
+                 max_resident: int = 2, say: Callable[[str], None] = lambda _: None) -> None:
+        self._launcher = launcher
         self._log_dir = log_dir
         self._startup_timeout = startup_timeout
         self._stop_grace = stop_grace
-        self._boot_order = boot_order
         self.max_resident = max_resident
         self._say = say
         self._servers: dict[ServerSpec, VLLMServer] = {}
@@ -49,7 +56,6 @@ class ServerPool:
         self._in_use: dict[str, set[ServerSpec]] = {}
         self._families: dict[ServerSpec, str] = {}
         self._lock = threading.RLock()
-        self.boot_seconds: dict[ServerSpec, float] = {}
 
     # -- planning --------------------------------------------------------------------------
     def plan(self, needs: Mapping[str, Sequence[ServerSpec]], families: Mapping[ServerSpec, str]) -> None:
@@ -58,9 +64,6 @@ class ServerPool:
         self._needs = {nodeid: tuple(specs) for nodeid, specs in needs.items()}
         self._remaining = Counter(spec for specs in self._needs.values() for spec in set(specs))
         self._families = dict(families)
-
-    def remaining_uses(self, spec: ServerSpec) -> int:
-        return self._remaining.get(spec, 0)
 
     # -- use ---------------------------------------------------------------------------------
     def get(self, spec: ServerSpec, nodeid: str) -> VLLMServer:
@@ -138,11 +141,12 @@ class ServerPool:
             port = free_port()
             slot = self._free_slot()
             log_path = self._log_dir / f"{spec.role}-{spec.key}.log"
-            server = VLLMServer(spec, self._planner(spec, port, slot), port, log_path, stop_grace=self._stop_grace)
+            plan = self._launcher.plan(spec, port, slot, self.max_resident)
+            server = VLLMServer(spec, plan, port, log_path, stop_grace=self._stop_grace)
             server.slot = slot
             self._servers[spec] = server
             servers.append(server)
-        if boots_in_parallel(self._boot_order, [s.plan for s in servers]):
+        if boots_in_parallel(self._launcher.boot_order, [s.plan for s in servers]):
             for server in servers:
                 self._start(server)
             self._wait(servers)
@@ -178,7 +182,6 @@ class ServerPool:
                         waiting.remove(server)
                         continue
                     if ready:
-                        self.boot_seconds[server.spec] = server.ready_after or 0.0
                         self._say(f"ready: {server.spec.role} server in {server.ready_after:.0f}s")
                         waiting.remove(server)
                 if waiting and time.monotonic() - last_note >= PROGRESS_EVERY:

@@ -75,7 +75,7 @@ class LaunchPlan:
 
 
 class VLLMServer:
-    """A vLLM server process under a watchdog; ``start`` returns at once, ``wait_ready`` blocks."""
+    """A vLLM server process under a watchdog; ``start`` returns at once, ``check_ready`` probes."""
 
     def __init__(self, spec: ServerSpec, plan: LaunchPlan, port: int, log_path: Path,
                  stop_grace: float = 15.0) -> None:
@@ -111,12 +111,6 @@ class VLLMServer:
             os.close(read_end)
         self._lifeline_w = write_end  # never written; closing it (or dying) stops the server
         self.started_at = time.monotonic()
-
-    def wait_ready(self, timeout: float) -> None:
-        """Block until ready; raise ServerStartError (and stop the server) if it dies or times out."""
-        with httpx.Client(timeout=5.0) as http:
-            while not self.check_ready(http, timeout):
-                time.sleep(0.5)
 
     def check_ready(self, http: httpx.Client, timeout: float) -> bool:
         """One readiness probe: True when ready, False while booting, ServerStartError on failure."""

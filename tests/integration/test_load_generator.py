@@ -10,14 +10,13 @@ import pytest
 
 from pytest_vllm.load.runner import build_prompts, forget_built_prompts, run_async, run_workload
 from pytest_vllm.load.workload import Workload
-from pytest_vllm.metrics import compute
+from pytest_vllm.perf.metrics import compute
 
 pytestmark = pytest.mark.integration
 
 
 def tokens(server, text: str) -> list[int]:
-    with server.http() as http:
-        return http.post("/tokenize", json={"model": server.model, "prompt": text}).json()["tokens"]
+    return server.tokenize(text)
 
 
 @pytest.mark.parametrize("length", [16, 300, 1500])
@@ -69,7 +68,7 @@ def test_closed_loop_run_counts_exact_tokens(base_server) -> None:
     assert [r.prompt_tokens for r in run.records] == [64] * 6
     assert [r.output_tokens for r in run.records] == [12] * 6  # ignore_eos: exact output lengths
     assert all(len(r.chunk_times) >= 2 for r in run.records)
-    result = compute(run.records, run.duration)
+    result = compute(run)
     assert result["completed"] == 6 and result["output_throughput"] > 0 and result["tpot_p50"] > 0
 
 
@@ -77,7 +76,7 @@ def test_open_loop_keeps_its_schedule(base_server) -> None:
     workload = Workload(input_len=32, output_len=4, num_requests=8, concurrency=None, request_rate=4.0, repeats=1)
     run = run_workload(base_server.url, base_server.model, workload).runs[0]
     assert all(r.ok for r in run.records)
-    result = compute(run.records, run.duration)
+    result = compute(run)
     assert result["send_delay_p99"] < 50.0, "absolute-time scheduling: requests leave when they are due"
 
 
@@ -102,6 +101,6 @@ def test_failed_requests_are_recorded_not_hidden(base_server, tmp_path: Path) ->
     run = run_workload(base_server.url, base_server.model + "-missing", workload).runs[0]
     assert all(not r.ok for r in run.records)
     assert all(r.error and r.error.startswith("HTTP 404") for r in run.records), [r.error for r in run.records]
-    assert compute(run.records, run.duration)["failed"] == 2
+    assert compute(run)["failed"] == 2
     with httpx.Client(base_url=base_server.url) as http:
         assert http.get("/health").status_code == 200

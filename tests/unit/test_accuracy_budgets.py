@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -185,35 +184,4 @@ def test_accuracy_entries_round_trip_through_the_baseline_files(tmp_path: Path) 
     assert history.stored_counts(stored, "accuracy", shorter) is None
 
 
-# -- the marker and the pyproject table through pytest itself (no server boots) ---------------------------
-def test_unknown_marker_key_fails_collection(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(textwrap.dedent("""
-        import pytest
 
-        @pytest.mark.vllm_accuracy_budget(recovery=0.97, kl_mena=0.1)
-        def test_x():
-            pass
-    """))
-    result = pytester.runpytest("--gpu", "cpu", "-p", "no:cacheprovider")
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*unknown accuracy budget key 'kl_mena'; valid keys: recovery, history,*"])
-
-
-def test_unknown_pyproject_accuracy_key_is_a_usage_error(pytester: pytest.Pytester) -> None:
-    pytester.makepyprojecttoml("[tool.pytest_vllm.accuracy]\ngates = 'upper'\n")
-    pytester.makepyfile("def test_x():\n    pass\n")
-    result = pytester.runpytest("--gpu", "cpu", "-p", "no:cacheprovider")
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*[[]tool.pytest_vllm.accuracy[]]: unknown key(s) gates; valid keys: confidence*"])
-
-
-def test_valid_marker_collects(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(textwrap.dedent("""
-        import pytest
-
-        @pytest.mark.vllm_accuracy_budget(recovery_facts="off", kl_mean="<= 0.3", greedy_topk=1.0)
-        def test_x():
-            pass
-    """))
-    result = pytester.runpytest("--gpu", "cpu", "-p", "no:cacheprovider", "--strict-markers")
-    assert result.ret == pytest.ExitCode.OK

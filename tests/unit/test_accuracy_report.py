@@ -27,7 +27,7 @@ def test_recovery_table_has_the_issue_columns_and_a_failing_row() -> None:
     table = recovery_table([damaged], AccuracySettings())
     assert table.columns == ["Metric", "n", "Base", "Compressed", "Recovery", "Lower bound", "Upper bound", "Budget",
                              "Verdict"]
-    assert table.rows == [["facts accuracy", "50", "0.800", "0.300", "0.375", f"{damaged.recovery.lower:.3f}",
+    assert table.text_rows() == [["facts accuracy", "50", "0.800", "0.300", "0.375", f"{damaged.recovery.lower:.3f}",
                            f"{damaged.recovery.upper:.3f}", ">= 0.95", "FAIL"]]
     text = render(table)
     assert "accuracy: recovery (compressed / base)" in text and "models: base m-base, compressed m-q" in text

@@ -10,7 +10,8 @@ import pytest
 from pytest_vllm import baselines
 from pytest_vllm.errors import BaselineError
 from pytest_vllm.load.client import RequestRecord
-from pytest_vllm.metrics import RepeatedResult, compute
+from pytest_vllm.perf.metrics import RepeatedResult, compute_records
+from pytest_vllm.perf.results import make_entry
 
 KEY = baselines.BaselineKey("cpu", "smollm2-135m-instruct", "suites/test_perf.py::test_throughput[c4-base]",
                             "throughput_c4", "base")
@@ -18,11 +19,11 @@ KEY = baselines.BaselineKey("cpu", "smollm2-135m-instruct", "suites/test_perf.py
 
 def result(duration: float) -> RepeatedResult:
     rec = RequestRecord(0, 0.0, 0.0, 0.1, [0.1, 0.2, 0.3], output_tokens=3, prompt_tokens=5)
-    return RepeatedResult([compute([rec], duration=d) for d in (duration, duration * 1.1, duration * 0.9)])
+    return RepeatedResult([compute_records([rec], duration=d) for d in (duration, duration * 1.1, duration * 0.9)])
 
 
 def entry(duration: float = 1.0) -> dict:
-    return baselines.make_entry(result(duration), {"key": "srv1", "flags": {}}, {"key": "wl1", "num_requests": 1},
+    return make_entry(result(duration), {"key": "srv1", "flags": {}}, {"key": "wl1", "num_requests": 1},
                                 {"recorded_at": "now"}, KEY.nodeid, "base")
 
 
@@ -95,7 +96,7 @@ def test_git_commit_prefers_the_override_then_git_then_ci_variable(tmp_path: Pat
 
 
 def recorded(duration: float, when: str, **environment: str) -> dict:
-    return baselines.make_entry(result(duration), {"key": "srv1", "flags": {}}, {"key": "wl1", "num_requests": 1},
+    return make_entry(result(duration), {"key": "srv1", "flags": {}}, {"key": "wl1", "num_requests": 1},
                                 {"recorded_at": when, "vllm_version": "0.24.0", **environment}, KEY.nodeid, "base")
 
 

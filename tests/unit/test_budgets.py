@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from pytest_vllm.budgets import GatePolicy, evaluate, parse_budget, parse_budgets
 from pytest_vllm.errors import UsageError
-from pytest_vllm.resolution import Noise
+from pytest_vllm.perf.budgets import GatePolicy, evaluate, parse_budget, parse_budgets
+from pytest_vllm.perf.resolution import Noise
 
 
 def test_relative_budget_with_and_without_operator() -> None:

@@ -74,35 +74,3 @@ def test_a_failing_example_carries_its_requests_as_json_and_curl() -> None:
     assert ledger.records["t::x[base]"].examples == 1
 
 
-def test_failure_output_in_pytest_shows_the_request(pytester: pytest.Pytester) -> None:
-    """End to end through hypothesis and pytest: the report holds the JSON and the curl line."""
-    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
-    pytester.makepyfile('''
-        from hypothesis import strategies as st
-        from pytest_vllm.conformance.ledger import Ledger
-        from pytest_vllm.conformance.probe import Exchange, Probe
-        from pytest_vllm.conformance.profiles import get_profile
-        from pytest_vllm.conformance.replay import encode_body
-        from pytest_vllm.conformance.runner import PropertyRun
-
-        def test_property():
-            run = PropertyRun(model="m", probe=Probe("http://127.0.0.1:9"),
-                              record=Ledger().record("n", "p", "base"), profile=get_profile("ci"))
-
-            def check(n):
-                body = {"model": "m", "prompt": "hello", "max_tokens": n}
-                run.probe.history.append(Exchange("POST", "http://127.0.0.1:9/v1/completions", body,
-                                                  encode_body(body), "application/json", "EMPTY"))
-                assert n < 3, "max_tokens was not respected"
-
-            run.run(check, st.integers(0, 10), examples=50)
-    ''')
-    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
-    result.assert_outcomes(failed=1)
-    out = result.stdout.str()
-    assert "max_tokens was not respected" in out
-    assert "requests of this example (replay them with the curl lines):" in out
-    assert '"prompt": "hello",' in out
-    result.stdout.fnmatch_lines(["*curl -sS -X POST http://127.0.0.1:9/v1/completions -H 'Content-Type: "
-                                 "application/json' -H 'Authorization: Bearer EMPTY' --data-binary "
-                                 "'{\"model\":\"m\",\"prompt\":\"hello\",\"max_tokens\":*}'*"])

@@ -103,7 +103,7 @@ def gpu_session(tmp_path: Path, weight_bytes: int) -> tuple[VLLMSession, ServerS
 
 def test_gpu_launch_fixes_the_kv_cache_outside_the_spec(tmp_path: Path) -> None:
     session, spec = gpu_session(tmp_path, 540 * MIB)
-    launch = session.launch_plan(spec, port=8000, slot=0)
+    launch = session.launcher.plan(spec, port=8000, slot=0, slots=2)
     assert launch.boots_beside_others and "KV cache fixed at" in launch.note
     kv = int(launch.argv[launch.argv.index("--kv-cache-memory-bytes") + 1])
     assert kv == pinned_kv_cache_bytes(spec.model, spec.flag_dict, 81559 * MIB)
@@ -113,13 +113,13 @@ def test_gpu_launch_fixes_the_kv_cache_outside_the_spec(tmp_path: Path) -> None:
 
 def test_gpu_launch_without_an_estimate_profiles_and_boots_alone(tmp_path: Path) -> None:
     session, spec = gpu_session(tmp_path, 30 * GIB)  # more than its 0.42 share leaves room for
-    launch = session.launch_plan(spec, port=8000, slot=0)
+    launch = session.launcher.plan(spec, port=8000, slot=0, slots=2)
     assert not launch.boots_beside_others and "--kv-cache-memory-bytes" not in launch.argv
 
 
 def test_gpu_launch_keeps_a_kv_cache_size_the_marker_gives(tmp_path: Path) -> None:
     session, _ = gpu_session(tmp_path, 540 * MIB)
     spec = session.spec_for("base", [MarkerFlags(flags={"kv_cache_memory_bytes": 3 * GIB})], model="any/hub-model")
-    launch = session.launch_plan(spec, port=8000, slot=0)
+    launch = session.launcher.plan(spec, port=8000, slot=0, slots=2)
     assert launch.boots_beside_others and launch.note == ""
     assert launch.argv[launch.argv.index("--kv-cache-memory-bytes") + 1] == str(3 * GIB)

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_vllm.bench import Measurement, failure_text, host_note
-from pytest_vllm.budgets import evaluate, parse_budget
 from pytest_vllm.load.client import RequestRecord
 from pytest_vllm.load.host import HostCPUTimes, steal_share
 from pytest_vllm.load.workload import Workload
-from pytest_vllm.metrics import RepeatedResult, compute
+from pytest_vllm.perf.budgets import evaluate, parse_budget
+from pytest_vllm.perf.judge import failure_text, host_note
+from pytest_vllm.perf.metrics import RepeatedResult, compute_records
+from pytest_vllm.perf.results import Measurement
 
 
 def test_steal_share_is_stolen_over_elapsed_cpu_time() -> None:
@@ -30,7 +31,7 @@ def _measurement(steal: float) -> Measurement:
     """A measurement built from hand-made records (a test double for exact numbers)."""
     records = [RequestRecord(index=0, scheduled_at=0.0, sent_at=0.0, first_token_at=0.1, chunk_times=[0.1, 0.2],
                              output_tokens=2, prompt_tokens=10)]
-    result = RepeatedResult([compute(records, duration=1.0, host_steal=steal)])
+    result = RepeatedResult([compute_records(records, duration=1.0, host_steal=steal)])
     measurement = Measurement("suites/test_perf.py::t", "base", "m", Workload(name="w"), result, "k", {})
     budget = parse_budget("output_throughput", ">= baseline * 0.75")
     measurement.checks.append(evaluate(budget, 1.0, 2.0))

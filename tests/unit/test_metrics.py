@@ -12,7 +12,7 @@ import pytest
 
 from pytest_vllm.load.client import RequestRecord
 from pytest_vllm.load.runner import RunResult
-from pytest_vllm.metrics import METRICS, RepeatedResult, compute, compute_run
+from pytest_vllm.perf.metrics import METRICS, RepeatedResult, compute, compute_records
 from pytest_vllm.server.counters import PrefixCacheCounts
 
 
@@ -27,7 +27,7 @@ def test_definitions_on_exact_timings() -> None:
         record(0, 0.0, [0.1, 0.2, 0.3, 0.4], tokens=4),  # ttft 100ms, e2el 400ms, tpot 100ms
         record(1, 0.0, [0.2, 0.25, 0.3], tokens=3),  # ttft 200ms, e2el 300ms, tpot 50ms
     ]
-    result = compute(records, duration=2.0)
+    result = compute_records(records, duration=2.0)
     assert result["ttft_mean"] == pytest.approx(150.0)
     assert result["ttft_p50"] == pytest.approx(150.0)
     assert result["e2el_mean"] == pytest.approx(350.0)
@@ -42,14 +42,14 @@ def test_definitions_on_exact_timings() -> None:
 
 
 def test_one_token_requests_have_no_tpot_but_count_for_throughput() -> None:
-    result = compute([record(0, 0.0, [0.5], tokens=1), record(1, 0.0, [0.1, 0.3], tokens=2)], duration=1.0)
+    result = compute_records([record(0, 0.0, [0.5], tokens=1), record(1, 0.0, [0.1, 0.3], tokens=2)], duration=1.0)
     assert result["tpot_mean"] == pytest.approx(200.0)  # only the 2-token request has a TPOT
     assert result["output_throughput"] == pytest.approx(3.0)
 
 
 def test_failures_are_counted_and_kept_out_of_latencies() -> None:
     records = [record(0, 0.0, [0.1, 0.2], tokens=2), record(1, 0.0, [], tokens=0, error="HTTP 500: boom")]
-    result = compute(records, duration=1.0)
+    result = compute_records(records, duration=1.0)
     assert result["failed"] == 1 and result["completed"] == 1
     assert result.errors == ["request 1: HTTP 500: boom"]
     assert result["ttft_mean"] == pytest.approx(100.0)
@@ -57,35 +57,35 @@ def test_failures_are_counted_and_kept_out_of_latencies() -> None:
 
 def test_goodput_counts_requests_meeting_every_slo() -> None:
     records = [record(0, 0.0, [0.1, 0.2], tokens=2), record(1, 0.0, [0.3, 0.9], tokens=2)]
-    result = compute(records, duration=1.0, slo_ms={"ttft": 200, "tpot": 500})
+    result = compute_records(records, duration=1.0, slo_ms={"ttft": 200, "tpot": 500})
     assert result["goodput"] == pytest.approx(1.0)  # request 1 misses both SLOs
 
 
 def test_send_delay_and_client_cost() -> None:
     late = RequestRecord(index=0, scheduled_at=1.0, sent_at=1.05, first_token_at=1.1, chunk_times=[1.1, 1.2],
                          output_tokens=2, prompt_tokens=1)
-    result = compute([late], duration=1.0, client_cpu_s=0.002, loop_lag_mean_s=0.001, loop_lag_max_s=0.2)
+    result = compute_records([late], duration=1.0, client_cpu_s=0.002, loop_lag_mean_s=0.001, loop_lag_max_s=0.2)
     assert result["send_delay_p99"] == pytest.approx(50.0)
     assert result["client_cpu_us_per_token"] == pytest.approx(1000.0)
     assert not result.client_saturated
-    assert compute([late], duration=1.0, client_cpu_s=0.95).client_saturated
-    assert compute([late], duration=1.0, loop_lag_mean_s=0.02).client_saturated
+    assert compute_records([late], duration=1.0, client_cpu_s=0.95).client_saturated
+    assert compute_records([late], duration=1.0, loop_lag_mean_s=0.02).client_saturated
 
 
 def test_every_value_is_a_declared_metric() -> None:
-    result = compute([record(0, 0.0, [0.1, 0.2], tokens=2)], duration=1.0)
+    result = compute_records([record(0, 0.0, [0.1, 0.2], tokens=2)], duration=1.0)
     assert set(result.values) == set(METRICS) - {"prefix_cache_hit_rate"}  # only from a server's counters
 
 
 def test_a_run_records_its_prefix_cache_hit_share_only_where_counted() -> None:
     records = [record(0, 0.0, [0.1, 0.2], tokens=2)]
     counted = RunResult(records, 0.0, 1.0, prefix_cache=PrefixCacheCounts(hits=32.0, queries=1024.0))
-    assert compute_run(counted).values["prefix_cache_hit_rate"] == pytest.approx(1 / 32)
-    assert "prefix_cache_hit_rate" not in compute_run(RunResult(records, 0.0, 1.0)).values  # absent, never 0
+    assert compute(counted).values["prefix_cache_hit_rate"] == pytest.approx(1 / 32)
+    assert "prefix_cache_hit_rate" not in compute(RunResult(records, 0.0, 1.0)).values  # absent, never 0
 
 
 def test_repeated_median_and_spread() -> None:
-    runs = [compute([record(0, 0.0, [0.1, 0.2], tokens=2)], duration=d) for d in (1.0, 2.0, 4.0)]
+    runs = [compute_records([record(0, 0.0, [0.1, 0.2], tokens=2)], duration=d) for d in (1.0, 2.0, 4.0)]
     repeated = RepeatedResult(runs)
     assert repeated.median("output_throughput") == pytest.approx(1.0)
     assert repeated.spread("output_throughput") == pytest.approx((2.0 - 0.5) / 1.0)
@@ -115,7 +115,7 @@ def test_same_numbers_as_vllm_bench_serve() -> None:
     duration = 9.0
     slo = {"ttft": 300.0, "tpot": 30.0}
     theirs, _ = serve.calculate_metrics(inputs, outputs, duration, None, [50, 90, 95, 99], slo)
-    ours = compute(records, duration=duration, slo_ms=slo)
+    ours = compute_records(records, duration=duration, slo_ms=slo)
     assert ours["request_throughput"] == pytest.approx(theirs.request_throughput)
     assert ours["output_throughput"] == pytest.approx(theirs.output_throughput)
     assert ours["total_token_throughput"] == pytest.approx(theirs.total_token_throughput)

@@ -10,21 +10,14 @@ from pathlib import Path
 import pytest
 
 from pytest_vllm import baselines
-from pytest_vllm.bench import (
-    BenchSettings,
-    Measurement,
-    PairComparison,
-    cold_cache_problem,
-    judge,
-    pair_ratios,
-    stored_baseline,
-)
-from pytest_vllm.budgets import GatePolicy, parse_budget, parse_budgets
 from pytest_vllm.gpu import PROFILES
 from pytest_vllm.load.client import RequestRecord
 from pytest_vllm.load.runner import RunResult, WorkloadRuns
 from pytest_vllm.load.workload import Workload
-from pytest_vllm.metrics import RepeatedResult, compute_run
+from pytest_vllm.perf.budgets import GatePolicy, parse_budget, parse_budgets
+from pytest_vllm.perf.judge import cold_cache_problem, judge, missing_baseline, stored_baseline
+from pytest_vllm.perf.metrics import RepeatedResult, compute
+from pytest_vllm.perf.results import BenchSettings, Measurement, PairComparison, pair_ratios
 from pytest_vllm.server.counters import PrefixCacheCounts
 
 CLASS = "cpu-amd-avx512bf16-2c"
@@ -39,7 +32,7 @@ def run(duration: float, hits: float | None = 0.0) -> RunResult:
 
 def measurement(durations=(1.0, 1.1, 0.9), hits: float | None = 0.0, flags=None, workload=WORKLOAD,
                 role="base") -> Measurement:
-    result = RepeatedResult([compute_run(run(d, hits)) for d in durations])
+    result = RepeatedResult([compute(run(d, hits)) for d in durations])
     return Measurement("suites/test_perf.py::test_t", role, "m", workload, result, "srv", dict(flags or {}))
 
 
@@ -130,3 +123,26 @@ def test_classes_with_baselines_are_those_of_the_profile_holding_the_model(tmp_p
         (tmp_path / folder).mkdir(parents=True)
     assert baselines.classes_with_baselines(tmp_path, "cpu", "m") == ["cpu-amd-avx2-2c"]
     assert baselines.classes_with_baselines(tmp_path / "missing", "cpu", "m") == []
+
+
+def test_a_missing_baseline_is_not_judged_on_an_unrecorded_class_and_fails_on_a_recorded_one(
+        tmp_path: Path) -> None:
+    budgets = parse_budgets({"output_throughput": ">= baseline * 0.9"})
+    current = measurement()
+    elsewhere = tmp_path / "cpu-amd-avx2-2c" / "m"
+    elsewhere.mkdir(parents=True)
+    unrecorded = missing_baseline(settings(tmp_path), current, budgets)
+    assert unrecorded.action == "not judged" and unrecorded.recorded_classes == ("cpu-amd-avx2-2c",)
+    assert f"this host is class {CLASS}; baselines of m exist for: cpu-amd-avx2-2c" in unrecorded.message
+    strict = BenchSettings(**{**settings(tmp_path).__dict__, "missing": "fail"})
+    refused = missing_baseline(strict, current, budgets)
+    assert refused.action == "fail" and "classes with baselines of m: cpu-amd-avx2-2c" in refused.message
+    # the class has baselines of this model, only not this entry: a gap in the recording, which fails
+    store(tmp_path, measurement(workload=WORKLOAD.with_(name="other")))
+    gap = missing_baseline(settings(tmp_path), current, budgets)
+    assert gap.action == "fail" and f"of host class {CLASS}" in gap.message
+    skipping = BenchSettings(**{**settings(tmp_path).__dict__, "missing": "skip"})
+    assert missing_baseline(skipping, current, budgets).action == "skip"
+    # nothing relative to judge, or recording: nothing missing
+    assert missing_baseline(settings(tmp_path), current, parse_budgets({"ttft_p50": "<= 5 s"})).action == "none"
+    assert missing_baseline(settings(tmp_path, record=True), current, budgets).action == "none"

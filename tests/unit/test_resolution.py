@@ -10,8 +10,8 @@ import statistics
 
 import pytest
 
-from pytest_vllm.budgets import GatePolicy, evaluate, parse_budget
-from pytest_vllm.resolution import (
+from pytest_vllm.perf.budgets import GatePolicy, evaluate, parse_budget
+from pytest_vllm.perf.resolution import (
     baseline_noise,
     median_variance_factor,
     pooled_within_sd,

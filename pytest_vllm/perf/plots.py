@@ -7,7 +7,7 @@ import io
 from collections import defaultdict
 from typing import Any
 
-from pytest_vllm.bench import BenchState, Measurement
+from pytest_vllm.perf.results import BenchState, Measurement
 
 
 def _figure() -> tuple[Any, Any]:

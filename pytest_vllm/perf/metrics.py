@@ -95,19 +95,21 @@ def _stats(prefix: str, seconds: Sequence[float]) -> dict[str, float]:
     return out
 
 
-def compute_run(run: RunResult, slo_ms: Mapping[str, float] | None = None) -> BenchResult:
-    """Metrics of one measured repetition, with the server's prefix cache hit share where known."""
-    result = compute(run.records, run.duration, client_cpu_s=run.client_cpu_s, loop_lag_mean_s=run.loop_lag_mean_s,
-                     loop_lag_max_s=run.loop_lag_max_s, host_steal=run.host_steal, slo_ms=slo_ms)
+def compute(run: RunResult, slo_ms: Mapping[str, float] | None = None) -> BenchResult:
+    """Metrics of one measured repetition (warmup excluded), with the server's prefix cache hit
+    share where its counters were read."""
+    result = compute_records(run.records, run.duration, client_cpu_s=run.client_cpu_s,
+                             loop_lag_mean_s=run.loop_lag_mean_s, loop_lag_max_s=run.loop_lag_max_s,
+                             host_steal=run.host_steal, slo_ms=slo_ms)
     if run.prefix_cache is not None:
         result.values["prefix_cache_hit_rate"] = run.prefix_cache.hit_rate
     return result
 
 
-def compute(records: Sequence[RequestRecord], duration: float, *, client_cpu_s: float = 0.0,
-            loop_lag_mean_s: float = 0.0, loop_lag_max_s: float = 0.0, host_steal: float = 0.0,
-            slo_ms: Mapping[str, float] | None = None) -> BenchResult:
-    """Metrics of one measured run (warmup records must already be excluded)."""
+def compute_records(records: Sequence[RequestRecord], duration: float, *, client_cpu_s: float = 0.0,
+                    loop_lag_mean_s: float = 0.0, loop_lag_max_s: float = 0.0, host_steal: float = 0.0,
+                    slo_ms: Mapping[str, float] | None = None) -> BenchResult:
+    """The metrics arithmetic on a run's records (warmup records must already be excluded)."""
     ok = [r for r in records if r.ok]
     ttfts = [r.ttft for r in ok if r.ttft is not None]
     e2els = [r.e2el for r in ok if r.e2el is not None]

@@ -1,13 +1,16 @@
-"""The performance section of the reports: tables and JSON from the session's measurements."""
+"""The performance section of the reports: tables, JSON and plots from the session's measurements."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from pytest_vllm.bench import PAIR_METRICS, BenchState, Judged, Measurement, PairComparison
-from pytest_vllm.budgets import Check
-from pytest_vllm.metrics import METRIC_DEFINITIONS, METRICS
+from pytest_vllm.gating import Outcome, Verdict
+from pytest_vllm.perf.budgets import Check
+from pytest_vllm.perf.metrics import METRIC_DEFINITIONS, METRICS
+from pytest_vllm.perf.results import PAIR_METRICS, BenchState, Judged, Measurement, PairComparison
 from pytest_vllm.report.tables import Table, fmt, pct
+from pytest_vllm.report.writer import Section
 
 # Shown for every measurement, checked or not, so a reader sees the whole picture.
 SUMMARY_METRICS = ("output_throughput", "ttft_p50", "tpot_p50", "e2el_p50")
@@ -21,10 +24,26 @@ def resolution_cell(check: Check) -> str:
     return "-" if check.resolution is None else f"{abs(check.resolution):.0%}"
 
 
-def _unchecked_verdict(state: BenchState, judged: Judged) -> str:
+def _unchecked_verdict(state: BenchState, judged: Judged) -> Verdict:
     if state.settings.record:
-        return "RECORDED"
-    return "NOT JUDGED (host class)" if not judged.judged else "NO BASELINE"
+        return Verdict(Outcome.RECORDED)
+    if not judged.judged:
+        return Verdict(Outcome.NOT_JUDGED, "no baselines for this host class")
+    return Verdict(Outcome.NO_BASELINE)
+
+
+def section(state: BenchState, say: Callable[[str], None]) -> Section | None:
+    """The report section, or None when nothing was measured."""
+    if not state.measurements:
+        return None
+    from pytest_vllm.perf import plots
+
+    try:
+        images = plots.all_plots(state)
+    except Exception as exc:  # noqa: BLE001 - a plot must never hide the verdicts
+        say(f"plots skipped: {type(exc).__name__}: {exc}")
+        images = {}
+    return Section("performance", tables(state), to_json(state), images)
 
 
 def tables(state: BenchState) -> list[Table]:
@@ -43,7 +62,7 @@ def tables(state: BenchState) -> list[Table]:
         for c in m.checks:
             checks.add(measurement_label(m), m.role, c.metric, fmt(c.current), fmt(c.reference), pct(c.delta),
                        fmt(c.limit), c.budget.describe() + (f" ({c.note})" if c.note else ""), resolution_cell(c),
-                       "ok" if c.passed else "FAIL")
+                       c.verdict)
         if m.baseline_note:
             checks.notes.append(f"{measurement_label(m)} [{m.role}]: {m.baseline_note}")
     for model, classes in state.unjudged_classes.items():
@@ -74,10 +93,10 @@ def tables(state: BenchState) -> list[Table]:
             budget_text = "; ".join(
                 f"{c.metric} {c.budget.describe()}"
                 + (f" (recorded {c.reference:.3f}, limit {c.limit:.3f})" if c.reference is not None else "")
-                + f": {'ok' if c.passed else 'FAIL'}"
+                + f": {c.verdict}"
                 + (f", resolves {abs(c.resolution):.0%}" if c.resolution is not None else "")
                 + (f" ({c.note})" if c.note and c.budget.kind == "relative" else "")
-                for c in p.checks) or ("-" if p.judged else "NOT JUDGED (host class)")
+                for c in p.checks) or ("-" if p.judged else "NOT JUDGED (no baselines for this host class)")
             pairs.add(measurement_label(p), f"{p.candidate.role} / {p.reference.role}",
                       *[f"{p.ratio(n):.3f}x" for n in PAIR_METRICS], budget_text)
             if p.baseline_note:
@@ -90,7 +109,7 @@ def _check_json(c: Check) -> dict[str, Any]:
     noise = c.noise
     return {"metric": c.metric, "budget": c.budget.source, "kind": c.budget.kind, "pair": c.budget.pair,
             "current": c.current, "reference": c.reference, "limit": c.limit, "tolerance": c.tolerance,
-            "resolution": c.resolution, "passed": c.passed, "note": c.note,
+            "resolution": c.resolution, "passed": c.passed, "verdict": c.verdict.label, "note": c.note,
             "noise": None if noise is None else {"sigma": noise.sigma, "within": noise.within,
                                                   "between": noise.between, "between_measured": noise.between_measured,
                                                   "prior": noise.prior, "recordings": noise.recordings,

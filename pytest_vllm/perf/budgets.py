@@ -1,15 +1,16 @@
-"""Budgets: what a measured metric must satisfy, and the verdicts with readable messages.
+"""Performance budgets: what a measured metric must satisfy, on the shared budget core (``gating``).
 
 Three kinds, all written as short strings on markers or in ``[tool.pytest_vllm.budgets]``:
 
 * relative to the baseline: ``ttft_p50="<= baseline * 1.10"``, ``output_throughput=">= baseline * 0.9"``;
 * absolute SLOs: ``tpot_p99="<= 50 ms"``, ``output_throughput=">= 100 tok/s"``;
-* pair (``vllm_pair_budget``): compressed / base measured in the same run, ``output_throughput=">= 1.2"``.
+* pair (``vllm_pair_budget``): the ratio candidate / reference measured in the same run, either
+  against a number (``output_throughput=">= 1.2"``) or against the ratio recorded for this host
+  class (``">= baseline * 0.9"``).
 
 The operator may be left out: it follows the metric's direction (``<=`` for latency, ``>=`` for
-throughput). Relative budgets are noise-aware: the tolerance is widened to ``noise_k`` times
-the relative spread of the baseline's repetitions, but never beyond ``max_tolerance``, so a
-noisy baseline cannot switch the gate off.
+throughput). A relative budget's tolerance is at least the noise floor that the measured noise
+sets at the configured false-alarm rate (``resolution.py``), and at most ``max_tolerance``.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from pytest_vllm.errors import UsageError, parse_each
-from pytest_vllm.metrics import METRICS
-from pytest_vllm.resolution import (
+from pytest_vllm.gating import BudgetMarker, Op, Verdict, parse_number, split_operator
+from pytest_vllm.perf.metrics import METRICS
+from pytest_vllm.perf.resolution import (
     DEFAULT_FALSE_ALARM_RATE,
     DETECTION_POWER,
     Noise,
@@ -35,26 +37,18 @@ from pytest_vllm.resolution import (
 Kind = Literal["relative", "absolute", "pair"]
 UNITS_TO_BASE = {"ms": ("ms", 1.0), "s": ("ms", 1000.0), "us": ("us", 1.0), "tok/s": ("tok/s", 1.0),
                  "req/s": ("req/s", 1.0)}
-_RELATIVE = re.compile(r"^\s*(?P<op><=|>=)?\s*baseline\s*(?:\*\s*(?P<factor>[0-9.]+(?:e-?[0-9]+)?))?\s*$")
-_ABSOLUTE = re.compile(r"^\s*(?P<op><=|>=)?\s*(?P<value>[0-9.]+(?:e-?[0-9]+)?)\s*(?P<unit>ms|s|us|tok/s|req/s|x)?\s*$")
-
-MARKER = "vllm_budget"
-PAIR_MARKER = "vllm_pair_budget"
-MARKER_HELP = (f"{MARKER}(**budgets): budgets for the measurements of this test, metric=\"<= baseline * 1.10\" "
-               "(relative to the stored baseline) or metric=\"<= 50 ms\" (absolute SLO); the operator may "
-               "be left out (it follows the metric's direction). Metric names: see `pytest-vllm metrics`.")
-PAIR_MARKER_HELP = (f"{PAIR_MARKER}(**ratios): budgets on compressed / base measured in the same run, "
-                    "e.g. output_throughput=\">= 1.2\" (compressed at least 1.2x the base).")
+_RELATIVE = re.compile(r"^baseline\s*(?:\*\s*(?P<factor>\S+))?$")
+_ABSOLUTE = re.compile(r"^(?P<value>[^\s]+?)\s*(?P<unit>ms|s|us|tok/s|req/s|x)?$")
 
 
 @dataclass(frozen=True)
 class Budget:
     metric: str
     kind: Kind
-    op: str  # "<=" or ">="
+    op: Op
     value: float  # factor (relative), limit in the metric's unit (absolute), ratio (pair)
     source: str  # the text it came from, for messages
-    pair: bool = False  # a vllm_pair_budget: on the ratio compressed / base (relative: to the recorded ratio)
+    pair: bool = False  # a vllm_pair_budget: on the ratio candidate / reference (relative: to the recorded ratio)
 
     @property
     def lower_is_better(self) -> bool:
@@ -75,47 +69,54 @@ def parse_budget(metric: str, text: object, kind_hint: Kind | None = None, where
     info = METRICS[metric]
     if info.direction == "none":
         raise UsageError(f"{where}{metric} is informational (no better direction) and cannot carry a budget")
-    default_op = "<=" if info.direction == "lower" else ">="
     raw = str(text)
+    what = f"{where}budget {metric}={raw!r}"
+    op, rest = split_operator(raw)
+    op = op or ("<=" if info.direction == "lower" else ">=")
     pair = kind_hint == "pair"
-    if (match := _RELATIVE.match(raw)) is not None:
-        factor = _number(match.group("factor") or "1", metric, raw, where)
+    if (match := _RELATIVE.match(rest)) is not None:
+        factor = parse_number(match.group("factor") or "1", what)
         if factor <= 0:
-            raise UsageError(f"{where}budget {metric}={raw!r}: the factor must be positive")
-        return Budget(metric, "relative", match.group("op") or default_op, factor, raw, pair=pair)
+            raise UsageError(f"{what}: the factor must be positive")
+        return Budget(metric, "relative", op, factor, raw, pair=pair)
+    match = _ABSOLUTE.match(rest)
     if pair:
-        match = _ABSOLUTE.match(raw)
         if not match or match.group("unit") not in (None, "x"):
             raise UsageError(f"{where}pair budget {metric}={raw!r}: write a ratio such as \">= 1.2\" or one "
                              "against the ratio recorded for this host class, \">= baseline * 0.9\"")
-        return Budget(metric, "pair", match.group("op") or default_op, _number(match.group("value"), metric, raw,
-                                                                                  where), raw, pair=True)
-    if (match := _ABSOLUTE.match(raw)) is not None:
-        value = _number(match.group("value"), metric, raw, where)
-        unit = match.group("unit")
-        if unit and unit != "x":
-            base_unit, scale = UNITS_TO_BASE[unit]
-            if base_unit != info.unit:
-                raise UsageError(f"{where}budget {metric}={raw!r}: {metric} is measured in {info.unit}, not {unit}")
-            value *= scale
-        return Budget(metric, "absolute", match.group("op") or default_op, value, raw)
-    raise UsageError(f"{where}budget {metric}={raw!r}: write \"<= baseline * 1.10\", \"<= 50 ms\" or \">= 100 tok/s\"")
-
-
-def _number(text: str, metric: str, raw: str, where: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise UsageError(f"{where}budget {metric}={raw!r}: {text!r} is not a number") from None
+        return Budget(metric, "pair", op, parse_number(match.group("value"), what), raw, pair=True)
+    if match is None:
+        raise UsageError(f"{what}: write \"<= baseline * 1.10\", \"<= 50 ms\" or \">= 100 tok/s\"")
+    value, unit = parse_number(match.group("value"), what), match.group("unit")
+    if unit and unit != "x":
+        base_unit, scale = UNITS_TO_BASE[unit]
+        if base_unit != info.unit:
+            raise UsageError(f"{what}: {metric} is measured in {info.unit}, not {unit}")
+        value *= scale
+    return Budget(metric, "absolute", op, value, raw)
 
 
 def parse_budgets(spec: Mapping[str, object], kind_hint: Kind | None = None, where: str = "") -> dict[str, Budget]:
     return parse_each(spec, lambda metric, text: parse_budget(metric, text, kind_hint, where))
 
 
+MARKER = BudgetMarker(
+    "vllm_budget",
+    "vllm_budget(**budgets): budgets for the measurements of this test, metric=\"<= baseline * 1.10\" "
+    "(relative to the stored baseline) or metric=\"<= 50 ms\" (absolute SLO); the operator may be left out "
+    "(it follows the metric's direction). Metric names: see `pytest-vllm metrics`.",
+    lambda kwargs, where: parse_budgets(kwargs, where=where))
+PAIR_MARKER = BudgetMarker(
+    "vllm_pair_budget",
+    "vllm_pair_budget(**ratios): budgets on the ratio compressed / base (candidate / reference) measured in "
+    "the same run, e.g. output_throughput=\">= 1.2\", or against the ratio recorded for this host class, "
+    "output_throughput=\">= baseline * 0.9\".",
+    lambda kwargs, where: parse_budgets(kwargs, kind_hint="pair", where=where))
+
+
 @dataclass(frozen=True)
 class GatePolicy:
-    """How measured noise sets a relative budget's tolerance (``pytest_vllm/resolution.py``)."""
+    """How measured noise sets a relative budget's tolerance (``resolution.py``)."""
 
     false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE  # per check, on a healthy server
     max_tolerance: float = 0.25  # a noise floor beyond this (a fraction of the baseline) is capped, and said
@@ -131,10 +132,17 @@ class Check:
     reference: float | None  # baseline median (relative), None (absolute and pair ratios)
     limit: float  # the threshold actually applied
     tolerance: float | None  # the relative tolerance applied (relative budgets), a fraction of the baseline
-    passed: bool
-    note: str = ""
+    verdict: Verdict
     resolution: float | None = None  # the smallest regression this check catches 9 times in 10 (fraction)
     noise: Noise | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict.passed
+
+    @property
+    def note(self) -> str:
+        return self.verdict.note
 
     @property
     def delta(self) -> float | None:
@@ -160,7 +168,7 @@ def evaluate(budget: Budget, current: float, reference: float | None = None, noi
         if noise is not None:
             resolution = as_fraction((z(1 - policy.false_alarm_rate) + z(DETECTION_POWER)) * noise.sigma, lower)
         note = f"ratio {current:.3f}" if budget.kind == "pair" else ""
-        return Check(budget.metric, budget, current, None, limit, None, passed, note, resolution, noise)
+        return Check(budget.metric, budget, current, None, limit, None, Verdict.of(passed, note), resolution, noise)
     assert reference is not None
     asked = math.log(budget.value) if lower else -math.log(budget.value)
     note = ""
@@ -180,13 +188,13 @@ def evaluate(budget: Budget, current: float, reference: float | None = None, noi
             note += f" ({noise.describe()})"
     limit = reference * math.exp(applied if lower else -applied)
     passed = current <= limit if lower else current >= limit
-    return Check(budget.metric, budget, current, reference, limit, as_fraction(applied, lower), passed, note,
-                 resolution, noise)
+    return Check(budget.metric, budget, current, reference, limit, as_fraction(applied, lower),
+                 Verdict.of(passed, note), resolution, noise)
 
 
 DEFAULT_BUDGETS = {
-    # The median of repetitions, gated on the steady metrics; p99 alone is too noisy to gate on.
-    # Every GPU profile and the cpu profile override them with measured ones (gpu.py).
+    # The median of repetitions, gated on the steady metrics; p99 alone is too noisy to gate on. The
+    # noise model widens each to the floor the measured noise sets (resolution.py), and says so.
     "output_throughput": ">= baseline * 0.90",
     "ttft_p50": "<= baseline * 1.15",
     "tpot_p50": "<= baseline * 1.10",

@@ -1,0 +1,80 @@
+"""The conformance gate's pytest wiring: the ``conformance`` and ``conformance_pair`` fixtures, the
+run's ledger (under its own stash key, hooked into pytest's reports) and its report section,
+attached the way every gate attaches (``session.gate_state``).
+
+A conformance test of your own needs nothing else: take ``conformance`` (one property on one
+server, once per server) or ``conformance_pair`` (both servers at once) and call its
+``run``/``once``/``send``/``expect``. Validators, strategies and the openai SDK load on first use,
+so ``pytest --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+from pytest_vllm.conformance.profiles import get_profile
+from pytest_vllm.server.handle import ServerHandle, ServerPair
+from pytest_vllm.session import SESSION_KEY, SectionProvider, VLLMSession, gate_state
+
+if TYPE_CHECKING:
+    from pytest_vllm.conformance.ledger import Ledger
+    from pytest_vllm.conformance.probe import Probe
+    from pytest_vllm.conformance.runner import PropertyRun
+
+LEDGER_KEY = pytest.StashKey["Ledger"]()
+
+
+def _make_ledger(config: pytest.Config, session: VLLMSession) -> tuple[Ledger, SectionProvider]:
+    from pytest_vllm.conformance.ledger import Ledger
+
+    ledger = Ledger(profile=get_profile(session.config.conformance_profile).name)
+    config.pluginmanager.register(ledger, name="pytest-vllm-conformance-ledger")  # verdicts from pytest's reports
+    return ledger, ledger.section
+
+
+def ledger(config: pytest.Config) -> Ledger:
+    """The run's conformance ledger, made on first use."""
+    return gate_state(config, LEDGER_KEY, _make_ledger)
+
+
+def property_run(request: pytest.FixtureRequest, server: ServerHandle, label: str, probe: Probe,
+                 peers: tuple[PropertyRun, ...] = ()) -> PropertyRun:
+    """One property on one server: its ledger row, the known deviations of its vLLM version and
+    the extensions it serves."""
+    from pytest_vllm.conformance import extensions
+    from pytest_vllm.conformance.deviations import KNOWN_VLLM_DEVIATIONS, applicable
+    from pytest_vllm.conformance.runner import PropertyRun, vllm_version
+
+    session = request.config.stash[SESSION_KEY]
+    profile = get_profile(session.config.conformance_profile)
+    record = ledger(request.config).record(request.node.nodeid, request.node.originalname, label)
+    version = vllm_version(probe, booted_version=None if server.is_remote else session.vllm_version)
+    vllm = version is not None
+    return PropertyRun(model=server.model, probe=probe, record=record, profile=profile, peers=peers,
+                       known=applicable(KNOWN_VLLM_DEVIATIONS, version) if vllm else (),
+                       extensions=extensions.supported(probe, server.model, vllm=vllm))
+
+
+@pytest.fixture
+def conformance(request: pytest.FixtureRequest, vllm_server: ServerHandle) -> Iterator[PropertyRun]:
+    """One property on one server (runs once per server): requests, validation, replay, ledger."""
+    from pytest_vllm.conformance.probe import Probe
+
+    with Probe(vllm_server.url, vllm_server.api_key) as probe:
+        yield property_run(request, vllm_server, vllm_server.role, probe)
+
+
+@pytest.fixture
+def conformance_pair(request: pytest.FixtureRequest,
+                     server_pair: ServerPair) -> Iterator[tuple[PropertyRun, PropertyRun]]:
+    """One property on both servers at once: (base run, compressed run), one ledger row."""
+    from pytest_vllm.conformance.probe import Probe
+
+    with Probe(server_pair.base.url, server_pair.base.api_key) as base_probe, \
+            Probe(server_pair.compressed.url, server_pair.compressed.api_key) as compressed_probe:
+        compressed = property_run(request, server_pair.compressed, "base vs compressed", compressed_probe)
+        base = property_run(request, server_pair.base, "base vs compressed", base_probe, peers=(compressed,))
+        yield base, compressed

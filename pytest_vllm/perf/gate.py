@@ -1,0 +1,214 @@
+"""The ``vllm_bench`` fixture's object: measure, look up the baseline, judge, then fail, skip or
+record, as pytest needs it.
+
+``vllm_bench.run(server, workload)`` runs the workload's repetitions, each on prompts of its own,
+refuses a run with any failed request or with prompts the server's prefix cache had seen
+(invalid, not averaged away), and fails the test once with a table of every metric against its
+budget. ``compare`` does the same for two servers with their repetitions interleaved, and gates
+the median of the per-pair ratios. ``--update-baselines`` / ``--add-baselines`` record instead.
+What is decided lives in ``judge.py`` (pure functions); this module is the pytest layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pytest
+
+from pytest_vllm import baselines
+from pytest_vllm.errors import BaselineError
+from pytest_vllm.gating import closest_wins
+from pytest_vllm.gpu import GPUProfile
+from pytest_vllm.load.runner import Target, WorkloadRuns, run_async, run_pair_async, run_single_stream, run_workload
+from pytest_vllm.load.workload import Workload
+from pytest_vllm.perf.budgets import DEFAULT_BUDGETS, MARKER, PAIR_MARKER, Budget, GatePolicy, parse_budgets
+from pytest_vllm.perf.judge import (
+    cold_cache_problem,
+    failure_text,
+    judge,
+    missing_baseline,
+    pair_failure_text,
+    stored_baseline,
+)
+from pytest_vllm.perf.metrics import RepeatedResult, compute
+from pytest_vllm.perf.results import (
+    PAIR_METRICS,
+    BenchSettings,
+    BenchState,
+    Judged,
+    Measurement,
+    PairComparison,
+    pair_ratios,
+)
+from pytest_vllm.server.handle import ServerHandle
+
+
+class Bench:
+    """The ``vllm_bench`` fixture: measure, compare with the baseline, gate."""
+
+    def __init__(self, state: BenchState, item: pytest.Item, say: Callable[[str], None]) -> None:
+        self._state = state
+        self._item = item
+        self._say = say
+        self._budgets: dict[str, Budget] = closest_wins(item, MARKER)
+        self._pair_budgets: dict[str, Budget] = closest_wins(item, PAIR_MARKER)
+
+    @property
+    def settings(self) -> BenchSettings:
+        return self._state.settings
+
+    # -- public API ----------------------------------------------------------------------------
+    def run(self, server: ServerHandle, workload: Workload, budgets: Mapping[str, str] | None = None,
+            gate: bool = True) -> Measurement:
+        """Measure ``workload`` on ``server`` and gate it (``gate=False``: measure and record only)."""
+        workload = self._prepared(workload)
+        self._say(f"measuring {workload.name} on the {server.role} server: {workload.describe()}")
+        runs = run_workload(server.url, server.model, workload, api_key=server.api_key, say=self._say,
+                            label=f"{server.role}/{workload.name}")
+        return self._judge(self._measurement(server, runs), budgets, gate)
+
+    def compare(self, reference: ServerHandle, candidate: ServerHandle, workload: Workload,
+                budgets: Mapping[str, str] | None = None) -> PairComparison:
+        """Measure the same workload on two servers (``compare(*server_pair, w)``: base, then
+        compressed), their repetitions interleaved, and apply the ``vllm_pair_budget`` ratios
+        candidate / reference to the median of the per-pair ratios."""
+        workload = self._prepared(workload)
+        self._say(f"measuring {workload.name} on the {reference.role} and {candidate.role} servers, repetitions "
+                  f"interleaved: {workload.describe()}")
+        runs = run_async(run_pair_async(self._target(reference, workload), self._target(candidate, workload),
+                                        workload, say=self._say))
+        first = self._judge(self._measurement(reference, runs[0]), budgets, gate=False)
+        second = self._judge(self._measurement(candidate, runs[1]), budgets, gate=False)
+        metrics = sorted(set(PAIR_METRICS) | set(self._pair_budgets))
+        comparison = PairComparison(self._item.nodeid, workload, first, second,
+                                    pair_ratios(first.result, second.result, metrics))
+        self._state.pairs.append(comparison)
+        comparison.baseline, comparison.baseline_note = self._stored(comparison)
+        comparison.checks = judge(comparison, self._pair_budgets, comparison.baseline, self.settings)
+        if self.settings.record:
+            self._record(comparison)
+        if not (first.passed and second.passed and comparison.passed):
+            pytest.fail(pair_failure_text(comparison), pytrace=False)
+        for measurement in (first, second):
+            self._require_baseline(measurement, self._budget_set(budgets))
+        self._require_baseline(comparison, self._pair_budgets)
+        return comparison
+
+    def single_stream(self, server: ServerHandle, workload: Workload, benchmark: Any = None,
+                      budgets: Mapping[str, str] | None = None) -> Measurement:
+        """Sequential requests, one at a time; each request is also a pytest-benchmark round, so the
+        end-to-end latencies reach ``--benchmark-json`` / ``--benchmark-compare``."""
+        workload = self._prepared(workload.with_(concurrency=1, request_rate=None))
+        self._say(f"measuring {workload.name} on the {server.role} server: {workload.describe()}")
+        runs = run_single_stream(self._target(server, workload), workload, benchmark, say=self._say)
+        measurement = self._measurement(server, runs)
+        if benchmark is not None:
+            for metric in ("ttft_p50", "tpot_p50", "itl_p50", "e2el_p50", "output_throughput"):
+                benchmark.extra_info[metric] = round(measurement.value(metric), 3)
+            benchmark.extra_info["server"] = f"{server.role}:{server.model}"
+        return self._judge(measurement, budgets, gate=True)
+
+    # -- internals -----------------------------------------------------------------------------
+    def _prepared(self, workload: Workload) -> Workload:
+        """The workload with the run's --vllm-repeats and --vllm-prompt-seed."""
+        settings = self.settings
+        return workload.with_(repeats=settings.repeats or workload.repeats,
+                              prompt_seed=workload.prompt_seed or settings.prompt_seed)
+
+    @staticmethod
+    def _target(server: ServerHandle, workload: Workload) -> Target:
+        return Target(server.url, server.model, server.api_key, f"{server.role}/{workload.name}")
+
+    def _budget_set(self, budgets: Mapping[str, str] | None) -> dict[str, Budget]:
+        wanted = {**self.settings.default_budgets, **self._budgets}
+        if budgets:
+            wanted.update(parse_budgets(budgets, where=f"{self._item.nodeid}: "))
+        return wanted
+
+    def _say_once(self, line: str) -> None:
+        if line not in self._state.said:
+            self._state.said.add(line)
+            self._say(line)
+
+    def _measurement(self, server: ServerHandle, runs: WorkloadRuns) -> Measurement:
+        workload = runs.workload
+        result = RepeatedResult([compute(run, workload.slo_ms) for run in runs.runs])
+        if result.errors:
+            shown = "\n  ".join(result.errors[:10])
+            more = f"\n  ... and {len(result.errors) - 10} more" if len(result.errors) > 10 else ""
+            pytest.fail(f"{workload.name} on the {server.role} server is invalid: {len(result.errors)} request(s) "
+                        f"failed (a run with failures is not averaged away):\n  {shown}{more}", pytrace=False)
+        if result.client_saturated:
+            self._say(f"warning: the load client was saturated during {workload.name} (event-loop lag or CPU); "
+                      "latencies include client delay")
+        server_key = server.spec.portable_key if server.spec else f"remote:{server.model}"
+        flags = server.spec.flag_dict if server.spec else {}
+        measurement = Measurement(self._item.nodeid, server.role, server.model, workload, result, server_key, flags,
+                                  prompt_tokens=runs.prompt_tokens, records=[run.records for run in runs.runs])
+        if not result.has("prefix_cache_hit_rate"):
+            self._say_once(f"the {server.role} server ({server.url}) exports no prefix cache counters: its "
+                           "repetitions cannot be proven to have missed the cache")
+        if problem := cold_cache_problem(measurement, runs):
+            pytest.fail(problem, pytrace=False)
+        return measurement
+
+    def _stored(self, judged: Judged) -> tuple[baselines.Baseline | None, str]:
+        try:
+            return stored_baseline(self.settings, judged)
+        except BaselineError as exc:
+            pytest.fail(str(exc), pytrace=False)
+
+    def _judge(self, measurement: Measurement, budgets: Mapping[str, str] | None, gate: bool) -> Measurement:
+        wanted = self._budget_set(budgets)
+        measurement.baseline, measurement.baseline_note = self._stored(measurement)
+        measurement.checks = judge(measurement, wanted, measurement.baseline, self.settings)
+        self._state.measurements.append(measurement)
+        if self.settings.record:
+            self._record(measurement)
+        if not gate:
+            return measurement
+        if not measurement.passed:
+            pytest.fail(failure_text(measurement), pytrace=False)
+        self._require_baseline(measurement, wanted)
+        return measurement
+
+    def _require_baseline(self, judged: Judged, budgets: Mapping[str, Budget]) -> None:
+        missing = missing_baseline(self.settings, judged, budgets)
+        if missing.action == "not judged":
+            judged.judged = False
+            self._state.unjudged_classes[judged.model_of_record] = list(missing.recorded_classes)
+            self._say_once(missing.message)
+        elif missing.action == "skip":
+            pytest.skip(missing.message)
+        elif missing.action == "fail":
+            pytest.fail(missing.message, pytrace=False)
+
+    def _record(self, judged: Judged) -> None:
+        settings = self.settings
+        key = judged.baseline_key(settings.host_class)
+        try:
+            path = baselines.write(settings.baseline_dir, key, judged.entry(settings.environment),
+                                   pool=settings.add_recording)
+        except BaselineError as exc:
+            pytest.fail(f"not recorded: {exc}", pytrace=False)
+        verb = "added to" if settings.add_recording else "written to"
+        judged.baseline_note = f"baseline {verb} {path}"
+        self._state.written.append(path)
+        self._say(f"baseline {verb}: {path} [{key.entry_name}]")
+
+
+def settings_for(config: Any, profile: GPUProfile, host_class: str, environment: dict[str, Any]) -> BenchSettings:
+    """BenchSettings from a RunConfig (``config``), the GPU profile and the host's class.
+
+    Default budgets: the field's (DEFAULT_BUDGETS), then ``[tool.pytest_vllm.budgets]``; markers
+    override per test. The noise model widens each to what the measured noise allows.
+    """
+    defaults = dict(DEFAULT_BUDGETS)
+    defaults.update({k: str(v) for k, v in config.budgets.items()})
+    default_budgets = parse_budgets(defaults, where="[tool.pytest_vllm.budgets]: ")
+    return BenchSettings(profile=profile, host_class=host_class, baseline_dir=config.baseline_dir,
+                         record=config.update_baselines or config.add_baselines, missing=config.missing_baseline,
+                         policy=GatePolicy(config.false_alarm_rate, config.max_tolerance),
+                         default_budgets=default_budgets, environment=environment, repeats=config.repeats,
+                         add_recording=config.add_baselines, prompt_seed=config.prompt_seed)

@@ -1,0 +1,172 @@
+"""What the performance gate measured and decided, as data: the gate, its judge and its report
+all read these, and none of them imports another to get at them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pytest_vllm import baselines
+from pytest_vllm.gpu import GPUProfile
+from pytest_vllm.load.client import RequestRecord
+from pytest_vllm.load.workload import Workload
+from pytest_vllm.perf.budgets import Budget, Check, GatePolicy
+from pytest_vllm.perf.metrics import METRIC_DEFINITIONS, BenchResult, RepeatedResult
+
+# Ratios a pair comparison records and shows (its budgets may name others).
+PAIR_METRICS = ("output_throughput", "request_throughput", "ttft_p50", "tpot_p50", "e2el_p50")
+
+
+def make_entry(result: RepeatedResult, server: Mapping[str, Any], workload: Mapping[str, Any],
+               environment: Mapping[str, Any], test_id: str, role: str) -> dict[str, Any]:
+    """A baseline entry of one run: every metric's median, repetitions and spread."""
+    metrics = {
+        name: {"median": result.median(name), "runs": result.values(name), "spread": result.spread(name)}
+        for name in result.runs[0].values
+    }
+    return {"metric_definitions": METRIC_DEFINITIONS, "test_id": test_id, "role": role, "server": dict(server),
+            "workload": dict(workload), "environment": dict(environment), "metrics": metrics}
+
+
+@dataclass
+class Measurement:
+    """One workload measured on one server, with its verdict."""
+
+    nodeid: str
+    role: str
+    model: str
+    workload: Workload
+    result: RepeatedResult
+    server_key: str
+    server_flags: dict[str, Any]
+    checks: list[Check] = field(default_factory=list)
+    baseline: baselines.Baseline | None = None
+    baseline_note: str = ""
+    prompt_tokens: int = 0
+    records: list[list[RequestRecord]] = field(default_factory=list)
+    judged: bool = True  # False: no baseline for this host class, relative budgets not judged
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    @property
+    def model_of_record(self) -> str:
+        """The model its baselines are filed under."""
+        return self.model
+
+    @property
+    def compared_flags(self) -> dict[str, Any]:
+        return self.server_flags
+
+    def value(self, metric: str) -> float:
+        return self.result.median(metric)
+
+    def runs_of(self, metric: str) -> list[float]:
+        return self.result.values(metric)
+
+    def baseline_key(self, scope: str) -> baselines.BaselineKey:
+        return baselines.BaselineKey(scope, self.model, self.nodeid, self.workload.name, self.role)
+
+    def entry(self, environment: Mapping[str, Any]) -> dict[str, Any]:
+        return make_entry(self.result, {"key": self.server_key, "flags": self.server_flags},
+                          {**self.workload.to_dict(), "key": self.workload.key}, environment, self.nodeid, self.role)
+
+
+@dataclass
+class PairComparison:
+    """The same workload on two servers, repetitions interleaved; ratios are candidate / reference
+    per pair of repetitions, and the gate reads their median."""
+
+    nodeid: str
+    workload: Workload
+    reference: Measurement
+    candidate: Measurement
+    ratios: RepeatedResult  # one BenchResult of ratios per pair of repetitions
+    checks: list[Check] = field(default_factory=list)
+    baseline: baselines.Baseline | None = None
+    baseline_note: str = ""
+    judged: bool = True
+
+    @property
+    def role(self) -> str:
+        return f"{self.candidate.role}_over_{self.reference.role}"
+
+    @property
+    def server_key(self) -> str:
+        return f"{self.candidate.server_key}/{self.reference.server_key}"
+
+    @property
+    def model_of_record(self) -> str:
+        return self.candidate.model
+
+    @property
+    def compared_flags(self) -> dict[str, Any]:
+        return {"candidate": self.candidate.server_flags, "reference": self.reference.server_flags}
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    def ratio(self, metric: str) -> float:
+        return self.ratios.median(metric) if self.ratios.has(metric) else float("nan")
+
+    def value(self, metric: str) -> float:
+        return self.ratio(metric)
+
+    def runs_of(self, metric: str) -> list[float]:
+        return self.ratios.values(metric)
+
+    def baseline_key(self, scope: str) -> baselines.BaselineKey:
+        return baselines.BaselineKey(scope, self.candidate.model, self.nodeid, self.workload.name, self.role)
+
+    def entry(self, environment: Mapping[str, Any]) -> dict[str, Any]:
+        return make_entry(self.ratios, {"key": self.server_key, "flags": self.compared_flags},
+                          {**self.workload.to_dict(), "key": self.workload.key}, environment, self.nodeid, self.role)
+
+
+Judged = Measurement | PairComparison
+
+
+def pair_ratios(reference: RepeatedResult, candidate: RepeatedResult, metrics: Sequence[str]) -> RepeatedResult:
+    """candidate / reference for each pair of repetitions (the same index), metric by metric."""
+    runs = []
+    for ref, cand in zip(reference.runs, candidate.runs):
+        runs.append(BenchResult({m: cand.values[m] / ref.values[m] for m in metrics
+                                 if m in ref.values and m in cand.values and ref.values[m]}))
+    return RepeatedResult(runs)
+
+
+@dataclass
+class BenchSettings:
+    """Session-wide performance settings, resolved from RunConfig and the machine."""
+
+    profile: GPUProfile
+    host_class: str  # where this host's baselines are filed (hostclass.py)
+    baseline_dir: Path
+    record: bool  # record instead of judging (--update-baselines or --add-baselines)
+    missing: str  # "auto" | "fail" | "skip"
+    policy: GatePolicy
+    default_budgets: dict[str, Budget]
+    environment: dict[str, Any]
+    repeats: int | None = None
+    add_recording: bool = False  # --add-baselines: a recording joins the stored ones instead of replacing them
+    prompt_seed: int = 0  # --vllm-prompt-seed
+
+    @property
+    def gpu(self) -> str:
+        return self.profile.name
+
+
+@dataclass
+class BenchState:
+    """Everything measured in this session (the reports read it)."""
+
+    settings: BenchSettings
+    measurements: list[Measurement] = field(default_factory=list)
+    pairs: list[PairComparison] = field(default_factory=list)
+    written: list[Path] = field(default_factory=list)
+    said: set[str] = field(default_factory=set)  # once-per-session lines already said
+    unjudged_classes: dict[str, list[str]] = field(default_factory=dict)  # model -> classes with baselines

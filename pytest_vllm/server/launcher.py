@@ -1,0 +1,119 @@
+"""Launcher: a run's launch policy, from a test's markers to the command line that runs.
+
+A marker's flag travels one way: ``MarkerFlags`` (spec.py) → ``Launcher.spec`` (the profile's
+defaults and memory share layered under the markers, the flags validated against the installed
+vLLM's parser once, the argv kept) → ``ServerPool.get`` → ``Launcher.plan`` (port, environment,
+CPU cores, a fixed KV cache where two servers share a GPU) → ``VLLMServer`` (process.py).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pytest_vllm.gpu import BootOrder, DeviceInfo, GPUProfile
+from pytest_vllm.hostclass import emulation_server_env
+from pytest_vllm.server.flags import VLLMArgSchema, flag_name, to_argv
+from pytest_vllm.server.memory import GIB, MIB, pinned_kv_cache_bytes
+from pytest_vllm.server.process import LaunchPlan
+from pytest_vllm.server.spec import MarkerFlags, ServerSpec, merge_flags
+
+# Every server's environment (a marker's env wins).
+SERVER_ENV = {
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+    "PYTHONUNBUFFERED": "1",
+    # FlashInfer is optional in vLLM wheels; its sampler probe fails without it.
+    "VLLM_USE_FLASHINFER_SAMPLER": "0",
+}
+
+
+@dataclass
+class Launcher:
+    """Turns specs into launch plans for one run: profile, device, vLLM schema and interpreter."""
+
+    profile: GPUProfile
+    device: DeviceInfo
+    schema: VLLMArgSchema
+    python: str
+    _argv: dict[ServerSpec, list[str]] = field(default_factory=dict)  # validated flags, by spec
+
+    @property
+    def boot_order(self) -> BootOrder:
+        return self.profile.boot_order
+
+    def spec(self, role: str, model: str, markers: Sequence[MarkerFlags],
+             role_flags: Mapping[str, Any] | None = None) -> ServerSpec:
+        """The server ``role`` of ``model`` under ``markers`` (farthest first): the profile's defaults,
+        the role's own flags (an online quantization), the GPU memory share, then the markers.
+        UsageError naming every flag the installed vLLM does not know."""
+        layers: list[Mapping[str, Any]] = [dict(self.profile.server_defaults), dict(role_flags or {})]
+        if self.profile.pair_gpu_memory_utilization:
+            # Two servers may share the GPU at any time (the pair, or a test's own server beside a
+            # shared one), so every server takes its share, not vLLM's default 0.9.
+            layers.append({"gpu_memory_utilization": self.profile.pair_gpu_memory_utilization})
+        flags, env = merge_flags(role, layers, markers)
+        spec = ServerSpec.create(role, model, flags, {**self.profile.server_env, **env})
+        self.argv_of(spec)
+        return spec
+
+    def argv_of(self, spec: ServerSpec) -> list[str]:
+        """The spec's flags as vLLM arguments, validated once."""
+        if spec not in self._argv:
+            self._argv[spec] = to_argv({"served_model_name": spec.served_model_name, **spec.flag_dict}, self.schema)
+        return self._argv[spec]
+
+    def plan(self, spec: ServerSpec, port: int, slot: int, slots: int) -> LaunchPlan:
+        """What runs for ``spec`` on ``port``, as the server in ``slot`` of ``slots`` at once."""
+        env = {**SERVER_ENV, **spec.env_dict}
+        extra: dict[str, Any] = {}
+        beside_others, note = not self.profile.is_gpu, ""
+        if self.profile.is_gpu and self.profile.pair_gpu_memory_utilization:
+            extra, beside_others, note = self._fixed_kv_cache(spec)
+        argv = [self.python, "-m", "vllm.entrypoints.openai.api_server", "--model", spec.model,
+                "--host", "127.0.0.1", "--port", str(port), *self.argv_of(spec), *to_argv(extra, self.schema)]
+        if not self.profile.is_gpu:
+            env.update(emulation_server_env())
+            if "VLLM_CPU_OMP_THREADS_BIND" not in env:
+                # vLLM binds every CPU server's compute threads to the same core by default; two
+                # servers booting or serving side by side would then share one core.
+                cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+                binding = cpu_binding(cores, slot, slots)
+                if binding:
+                    env["VLLM_CPU_OMP_THREADS_BIND"] = binding
+        if Path(spec.model).expanduser().exists():
+            env.setdefault("HF_HUB_OFFLINE", "1")  # a local checkpoint needs no hub; fail fast without one
+        return LaunchPlan(argv=argv, env=env, boots_beside_others=beside_others, note=note)
+
+    def _fixed_kv_cache(self, spec: ServerSpec) -> tuple[dict[str, Any], bool, str]:
+        """Extra flags fixing the KV cache size from the server's memory share (server/memory.py),
+        whether the server may then boot beside others, and what to say about it.
+
+        A launch detail like the port, not part of the spec: the spec (and its baselines) keep the
+        memory share, and the KV cache of the suites' servers is far larger than their load needs.
+        """
+        flags = spec.flag_dict
+        if flags.get("kv_cache_memory_bytes") is not None:
+            return {}, True, ""  # fixed by a marker already
+        if flag_name("kv_cache_memory_bytes") not in self.schema.options:
+            return {}, False, ""  # a vLLM without the flag profiles, and boots alone
+        kv_bytes = pinned_kv_cache_bytes(spec.model, flags, self.device.memory_mib * MIB)
+        if kv_bytes is None:
+            return {}, False, ""
+        return ({"kv_cache_memory_bytes": kv_bytes}, True,
+                f"KV cache fixed at {kv_bytes / GIB:.1f} GiB of its share, so it can boot beside others")
+
+
+def cpu_binding(cores: Sequence[int], slot: int, slots: int) -> str | None:
+    """The cores for the CPU server in ``slot``: an equal share each, one core per share left for
+    the API server process when a share has more than two (as vLLM's own auto binding does)."""
+    if len(cores) < 2:
+        return None
+    share = max(1, len(cores) // slots)
+    mine = list(cores[(slot % slots) * share:(slot % slots + 1) * share]) or [cores[slot % len(cores)]]
+    if len(mine) > 2:
+        mine = mine[:-1]
+    return ",".join(str(c) for c in mine)

@@ -1,0 +1,148 @@
+"""ServerPool scheduling with a fake launcher, and the session's test ordering.
+
+The fake launcher is a test double: its "server" is a tiny standard-library HTTP process that
+answers /health and /v1/models as vLLM does, so boots take a fraction of a second and what is
+tested is the pool's scheduling (who boots with whom, in which slot, who stops when), not vLLM.
+"""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pytest_vllm.config import RunConfig
+from pytest_vllm.errors import ServerStartError
+from pytest_vllm.gpu import BootOrder
+from pytest_vllm.server.pool import ServerPool
+from pytest_vllm.server.process import LaunchPlan
+from pytest_vllm.server.spec import ServerSpec
+from pytest_vllm.session import ItemNeeds, VLLMSession
+
+FAKE_SERVER = textwrap.dedent('''
+    import json, sys
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    port, model = int(sys.argv[1]), sys.argv[2]
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({"data": [{"id": model}]}).encode() if self.path == "/v1/models" else b"ok"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    HTTPServer(("127.0.0.1", port), Handler).serve_forever()
+''')
+
+
+class FakeLauncher:
+    """Plans the fake server for every spec; a spec whose model is "broken" exits at once."""
+
+    def __init__(self, script: Path, boot_order: BootOrder = BootOrder.PARALLEL) -> None:
+        self.script = script
+        self.boot_order = boot_order
+        self.slots: dict[str, int] = {}
+
+    def plan(self, spec: ServerSpec, port: int, slot: int, slots: int) -> LaunchPlan:
+        self.slots[spec.role] = slot
+        if spec.model == "broken":
+            return LaunchPlan(argv=[sys.executable, "-c", "raise SystemExit('ValueError: no such model')"], env={})
+        return LaunchPlan(argv=[sys.executable, str(self.script), str(port), spec.served_model_name], env={},
+                          boots_beside_others=True)
+
+
+@pytest.fixture
+def launcher(tmp_path: Path) -> FakeLauncher:
+    script = tmp_path / "fake_server.py"
+    script.write_text(FAKE_SERVER)
+    return FakeLauncher(script)
+
+
+def pool_for(launcher: FakeLauncher, tmp_path: Path, max_resident: int = 2) -> ServerPool:
+    return ServerPool(launcher=launcher, log_dir=tmp_path / "logs", startup_timeout=30, stop_grace=2,
+                      max_resident=max_resident)
+
+
+def spec(role: str, model: str = "m") -> ServerSpec:
+    return ServerSpec.create(role, model)
+
+
+def running(pool: ServerPool) -> set[str]:
+    return {server.spec.role for server in pool.running()}
+
+
+def test_a_server_boots_with_its_test_and_stops_after_its_last(launcher: FakeLauncher, tmp_path: Path) -> None:
+    base, other = spec("base"), spec("other")
+    pool = pool_for(launcher, tmp_path)
+    pool.plan({"a": (base,), "b": (base, other), "c": (other,)}, {})
+    try:
+        pool.get(base, "a")
+        assert running(pool) == {"base"}
+        pool.finished("a")
+        assert running(pool) == {"base"}, "b still needs it"
+        pool.get(base, "b"), pool.get(other, "b")
+        assert launcher.slots == {"base": 0, "other": 1}, "servers side by side get disjoint slots"
+        pool.finished("b")
+        assert running(pool) == {"other"}
+        pool.get(other, "c")
+        pool.finished("c")
+        assert running(pool) == set()
+    finally:
+        pool.stop_all()
+
+
+def test_the_pair_partner_boots_together_and_room_is_made(launcher: FakeLauncher, tmp_path: Path) -> None:
+    base, compressed, custom = spec("base"), spec("compressed"), spec("custom")
+    pool = pool_for(launcher, tmp_path)
+    pool.plan({"a": (base,), "b": (custom,), "c": (base,), "d": (compressed,)},
+              {base: "same markers", compressed: "same markers"})
+    try:
+        pool.get(base, "a")
+        assert running(pool) == {"base", "compressed"}, "the family member boots with it"
+        pool.finished("a")
+        assert running(pool) == {"base", "compressed"}, "both are needed later"
+        pool.get(custom, "b")  # a third server: one of the two makes room, and boots again when needed
+        assert running(pool) == {"compressed", "custom"}
+        pool.finished("b")
+        pool.get(base, "c")
+        assert running(pool) == {"base", "compressed"}
+    finally:
+        pool.stop_all()
+    assert running(pool) == set()
+
+
+def test_a_server_that_dies_booting_fails_every_test_that_needs_it_at_once(launcher: FakeLauncher,
+                                                                          tmp_path: Path) -> None:
+    broken = spec("base", model="broken")
+    pool = pool_for(launcher, tmp_path)
+    pool.plan({"a": (broken,), "b": (broken,)}, {})
+    with pytest.raises(ServerStartError, match="exited with code 1 while booting") as first:
+        pool.get(broken, "a")
+    assert "vLLM says: ValueError: no such model" in str(first.value)
+    with pytest.raises(ServerStartError) as second:
+        pool.get(broken, "b")
+    assert second.value is first.value, "not booted again"
+
+
+def session_with(needs: dict[str, str | None], keep_order: bool = False) -> VLLMSession:
+    """A session whose plan is given (node id -> marker key, None: needs no server)."""
+    session = VLLMSession(RunConfig(rootdir=Path("."), keep_order=keep_order))
+    for nodeid, key in needs.items():
+        if key is not None:
+            session.needs[nodeid] = ItemNeeds(roles=("base",), markers=(), marker_key=key)
+    return session
+
+
+def test_tests_are_grouped_by_server_configuration_factory_tests_last() -> None:
+    session = session_with({"t1": "A", "t2": "B", "t3": "A", "t4": None, "t5": "B", "t6": "A"})
+    order = session.order(["t1", "t2", "t3", "t4", "t5", "t6"], boots_own=frozenset({"t1"}))
+    assert order == ["t3", "t6", "t1", "t2", "t5", "t4"]
+    keep = session_with({"t1": "A", "t2": "B", "t3": "A"}, keep_order=True)
+    assert keep.order(["t1", "t2", "t3"]) == ["t1", "t2", "t3"]
