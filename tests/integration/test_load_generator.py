@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pytest_vllm.load.runner import build_prompts, forget_built_prompts, run_async, run_workload
+from pytest_vllm.load.runner import build_prompt_sets, forget_built_prompts, run_async, run_workload
 from pytest_vllm.load.workload import Workload
 from pytest_vllm.perf.metrics import compute
 
@@ -21,28 +21,43 @@ def tokens(server, text: str) -> list[int]:
 
 @pytest.mark.parametrize("length", [16, 300, 1500])
 def test_synthetic_prompts_have_exact_token_lengths(base_server, length: int) -> None:
-    workload = Workload(input_len=length, num_requests=4, seed=length)
-    prompts, warmup = run_async(build_prompts(base_server.url, base_server.model, workload))
-    assert len(prompts) == 4 and len(warmup) == 1
+    workload = Workload(input_len=length, num_requests=4, seed=length, repeats=2)
+    sets = run_async(build_prompt_sets(base_server.url, base_server.model, workload))
+    prompts = sets.runs[0]
+    assert len(prompts) == 4 and len(sets.warmup) == 1 and len(sets.runs) == 2
     assert [len(tokens(base_server, p.text)) for p in prompts] == [length] * 4
-    assert len({p.text for p in prompts}) == 4, "seeded but distinct prompts"
+    texts = [p.text for p in [*sets.warmup, *sets.runs[0], *sets.runs[1]]]
+    assert len(set(texts)) == 9, "seeded but distinct prompts: no two sets share one"
     forget_built_prompts()
-    again, _ = run_async(build_prompts(base_server.url, base_server.model, workload))
-    assert [p.text for p in again] == [p.text for p in prompts], "the same seed gives the same prompts"
+    again = run_async(build_prompt_sets(base_server.url, base_server.model, workload))
+    assert [p.text for p in again.runs[1]] == [p.text for p in sets.runs[1]], "the same seed gives the same prompts"
 
 
-def test_prompts_are_built_once_per_server_and_shape(base_server) -> None:
-    """The speedup pair reuses the sweep's prompts: same server and prompt shape, other concurrency."""
+def test_prompts_are_built_once_per_tokenizer_and_workload(base_server) -> None:
+    """The two servers of a pair share a tokenizer: the second asks /tokenize only for its fingerprint."""
     forget_built_prompts()
-    first = Workload(name="a", input_len=40, num_requests=3, concurrency=1, output_len=8)
-    prompts, _ = run_async(build_prompts(base_server.url, base_server.model, first))
-    same_shape = first.with_(name="b", concurrency=3, warmup_requests=1, output_len=16)
+    first = Workload(name="a", input_len=40, num_requests=3, concurrency=1, output_len=8, repeats=1)
+    built = run_async(build_prompt_sets(base_server.url, base_server.model, first))
     before = tokenize_calls(base_server)
-    again, _ = run_async(build_prompts(base_server.url, base_server.model, same_shape))
-    assert [p.text for p in again] == [p.text for p in prompts]
+    again = run_async(build_prompt_sets(base_server.url, base_server.model, first.with_(concurrency=3,
+                                                                                         output_len=16)))
+    assert [p.text for p in again.runs[0]] == [p.text for p in built.runs[0]]
     assert tokenize_calls(base_server) - before == 1, "only the tokenizer fingerprint is asked for"
-    other_shape, _ = run_async(build_prompts(base_server.url, base_server.model, first.with_(input_len=41)))
-    assert {len(tokens(base_server, p.text)) for p in other_shape} == {41}, "another shape is built anew"
+    other_name = run_async(build_prompt_sets(base_server.url, base_server.model, first.with_(name="b")))
+    assert not {p.text for p in other_name.runs[0]} & {p.text for p in built.runs[0]}, (
+        "another measurement draws prompts of its own: the server's prefix cache must not serve them")
+    other_shape = run_async(build_prompt_sets(base_server.url, base_server.model, first.with_(input_len=41)))
+    assert {len(tokens(base_server, p.text)) for p in other_shape.runs[0]} == {41}, "another shape is built anew"
+
+
+def test_repetitions_miss_the_prefix_cache_and_a_rerun_of_the_same_prompts_hits_it(base_server) -> None:
+    """The server's own counters: each repetition on prompts of its own is cold; the same workload
+    sent again (what a repeated measurement name would do) is served from the cache."""
+    workload = Workload(name="cold", input_len=300, output_len=2, num_requests=3, concurrency=3, repeats=2)
+    cold = run_workload(base_server.url, base_server.model, workload).runs
+    assert [r.prefix_cache.hit_rate for r in cold if r.prefix_cache] == [0.0, 0.0]
+    warm = run_workload(base_server.url, base_server.model, workload).runs
+    assert all(r.prefix_cache and r.prefix_cache.hit_rate > 0.5 for r in warm)
 
 
 def tokenize_calls(server) -> float:
@@ -54,7 +69,7 @@ def tokenize_calls(server) -> float:
 
 def test_shared_prefix_prompts_share_their_first_tokens(base_server) -> None:
     workload = Workload(input_len=200, shared_prefix_len=160, num_requests=3)
-    prompts, _ = run_async(build_prompts(base_server.url, base_server.model, workload))
+    prompts = run_async(build_prompt_sets(base_server.url, base_server.model, workload)).runs[0]
     ids = [tokens(base_server, p.text) for p in prompts]
     assert all(len(i) == 200 for i in ids)
     assert ids[0][:150] == ids[1][:150] == ids[2][:150]
@@ -90,7 +105,7 @@ def test_chat_conversations_from_a_jsonl_dataset(base_server, tmp_path: Path) ->
                         repeats=1, ignore_eos=False)
     run = run_workload(base_server.url, base_server.model, workload).runs[0]
     assert all(r.ok for r in run.records), [r.error for r in run.records]
-    assert "Paris" in run.records[0].text
+    assert any("Paris" in r.text for r in run.records)  # the rows in a seeded order
 
 
 def test_failed_requests_are_recorded_not_hidden(base_server, tmp_path: Path) -> None:
