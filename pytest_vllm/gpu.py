@@ -112,7 +112,7 @@ PROFILES: dict[str, GPUProfile] = {
             name="cpu",
             memory_gib=0,
             concurrency_levels=(1, 4),
-            requests_per_slot=4,
+            requests_per_slot=3,
             boot_noise=dict(CPU_BOOT_NOISE),
             # float32: bfloat16 on the CPU kernels drifts from the reference greedy output.
             server_defaults={"dtype": "float32", "max_model_len": 2048},

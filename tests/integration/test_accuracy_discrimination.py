@@ -1,7 +1,10 @@
 """The accuracy gates discriminate: the suite fails a deliberately damaged checkpoint and passes W8A8.
 
-Each test runs the accuracy suite of ``suites/`` in an inner pytest session against real servers,
-as a model team would (``--compressed-model PATH``), and reads the failure text and results.json.
+Each test runs the accuracy suite of ``suites/`` in an inner pytest session against real servers
+and reads the failure text and results.json. The servers are this session's own (the suites' base
+and W8A8 servers, and the damaged checkpoint booted beside the base), handed to the inner session
+with ``--vllm-url`` as a platform team would point the suite at servers it runs: nothing boots
+twice.
 The damaged checkpoint is the embedded ``smollm2-135m-instruct-w4-damaged`` recipe (every Linear
 layer on a 4-bit per-channel grid, made by llm-compressor); ``pytest-vllm models build`` (``make
 models``) builds it with the pair.
@@ -42,7 +45,12 @@ def by_metric(results: dict) -> dict[str, dict]:
     return {f"{r['set']} {r['metric']}": r for r in results.get("accuracy", {}).get("recovery", [])}
 
 
-def test_damaged_checkpoint_fails_the_accuracy_budgets(pytester: pytest.Pytester) -> None:
+def urls(base, compressed) -> tuple[str, ...]:
+    return "--vllm-url", f"base={base.url}", "--vllm-url", f"compressed={compressed.url}"
+
+
+def test_damaged_checkpoint_fails_the_accuracy_budgets(pytester: pytest.Pytester, base_server,
+                                                       vllm_server_factory) -> None:
     try:
         damaged = embedded.require_built(embedded.DAMAGED_RECIPE)
     except UsageError as exc:
@@ -51,8 +59,9 @@ def test_damaged_checkpoint_fails_the_accuracy_budgets(pytester: pytest.Pytester
         problem = ""
     if problem:
         pytest.fail(problem, pytrace=False)
-    result, results, elapsed = run_suite(pytester, "--compressed-model", str(damaged))
-    print(f"damaged run: {elapsed:.0f}s (boot included)")
+    damaged_server = vllm_server_factory(model=str(damaged), role="damaged")
+    result, results, elapsed = run_suite(pytester, *urls(base_server, damaged_server))
+    print(f"damaged run: {elapsed:.0f}s")
     output = result.stdout.str()
     assert result.ret == pytest.ExitCode.TESTS_FAILED, output[-5000:]
     result.assert_outcomes(failed=2)
@@ -76,9 +85,9 @@ def test_damaged_checkpoint_fails_the_accuracy_budgets(pytester: pytest.Pytester
     assert sum(not c["passed"] for c in checks.values()) >= 3, checks
 
 
-def test_w8a8_checkpoint_passes_the_accuracy_budgets(pytester: pytest.Pytester) -> None:
-    result, results, elapsed = run_suite(pytester)
-    print(f"W8A8 run: {elapsed:.0f}s (boot included)")
+def test_w8a8_checkpoint_passes_the_accuracy_budgets(pytester: pytest.Pytester, server_pair) -> None:
+    result, results, elapsed = run_suite(pytester, *urls(*server_pair))
+    print(f"W8A8 run: {elapsed:.0f}s")
     output = result.stdout.str()
     assert result.ret == pytest.ExitCode.OK, output[-5000:]
     result.assert_outcomes(passed=2)
