@@ -61,6 +61,14 @@ class Verdict:
         return self.label
 
 
+# A budget written as one of these is switched off (a closer marker's "off" removes a default).
+OFF_WORDS = ("off", "none", "disabled")
+
+
+def is_off(raw: object) -> bool:
+    return raw is None or (isinstance(raw, str) and raw.strip().lower() in OFF_WORDS)
+
+
 def split_operator(text: object) -> tuple[Op | None, str]:
     """``">= 0.9"`` → (">=", "0.9"); ``"0.9"`` → (None, "0.9")."""
     match = _OPERATOR.match(str(text))

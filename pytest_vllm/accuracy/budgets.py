@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from pytest_vllm.accuracy.stats import DEFAULT_CONFIDENCE, Recovery
 from pytest_vllm.errors import UsageError, parse_each
-from pytest_vllm.gating import BudgetMarker, Op, Outcome, Verdict, split_operator
+from pytest_vllm.gating import BudgetMarker, Op, Outcome, Verdict, is_off, split_operator
 
 MARKER_NAME = "vllm_accuracy_budget"
 MARKER_HELP = (f"{MARKER_NAME}(**budgets): accuracy budgets of this test, e.g. recovery=0.97, "
@@ -64,7 +64,6 @@ KEYS: dict[str, KeySpec] = {
                          per_set=True, warn_only=True),
 }
 _VALUE = re.compile(r"^[0-9]*\.?[0-9]+(?:[eE]-?[0-9]+)?$")
-OFF = ("off", "none", "disabled")
 
 
 @dataclass(frozen=True)
@@ -104,7 +103,7 @@ def parse_budget(key: str, raw: object, set_names: Iterable[str], where: str = "
         raise UsageError(f"{where}unknown accuracy budget key {key!r}; valid keys: {', '.join(KEYS)}, {per_set} "
                          f"with <set> one of: {', '.join(sorted(names)) or '(no eval sets found)'}")
     spec = KEYS[split[0]]
-    if raw is None or (isinstance(raw, str) and raw.strip().lower() in OFF):
+    if is_off(raw):
         return AccuracyBudget(key, spec.op, None, str(raw))
     if isinstance(raw, bool):
         raise UsageError(f"{where}accuracy budget {key}={raw!r}: give a number such as {spec.op} 0.9, or \"off\"")

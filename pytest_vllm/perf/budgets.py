@@ -6,7 +6,8 @@ Three kinds, all written as short strings on markers or in ``[tool.pytest_vllm.b
 * absolute SLOs: ``tpot_p99="<= 50 ms"``, ``output_throughput=">= 100 tok/s"``;
 * pair (``vllm_pair_budget``): the ratio candidate / reference measured in the same run, either
   against a number (``output_throughput=">= 1.2"``) or against the ratio recorded for this host
-  class (``">= baseline * 0.9"``).
+  class (``">= baseline * 0.9"``);
+* ``"off"``: no budget on the metric (a test switches a default budget off this way).
 
 The operator may be left out: it follows the metric's direction (``<=`` for latency, ``>=`` for
 throughput). A relative budget's tolerance is at least the noise floor that the measured noise
@@ -22,11 +23,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 from pytest_vllm.errors import UsageError, parse_each
-from pytest_vllm.gating import BudgetMarker, Op, Verdict, parse_number, split_operator
+from pytest_vllm.gating import BudgetMarker, Op, Verdict, is_off, parse_number, split_operator
 from pytest_vllm.perf.metrics import METRICS
 from pytest_vllm.perf.resolution import (
+    ATTEMPT_POWER,
     DEFAULT_FALSE_ALARM_RATE,
-    DETECTION_POWER,
     Noise,
     as_fraction,
     run_noise,
@@ -34,7 +35,7 @@ from pytest_vllm.perf.resolution import (
     z,
 )
 
-Kind = Literal["relative", "absolute", "pair"]
+Kind = Literal["relative", "absolute", "pair", "off"]
 UNITS_TO_BASE = {"ms": ("ms", 1.0), "s": ("ms", 1000.0), "us": ("us", 1.0), "tok/s": ("tok/s", 1.0),
                  "req/s": ("req/s", 1.0)}
 _RELATIVE = re.compile(r"^baseline\s*(?:\*\s*(?P<factor>\S+))?$")
@@ -55,6 +56,8 @@ class Budget:
         return self.op == "<="
 
     def describe(self) -> str:
+        if self.kind == "off":
+            return "off"
         if self.kind == "relative":
             return f"{'ratio ' if self.pair else ''}{self.op} baseline × {self.value:g}"
         if self.kind == "pair":
@@ -74,6 +77,8 @@ def parse_budget(metric: str, text: object, kind_hint: Kind | None = None, where
     op, rest = split_operator(raw)
     op = op or ("<=" if info.direction == "lower" else ">=")
     pair = kind_hint == "pair"
+    if is_off(text):
+        return Budget(metric, "off", op, 0.0, raw, pair=pair)
     if (match := _RELATIVE.match(rest)) is not None:
         factor = parse_number(match.group("factor") or "1", what)
         if factor <= 0:
@@ -166,7 +171,7 @@ def evaluate(budget: Budget, current: float, reference: float | None = None, noi
         passed = current <= limit if lower else current >= limit
         resolution = None
         if noise is not None:
-            resolution = as_fraction((z(1 - policy.false_alarm_rate) + z(DETECTION_POWER)) * noise.sigma, lower)
+            resolution = as_fraction((z(1 - policy.false_alarm_rate) + z(ATTEMPT_POWER)) * noise.sigma, lower)
         note = f"ratio {current:.3f}" if budget.kind == "pair" else ""
         return Check(budget.metric, budget, current, None, limit, None, Verdict.of(passed, note), resolution, noise)
     assert reference is not None

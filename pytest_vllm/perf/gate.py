@@ -12,7 +12,7 @@ What is decided lives in ``judge.py`` (pure functions); this module is the pytes
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -43,6 +43,10 @@ from pytest_vllm.perf.results import (
 )
 from pytest_vllm.server.handle import ServerHandle
 
+J = TypeVar("J", Measurement, PairComparison)
+# Offsets the prompt seed of a confirming second measurement: its prompts are none of the first's.
+CONFIRMATION_PROMPT_SEED = 7_000_003
+
 
 class Bench:
     """The ``vllm_bench`` fixture: measure, compare with the baseline, gate."""
@@ -52,7 +56,7 @@ class Bench:
         self._item = item
         self._say = say
         self._budgets: dict[str, Budget] = closest_wins(item, MARKER)
-        self._pair_budgets: dict[str, Budget] = closest_wins(item, PAIR_MARKER)
+        self._pair_budgets: dict[str, Budget] = in_force(closest_wins(item, PAIR_MARKER))
 
     @property
     def settings(self) -> BenchSettings:
@@ -62,52 +66,70 @@ class Bench:
     def run(self, server: ServerHandle, workload: Workload, budgets: Mapping[str, str] | None = None,
             gate: bool = True) -> Measurement:
         """Measure ``workload`` on ``server`` and gate it (``gate=False``: measure and record only)."""
-        workload = self._prepared(workload)
-        self._say(f"measuring {workload.name} on the {server.role} server: {workload.describe()}")
-        runs = run_workload(server.url, server.model, workload, api_key=server.api_key, say=self._say,
-                            label=f"{server.role}/{workload.name}")
-        return self._judge(self._measurement(server, runs), budgets, gate)
+        wanted = self._budget_set(budgets)
+
+        def measure(attempt: Workload) -> Measurement:
+            self._say(f"measuring {attempt.name} on the {server.role} server: {attempt.describe()}")
+            runs = run_workload(server.url, server.model, attempt, api_key=server.api_key, say=self._say,
+                                label=f"{server.role}/{attempt.name}")
+            return self._evaluated(self._measurement(server, runs), wanted)
+
+        measurement = self._confirmed(measure, self._prepared(workload), gate)
+        return self._settle(measurement, wanted, gate)
 
     def compare(self, reference: ServerHandle, candidate: ServerHandle, workload: Workload,
                 budgets: Mapping[str, str] | None = None) -> PairComparison:
         """Measure the same workload on two servers (``compare(*server_pair, w)``: base, then
         compressed), their repetitions interleaved, and apply the ``vllm_pair_budget`` ratios
         candidate / reference to the median of the per-pair ratios."""
-        workload = self._prepared(workload)
-        self._say(f"measuring {workload.name} on the {reference.role} and {candidate.role} servers, repetitions "
-                  f"interleaved: {workload.describe()}")
-        runs = run_async(run_pair_async(self._target(reference, workload), self._target(candidate, workload),
-                                        workload, say=self._say))
-        first = self._judge(self._measurement(reference, runs[0]), budgets, gate=False)
-        second = self._judge(self._measurement(candidate, runs[1]), budgets, gate=False)
-        metrics = sorted(set(PAIR_METRICS) | set(self._pair_budgets))
-        comparison = PairComparison(self._item.nodeid, workload, first, second,
-                                    pair_ratios(first.result, second.result, metrics))
+        wanted = self._budget_set(budgets)
+
+        def measure(attempt: Workload) -> PairComparison:
+            self._say(f"measuring {attempt.name} on the {reference.role} and {candidate.role} servers, "
+                      f"repetitions interleaved: {attempt.describe()}")
+            runs = run_async(run_pair_async(self._target(reference, attempt), self._target(candidate, attempt),
+                                            attempt, say=self._say))
+            first = self._evaluated(self._measurement(reference, runs[0]), wanted)
+            second = self._evaluated(self._measurement(candidate, runs[1]), wanted)
+            metrics = sorted(set(PAIR_METRICS) | set(self._pair_budgets))
+            comparison = PairComparison(self._item.nodeid, attempt, first, second,
+                                        pair_ratios(first.result, second.result, metrics))
+            return self._evaluated(comparison, self._pair_budgets)
+
+        comparison = self._confirmed(measure, self._prepared(workload), gate=True)
+        for measurement in (comparison.reference, comparison.candidate):
+            self._settle(measurement, wanted, gate=False)
         self._state.pairs.append(comparison)
-        comparison.baseline, comparison.baseline_note = self._stored(comparison)
-        comparison.checks = judge(comparison, self._pair_budgets, comparison.baseline, self.settings)
         if self.settings.record:
             self._record(comparison)
-        if not (first.passed and second.passed and comparison.passed):
+        if not comparison.all_passed:
             pytest.fail(pair_failure_text(comparison), pytrace=False)
-        for measurement in (first, second):
-            self._require_baseline(measurement, self._budget_set(budgets))
+        for measurement in (comparison.reference, comparison.candidate):
+            self._require_baseline(measurement, wanted)
         self._require_baseline(comparison, self._pair_budgets)
         return comparison
 
     def single_stream(self, server: ServerHandle, workload: Workload, benchmark: Any = None,
                       budgets: Mapping[str, str] | None = None) -> Measurement:
         """Sequential requests, one at a time; each request is also a pytest-benchmark round, so the
-        end-to-end latencies reach ``--benchmark-json`` / ``--benchmark-compare``."""
-        workload = self._prepared(workload.with_(concurrency=1, request_rate=None))
-        self._say(f"measuring {workload.name} on the {server.role} server: {workload.describe()}")
-        runs = run_single_stream(self._target(server, workload), workload, benchmark, say=self._say)
-        measurement = self._measurement(server, runs)
+        end-to-end latencies reach ``--benchmark-json`` / ``--benchmark-compare`` (a confirming
+        second measurement runs outside pytest-benchmark, which times one run per test)."""
+        wanted = self._budget_set(budgets)
+        timer = [benchmark]
+
+        def measure(attempt: Workload) -> Measurement:
+            self._say(f"measuring {attempt.name} on the {server.role} server: {attempt.describe()}")
+            runs = run_single_stream(self._target(server, attempt), attempt, timer.pop() if timer else None,
+                                     say=self._say)
+            return self._evaluated(self._measurement(server, runs), wanted)
+
+        measurement = self._confirmed(measure, self._prepared(workload.with_(concurrency=1, request_rate=None)),
+                                      gate=True)
         if benchmark is not None:
             for metric in ("ttft_p50", "tpot_p50", "itl_p50", "e2el_p50", "output_throughput"):
                 benchmark.extra_info[metric] = round(measurement.value(metric), 3)
             benchmark.extra_info["server"] = f"{server.role}:{server.model}"
-        return self._judge(measurement, budgets, gate=True)
+        return self._settle(measurement, wanted, gate=True)
 
     # -- internals -----------------------------------------------------------------------------
     def _prepared(self, workload: Workload) -> Workload:
@@ -124,7 +146,7 @@ class Bench:
         wanted = {**self.settings.default_budgets, **self._budgets}
         if budgets:
             wanted.update(parse_budgets(budgets, where=f"{self._item.nodeid}: "))
-        return wanted
+        return in_force(wanted)
 
     def _say_once(self, line: str) -> None:
         if line not in self._state.said:
@@ -159,10 +181,33 @@ class Bench:
         except BaselineError as exc:
             pytest.fail(str(exc), pytrace=False)
 
-    def _judge(self, measurement: Measurement, budgets: Mapping[str, str] | None, gate: bool) -> Measurement:
-        wanted = self._budget_set(budgets)
-        measurement.baseline, measurement.baseline_note = self._stored(measurement)
-        measurement.checks = judge(measurement, wanted, measurement.baseline, self.settings)
+    def _evaluated(self, judged: J, budgets: Mapping[str, Budget]) -> J:
+        """``judged`` with its baseline and checks (nothing failed, recorded or kept yet)."""
+        judged.baseline, judged.baseline_note = self._stored(judged)
+        judged.checks = judge(judged, budgets, judged.baseline, self.settings)
+        return judged
+
+    def _confirmed(self, measure: Callable[[Workload], J], workload: Workload, gate: bool) -> J:
+        """A measurement out of budget is measured once more, on prompts of its own, and the second
+        decides: a regression repeats, while a transient on a shared host (seen here: both servers
+        of a test 20-35% slow for half a minute, the next minute at their baselines) does not. Both
+        are reported."""
+        first = measure(workload)
+        if not gate or self.settings.record or first.all_passed:
+            return first
+        failing = ", ".join(f"{c.metric} {c.delta:+.0%}" if c.delta is not None else c.metric
+                            for c in first.all_checks if not c.passed)
+        self._say(f"{workload.name}: out of budget ({failing}); measuring again on prompts of its own to confirm")
+        second = measure(workload.with_(prompt_seed=workload.prompt_seed + CONFIRMATION_PROMPT_SEED))
+        second.first_attempt = first
+        verdict = "confirmed: out of budget again" if not second.all_passed else "not confirmed: passed"
+        note = f"a first measurement was out of budget ({failing}); measured again on fresh prompts, {verdict}"
+        second.baseline_note = "; ".join(filter(None, [note, second.baseline_note]))
+        self._say(f"{workload.name}: {verdict}")
+        return second
+
+    def _settle(self, measurement: Measurement, budgets: Mapping[str, Budget], gate: bool) -> Measurement:
+        """Keep the measurement for the reports, record it or fail the test as the verdict says."""
         self._state.measurements.append(measurement)
         if self.settings.record:
             self._record(measurement)
@@ -170,7 +215,7 @@ class Bench:
             return measurement
         if not measurement.passed:
             pytest.fail(failure_text(measurement), pytrace=False)
-        self._require_baseline(measurement, wanted)
+        self._require_baseline(measurement, budgets)
         return measurement
 
     def _require_baseline(self, judged: Judged, budgets: Mapping[str, Budget]) -> None:
@@ -196,6 +241,11 @@ class Bench:
         judged.baseline_note = f"baseline {verb} {path}"
         self._state.written.append(path)
         self._say(f"baseline {verb}: {path} [{key.entry_name}]")
+
+
+def in_force(budgets: Mapping[str, Budget]) -> dict[str, Budget]:
+    """The budgets that are not switched off."""
+    return {metric: budget for metric, budget in budgets.items() if budget.kind != "off"}
 
 
 def settings_for(config: Any, profile: GPUProfile, host_class: str, environment: dict[str, Any]) -> BenchSettings:

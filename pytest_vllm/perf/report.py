@@ -24,6 +24,14 @@ def resolution_cell(check: Check) -> str:
     return "-" if check.resolution is None else f"{abs(check.resolution):.0%}"
 
 
+def tolerance_cell(check: Check) -> str:
+    """The relative tolerance applied, and why when it is not the budget's own."""
+    if check.tolerance is None:
+        return "-"
+    why = " (capped)" if "capped" in check.note else " (noise floor)" if "widened" in check.note else ""
+    return f"{abs(check.tolerance):.0%}{why}"
+
+
 def _unchecked_verdict(state: BenchState, judged: Judged) -> Verdict:
     if state.settings.record:
         return Verdict(Outcome.RECORDED)
@@ -54,17 +62,20 @@ def tables(state: BenchState) -> list[Table]:
     checks = Table(f"vllm performance: budgets (current = median of repetitions; host class {settings.host_class}; "
                    f"resolves = the regression caught 9 times in 10 at {settings.policy.false_alarm_rate:.0%} "
                    "false alarms)",
-                   ["measurement", "server", "metric", "current", "baseline", "delta", "limit", "budget", "resolves",
-                    "verdict"])
+                   ["measurement", "server", "metric", "current", "baseline", "delta", "limit", "budget", "tolerance",
+                    "resolves", "verdict"])
     for m in state.measurements:
         if not m.checks:
-            checks.add(measurement_label(m), m.role, "-", "-", "-", "-", "-", "-", "-", _unchecked_verdict(state, m))
+            checks.add(measurement_label(m), m.role, "-", "-", "-", "-", "-", "-", "-", "-",
+                       _unchecked_verdict(state, m))
         for c in m.checks:
             checks.add(measurement_label(m), m.role, c.metric, fmt(c.current), fmt(c.reference), pct(c.delta),
-                       fmt(c.limit), c.budget.describe() + (f" ({c.note})" if c.note else ""), resolution_cell(c),
-                       c.verdict)
+                       fmt(c.limit), c.budget.describe(), tolerance_cell(c), resolution_cell(c), c.verdict)
         if m.baseline_note:
             checks.notes.append(f"{measurement_label(m)} [{m.role}]: {m.baseline_note}")
+    checks.notes.append("tolerance: the budget's own, or the noise floor its measured noise sets (between boots "
+                        "and hosts of the class, within a run; results.json has each check's figures), at most "
+                        f"--vllm-max-tolerance {settings.policy.max_tolerance:.0%}")
     for model, classes in state.unjudged_classes.items():
         checks.notes.append(f"{model}: no baselines for host class {settings.host_class} (recorded classes: "
                             f"{', '.join(classes) or 'none'}); its relative budgets were not judged")
@@ -94,8 +105,8 @@ def tables(state: BenchState) -> list[Table]:
                 f"{c.metric} {c.budget.describe()}"
                 + (f" (recorded {c.reference:.3f}, limit {c.limit:.3f})" if c.reference is not None else "")
                 + f": {c.verdict}"
+                + (f", tolerance {tolerance_cell(c)}" if c.tolerance is not None else "")
                 + (f", resolves {abs(c.resolution):.0%}" if c.resolution is not None else "")
-                + (f" ({c.note})" if c.note and c.budget.kind == "relative" else "")
                 for c in p.checks) or ("-" if p.judged else "NOT JUDGED (no baselines for this host class)")
             pairs.add(measurement_label(p), f"{p.candidate.role} / {p.reference.role}",
                       *[f"{p.ratio(n):.3f}x" for n in PAIR_METRICS], budget_text)
@@ -116,6 +127,15 @@ def _check_json(c: Check) -> dict[str, Any]:
                                                   "repeats": noise.repeats}}
 
 
+def _first_attempt(judged: Judged) -> dict[str, Any] | None:
+    """The measurement that was out of budget and measured again (None: the first one stood)."""
+    first = judged.first_attempt
+    if first is None:
+        return None
+    return {"checks": [_check_json(c) for c in first.all_checks],
+            "medians": {n: first.value(n) for n in ("output_throughput", "ttft_p50", "tpot_p50")}}
+
+
 def _metrics_json(result: Any) -> dict[str, Any]:
     return {n: {"median": result.median(n), "runs": result.values(n), "spread": result.spread(n)}
             for n in result.runs[0].values} if result.runs else {}
@@ -129,6 +149,7 @@ def to_json(state: BenchState) -> dict[str, Any]:
             "passed": m.passed, "judged": m.judged, "baseline": str(m.baseline.path) if m.baseline else None,
             "baseline_note": m.baseline_note, "metrics": _metrics_json(m.result),
             "checks": [_check_json(c) for c in m.checks], "client_saturated": m.result.client_saturated,
+            "first_attempt": _first_attempt(m),
         }
 
     def pair(p: PairComparison) -> dict[str, Any]:
@@ -137,7 +158,8 @@ def to_json(state: BenchState) -> dict[str, Any]:
                 "server_flags": {"candidate": p.candidate.server_flags, "reference": p.reference.server_flags},
                 "passed": p.passed, "judged": p.judged, "baseline": str(p.baseline.path) if p.baseline else None,
                 "baseline_note": p.baseline_note, "ratios": {n: p.ratio(n) for n in PAIR_METRICS},
-                "metrics": _metrics_json(p.ratios), "checks": [_check_json(c) for c in p.checks]}
+                "metrics": _metrics_json(p.ratios), "checks": [_check_json(c) for c in p.checks],
+                "first_attempt": _first_attempt(p)}
 
     settings = state.settings
     return {"settings": {"gpu": settings.gpu, "host_class": settings.host_class, "update_baselines": settings.record,

@@ -16,7 +16,11 @@ the log ratio current / baseline has the standard deviation
 recordings of ``n_b`` repetitions stored. At the false-alarm rate ``alpha`` (per check) the
 finest tolerance is ``floor = z(1 - alpha) · sigma``: a budget asking for less is widened to it,
 and says so. The resolution printed beside each verdict is the smallest true regression the
-check catches with probability ``power`` (0.9): ``tolerance + z(power) · sigma``.
+check catches with probability ``power`` (0.9). A gated measurement out of budget is measured
+once more and the second decides (``gate.Bench._confirmed``), so a regression must fail twice:
+each attempt is sized to catch it with probability sqrt(power), which keeps ``power`` for the
+pair even if the two attempts were independent (they share the boot, so it is higher):
+``resolution = tolerance + z(sqrt(power)) · sigma``.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 DEFAULT_FALSE_ALARM_RATE = 0.01
-DETECTION_POWER = 0.9  # "resolves X%": a true regression of X% fails this often
+DETECTION_POWER = 0.9  # "resolves X%": a true regression of X% fails this often, confirmation included
+ATTEMPT_POWER = math.sqrt(DETECTION_POWER)  # per measurement: a regression must fail first and confirming one
 
 
 def median_variance_factor(n: int) -> float:
@@ -111,7 +116,7 @@ class Tolerance:
     floor: float  # z(1 - alpha) * sigma
     applied: float
     capped: bool  # the floor exceeded the configured maximum
-    resolution: float  # as a fraction of the baseline: the regression caught with DETECTION_POWER
+    resolution: float  # as a fraction of the baseline: the regression caught with DETECTION_POWER (confirmed)
 
     @property
     def widened(self) -> bool:
@@ -126,7 +131,7 @@ def tolerance(asked: float, noise: Noise, lower_is_better: bool, false_alarm_rat
     capped = False
     if max_tolerance is not None and applied > max(asked, max_tolerance):
         applied, capped = max(asked, max_tolerance), True
-    caught = applied + z(DETECTION_POWER) * noise.sigma
+    caught = applied + z(ATTEMPT_POWER) * noise.sigma
     resolution = math.expm1(caught) if lower_is_better else -math.expm1(-caught)
     return Tolerance(asked, floor, applied, capped, resolution)
 

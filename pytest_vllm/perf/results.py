@@ -47,10 +47,19 @@ class Measurement:
     prompt_tokens: int = 0
     records: list[list[RequestRecord]] = field(default_factory=list)
     judged: bool = True  # False: no baseline for this host class, relative budgets not judged
+    first_attempt: Measurement | None = None  # out of budget, and measured again (gate.Bench._confirmed)
 
     @property
     def passed(self) -> bool:
         return all(c.passed for c in self.checks)
+
+    @property
+    def all_passed(self) -> bool:
+        return self.passed
+
+    @property
+    def all_checks(self) -> list[Check]:
+        return list(self.checks)
 
     @property
     def model_of_record(self) -> str:
@@ -89,6 +98,7 @@ class PairComparison:
     baseline: baselines.Baseline | None = None
     baseline_note: str = ""
     judged: bool = True
+    first_attempt: PairComparison | None = None  # out of budget, and measured again (gate.Bench._confirmed)
 
     @property
     def role(self) -> str:
@@ -108,7 +118,16 @@ class PairComparison:
 
     @property
     def passed(self) -> bool:
+        """The pair budgets held (the two servers' own budgets: ``all_passed``)."""
         return all(c.passed for c in self.checks)
+
+    @property
+    def all_passed(self) -> bool:
+        return self.passed and self.reference.passed and self.candidate.passed
+
+    @property
+    def all_checks(self) -> list[Check]:
+        return [*self.reference.checks, *self.candidate.checks, *self.checks]
 
     def ratio(self, metric: str) -> float:
         return self.ratios.median(metric) if self.ratios.has(metric) else float("nan")

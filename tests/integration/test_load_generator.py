@@ -21,13 +21,13 @@ def tokens(server, text: str) -> list[int]:
 
 @pytest.mark.parametrize("length", [16, 300, 1500])
 def test_synthetic_prompts_have_exact_token_lengths(base_server, length: int) -> None:
-    workload = Workload(input_len=length, num_requests=4, seed=length, repeats=2)
+    workload = Workload(input_len=length, num_requests=4, seed=length, repeats=3)
     sets = run_async(build_prompt_sets(base_server.url, base_server.model, workload))
     prompts = sets.runs[0]
-    assert len(prompts) == 4 and len(sets.warmup) == 1 and len(sets.runs) == 2
+    assert len(prompts) == 4 and len(sets.warmup) == 1 and len(sets.runs) == 3
     assert [len(tokens(base_server, p.text)) for p in prompts] == [length] * 4
-    texts = [p.text for p in [*sets.warmup, *sets.runs[0], *sets.runs[1]]]
-    assert len(set(texts)) == 9, "seeded but distinct prompts: no two sets share one"
+    texts = [p.text for p in [*sets.warmup, *(p for run in sets.runs for p in run)]]
+    assert len(set(texts)) == 13, "seeded but distinct prompts: no two sets share one"
     forget_built_prompts()
     again = run_async(build_prompt_sets(base_server.url, base_server.model, workload))
     assert [p.text for p in again.runs[1]] == [p.text for p in sets.runs[1]], "the same seed gives the same prompts"
@@ -39,8 +39,8 @@ def test_prompts_are_built_once_per_tokenizer_and_workload(base_server) -> None:
     first = Workload(name="a", input_len=40, num_requests=3, concurrency=1, output_len=8, repeats=1)
     built = run_async(build_prompt_sets(base_server.url, base_server.model, first))
     before = tokenize_calls(base_server)
-    again = run_async(build_prompt_sets(base_server.url, base_server.model, first.with_(concurrency=3,
-                                                                                         output_len=16)))
+    again = run_async(build_prompt_sets(base_server.url, base_server.model,
+                                        first.with_(concurrency=3, warmup_requests=1, output_len=16)))
     assert [p.text for p in again.runs[0]] == [p.text for p in built.runs[0]]
     assert tokenize_calls(base_server) - before == 1, "only the tokenizer fingerprint is asked for"
     other_name = run_async(build_prompt_sets(base_server.url, base_server.model, first.with_(name="b")))
@@ -53,9 +53,9 @@ def test_prompts_are_built_once_per_tokenizer_and_workload(base_server) -> None:
 def test_repetitions_miss_the_prefix_cache_and_a_rerun_of_the_same_prompts_hits_it(base_server) -> None:
     """The server's own counters: each repetition on prompts of its own is cold; the same workload
     sent again (what a repeated measurement name would do) is served from the cache."""
-    workload = Workload(name="cold", input_len=300, output_len=2, num_requests=3, concurrency=3, repeats=2)
+    workload = Workload(name="cold", input_len=300, output_len=2, num_requests=3, concurrency=3, repeats=3)
     cold = run_workload(base_server.url, base_server.model, workload).runs
-    assert [r.prefix_cache.hit_rate for r in cold if r.prefix_cache] == [0.0, 0.0]
+    assert [r.prefix_cache.hit_rate for r in cold if r.prefix_cache] == [0.0, 0.0, 0.0]
     warm = run_workload(base_server.url, base_server.model, workload).runs
     assert all(r.prefix_cache and r.prefix_cache.hit_rate > 0.5 for r in warm)
 

@@ -10,7 +10,8 @@ folder:
 1. ``--update-baselines``: records three repetitions, each on prompts the server had not seen;
 2. unchanged: passes, its results.json then pooled in with ``pytest-vllm baselines add``;
 3. ``--add-baselines``: a third recording;
-4. against the slowed server: the throughput gate fails, the stored baseline is untouched;
+4. against the slowed server: the throughput gate fails, confirmed by a second measurement, and
+   the stored baseline is untouched;
 5. with the baselines filed under another host class: one line names this host's class and the
    recorded one, and no relative budget is judged; with ``--vllm-missing-baseline fail`` it fails;
 6. re-recording on the slowed server passes: recording replaces, it does not judge.
@@ -94,7 +95,9 @@ def test_gate_records_passes_and_catches_a_slowdown(pytester: pytest.Pytester, t
     stored = files[0].read_text()
     failed = inner(slowed, baselines)
     failed.assert_outcomes(failed=1)
-    failed.stdout.fnmatch_lines(["*gate on the base server * is out of budget:*",
+    failed.stdout.fnmatch_lines(["*gate: out of budget (output_throughput -*%*); measuring again on prompts of "
+                                 "its own to confirm*", "*gate: confirmed: out of budget again*",
+                                 "*gate on the base server * is out of budget:*",
                                  "*output_throughput*FAIL resolves *%*"])
     assert files[0].read_text() == stored, "a gated run must never touch the stored baseline"
     summary = (pytester.path / "reports" / "summary.md").read_text()
@@ -108,7 +111,7 @@ def test_gate_records_passes_and_catches_a_slowdown(pytester: pytest.Pytester, t
     unjudged.stdout.fnmatch_lines([f"*this host is class {vllm_session.host_class}; baselines of * exist for: "
                                    f"{OTHER_CLASS}*Relative budgets are not judged*"])
     assert "NOT JUDGED" in (pytester.path / "reports" / "summary.md").read_text()
-    strict = inner(slowed, elsewhere, "--vllm-missing-baseline", "fail")
+    strict = inner(server, elsewhere, "--vllm-missing-baseline", "fail")  # any server: no baseline to judge
     strict.assert_outcomes(failed=1)
     strict.stdout.fnmatch_lines([f"*no baseline for * of host class {vllm_session.host_class}*"
                                  f"classes with baselines of *: {OTHER_CLASS}*"])

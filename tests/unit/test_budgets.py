@@ -76,7 +76,8 @@ def test_noise_widens_the_tolerance_up_to_the_cap() -> None:
     noisy = evaluate(throughput, current=92.0, reference=100.0, noise=noise(0.04), policy=policy)
     assert noisy.passed and noisy.tolerance == pytest.approx(-math.expm1(-2.3263 * 0.04), rel=1e-3)
     assert "widened from 5% to 9%" in noisy.note
-    assert noisy.resolution == pytest.approx(-math.expm1(-(2.3263 + 1.2816) * 0.04), rel=1e-3)
+    # resolution: z(sqrt 0.9) = 1.6352 above the tolerance (a regression must fail twice, see resolution.py)
+    assert noisy.resolution == pytest.approx(-math.expm1(-(2.3263 + 1.6352) * 0.04), rel=1e-3)
     # a very noisy baseline cannot switch the gate off: 25% slower still fails at the 20% cap
     wild = evaluate(throughput, current=75.0, reference=100.0, noise=noise(0.5), policy=policy)
     assert not wild.passed and wild.tolerance == pytest.approx(0.20) and "capped" in wild.note
@@ -104,3 +105,13 @@ def test_malformed_numbers_are_usage_errors() -> None:
         parse_budget("ttft_p50", "<= baseline * 1.1.1")
     with pytest.raises(UsageError, match="positive"):
         parse_budget("ttft_p50", "<= baseline * 0")
+
+
+def test_off_switches_a_budget_off() -> None:
+    from pytest_vllm.perf.gate import in_force
+
+    budgets = {**parse_budgets({"ttft_p50": "<= baseline * 1.1", "tpot_p50": "<= 50 ms"}),
+               **parse_budgets({"ttft_p50": "off"})}
+    assert budgets["ttft_p50"].kind == "off" and budgets["ttft_p50"].describe() == "off"
+    assert set(in_force(budgets)) == {"tpot_p50"}
+    assert parse_budget("output_throughput", "Off", kind_hint="pair").kind == "off"

@@ -146,3 +146,41 @@ def test_a_missing_baseline_is_not_judged_on_an_unrecorded_class_and_fails_on_a_
     # nothing relative to judge, or recording: nothing missing
     assert missing_baseline(settings(tmp_path), current, parse_budgets({"ttft_p50": "<= 5 s"})).action == "none"
     assert missing_baseline(settings(tmp_path, record=True), current, budgets).action == "none"
+
+
+class _Item:
+    """A test item without markers (a test double for the pytest layer's constructor)."""
+
+    nodeid = "suites/test_perf.py::test_t"
+
+    def iter_markers(self, name: str):  # noqa: ARG002 - the pytest.Item signature
+        return iter(())
+
+
+def test_an_out_of_budget_measurement_is_measured_again_and_the_second_decides(tmp_path: Path) -> None:
+    from pytest_vllm.perf.gate import CONFIRMATION_PROMPT_SEED, Bench
+    from pytest_vllm.perf.results import BenchState
+
+    said: list[str] = []
+    bench = Bench(BenchState(settings(tmp_path)), _Item(), said.append)  # type: ignore[arg-type]
+    budgets = parse_budgets({"output_throughput": ">= 2.5 tok/s"})  # an absolute budget: no baseline needed
+    attempts: list[Workload] = []
+
+    def measure(durations):
+        def one(attempt: Workload) -> Measurement:
+            attempts.append(attempt)
+            m = measurement(durations[len(attempts) - 1])
+            m.checks = judge(m, budgets, None, bench.settings)
+            return m
+        return one
+
+    transient = bench._confirmed(measure([(2.0, 2.0, 2.0), (1.0, 1.0, 1.0)]), WORKLOAD, gate=True)
+    assert transient.passed and transient.first_attempt is not None and not transient.first_attempt.passed
+    assert attempts[1].prompt_seed == WORKLOAD.prompt_seed + CONFIRMATION_PROMPT_SEED
+    assert "not confirmed: passed" in transient.baseline_note and any("to confirm" in line for line in said)
+    attempts.clear()
+    regression = bench._confirmed(measure([(2.0, 2.0, 2.0), (2.0, 2.0, 2.0)]), WORKLOAD, gate=True)
+    assert not regression.passed and "confirmed: out of budget again" in regression.baseline_note
+    attempts.clear()
+    healthy = bench._confirmed(measure([(1.0, 1.0, 1.0)]), WORKLOAD, gate=True)
+    assert healthy.passed and healthy.first_attempt is None and len(attempts) == 1

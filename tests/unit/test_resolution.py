@@ -56,7 +56,7 @@ def test_tolerance_floor_widening_cap_and_resolution() -> None:
     floor = z(0.99) * noise.sigma
     tight = tolerance(math.log(1.05), noise, lower_is_better=True)
     assert tight.widened and tight.applied == pytest.approx(floor) and not tight.capped
-    assert tight.resolution == pytest.approx(math.expm1(floor + z(0.9) * noise.sigma))
+    assert tight.resolution == pytest.approx(math.expm1(floor + z(math.sqrt(0.9)) * noise.sigma))
     loose = tolerance(math.log(1.50), noise, lower_is_better=True)
     assert not loose.widened and loose.applied == pytest.approx(math.log(1.5))
     capped = tolerance(math.log(1.05), noise, lower_is_better=True, max_tolerance=math.log(1.08))
@@ -69,9 +69,11 @@ def test_run_noise_is_the_median_of_the_repetitions() -> None:
                                                                                                   1.05, 0.95]]))
 
 
-def simulated_runs(rng: random.Random, level: float, between: float, within: float, repeats: int) -> list[float]:
-    """One run of ``repeats`` repetitions on a freshly booted server whose speed is ``level``."""
-    boot = level * math.exp(rng.gauss(0.0, between))
+def simulated_runs(rng: random.Random, level: float, between: float, within: float, repeats: int,
+                   boot: float | None = None) -> list[float]:
+    """One run of ``repeats`` repetitions on a freshly booted server whose speed is ``level``
+    (``boot``: the speed of a server already booted, for a second run on it)."""
+    boot = level * math.exp(rng.gauss(0.0, between)) if boot is None else boot
     return [boot * math.exp(rng.gauss(0.0, within)) for _ in range(repeats)]
 
 
@@ -79,7 +81,8 @@ def simulated_runs(rng: random.Random, level: float, between: float, within: flo
 def test_simulated_false_alarm_and_detection_rates(recordings: int) -> None:
     """Between-boot noise 5% (known to the model as its prior), within-run noise 2%: the gate at a
     1% false-alarm rate per check fails healthy servers at about that rate, and a regression as
-    large as its printed resolution at least 9 times in 10."""
+    large as its printed resolution at least 9 times in 10, counting as the gate does: a first
+    measurement out of budget is measured again on the same boot and the second decides."""
     rng = random.Random(recordings)
     budget = parse_budget("output_throughput", ">= baseline * 0.95")
     policy = GatePolicy(false_alarm_rate=0.01, max_tolerance=0.9)
@@ -88,13 +91,22 @@ def test_simulated_false_alarm_and_detection_rates(recordings: int) -> None:
     for _ in range(trials):
         stored = [simulated_runs(rng, 100.0, 0.05, 0.02, 5) for _ in range(recordings)]
         reference = statistics.median(statistics.median(r) for r in stored)
-        healthy = simulated_runs(rng, 100.0, 0.05, 0.02, 5)
-        check = evaluate(budget, statistics.median(healthy), reference,
-                         baseline_noise(healthy, stored, prior=0.05), policy)
-        false_alarms += not check.passed
-        assert check.resolution is not None
-        slowed = [v * (1 - check.resolution) for v in simulated_runs(rng, 100.0, 0.05, 0.02, 5)]
-        verdict = evaluate(budget, statistics.median(slowed), reference, baseline_noise(slowed, stored, 0.05), policy)
-        detections += not verdict.passed
-    assert false_alarms / trials <= 0.02
-    assert detections / trials >= 0.85
+
+        def failed(speed: float, factor: float = 1.0, stored: list[list[float]] = stored,
+                   reference: float = reference) -> tuple[bool, float | None]:
+            """The gate's verdict on a fresh boot of this speed: out of budget, confirmed."""
+            boot = speed * math.exp(rng.gauss(0.0, 0.05))
+            for _attempt in range(2):
+                runs = [v * factor for v in simulated_runs(rng, speed, 0.05, 0.02, 5, boot=boot)]
+                check = evaluate(budget, statistics.median(runs), reference, baseline_noise(runs, stored, 0.05),
+                                 policy)
+                if check.passed:
+                    return False, check.resolution
+            return True, check.resolution
+
+        alarm, resolution = failed(100.0)
+        false_alarms += alarm
+        assert resolution is not None
+        detections += failed(100.0, 1 - resolution)[0]
+    assert false_alarms / trials <= 0.015
+    assert detections / trials >= 0.88
