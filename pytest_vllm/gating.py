@@ -34,6 +34,7 @@ class Outcome(enum.StrEnum):
     NOT_JUDGED = "NOT JUDGED"  # nothing to judge against (another host class, a ratio over 0)
     NO_BASELINE = "NO BASELINE"
     RECORDED = "RECORDED"  # recording baselines: measured, not judged
+    OFF = "BUDGETS OFF"  # measured, every budget switched off (the test's verdict is elsewhere)
     NO_BUDGET = "-"
 
 

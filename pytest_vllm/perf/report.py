@@ -37,6 +37,8 @@ def _unchecked_verdict(state: BenchState, judged: Judged) -> Verdict:
         return Verdict(Outcome.RECORDED)
     if not judged.judged:
         return Verdict(Outcome.NOT_JUDGED, "no baselines for this host class")
+    if judged.baseline is not None:  # a baseline to judge against, and no budget asked for
+        return Verdict(Outcome.OFF)
     return Verdict(Outcome.NO_BASELINE)
 
 

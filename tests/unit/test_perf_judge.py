@@ -184,3 +184,21 @@ def test_an_out_of_budget_measurement_is_measured_again_and_the_second_decides(t
     attempts.clear()
     healthy = bench._confirmed(measure([(1.0, 1.0, 1.0)]), WORKLOAD, gate=True)
     assert healthy.passed and healthy.first_attempt is None and len(attempts) == 1
+
+
+def test_a_measurement_without_checks_says_why() -> None:
+    """Recording, another host class, every budget off (a baseline exists), or no baseline.
+    (Plain namespaces stand in for the state and measurement: only these fields are read.)"""
+    from types import SimpleNamespace
+
+    from pytest_vllm.gating import Outcome
+    from pytest_vllm.perf.report import _unchecked_verdict
+
+    def verdict(record: bool = False, judged: bool = True, baseline: object = None) -> Outcome:
+        state = SimpleNamespace(settings=SimpleNamespace(record=record))
+        return _unchecked_verdict(state, SimpleNamespace(judged=judged, baseline=baseline)).outcome
+
+    assert verdict(record=True) is Outcome.RECORDED
+    assert verdict(judged=False) is Outcome.NOT_JUDGED
+    assert verdict(baseline=object()) is Outcome.OFF
+    assert verdict() is Outcome.NO_BASELINE
