@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from pytest_vllm.hostclass import EMULATE_AVX2_ENV
+
 pytestmark = pytest.mark.integration
 
 INNER = """
@@ -43,12 +45,17 @@ OTHER_CLASS = "cpu-amd-avx512bf16-2c"
 
 
 class Inner:
-    """Runs the inner session against a server, each run with prompts of its own."""
+    """Runs the inner session against a server, each run with prompts of its own, filed under the
+    outer session's host class. The inner sessions boot nothing (``--vllm-url``), so they run
+    without PYTEST_VLLM_EMULATE_AVX2, which would refuse their recordings: under emulation the
+    outer servers are the emulated ones, and the class named is the emulated class."""
 
-    def __init__(self, pytester: pytest.Pytester) -> None:
+    def __init__(self, pytester: pytest.Pytester, host_class: str, monkeypatch: pytest.MonkeyPatch) -> None:
         self.pytester = pytester
+        self.host_class = host_class
         self.runs = 0
         pytester.makepyfile(test_inner=INNER)
+        monkeypatch.delenv(EMULATE_AVX2_ENV, raising=False)
 
     @property
     def results(self) -> Path:
@@ -59,14 +66,15 @@ class Inner:
         return self.pytester.runpytest_subprocess(
             "-p", "no:cacheprovider", "--vllm-url", f"base={server.url}", "--vllm-prompt-seed", str(self.runs),
             "--vllm-baseline-dir", str(baseline_dir), "--vllm-report-dir", str(self.pytester.path / "reports"),
-            *extra)
+            "--vllm-host-class", self.host_class, *extra)
 
 
 def test_gate_records_passes_and_catches_a_slowdown(pytester: pytest.Pytester, tmp_path: Path,
-                                                    vllm_server_factory, vllm_session) -> None:
+                                                    monkeypatch: pytest.MonkeyPatch, vllm_server_factory,
+                                                    vllm_session) -> None:
     server = vllm_server_factory(role="gate", enforce_eager=True, max_num_seqs=8)
     slowed = vllm_server_factory(role="gate_slowed", enforce_eager=True, max_num_seqs=1)
-    inner = Inner(pytester)
+    inner = Inner(pytester, vllm_session.host_class, monkeypatch)
     baselines = tmp_path / "baselines"
 
     recorded = inner(server, baselines, "--update-baselines")
