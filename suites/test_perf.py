@@ -77,8 +77,9 @@ def test_prefix_caching_cuts_ttft_of_shared_prefixes(base_server, vllm_server_fa
     """Prompts sharing a long prefix: with prefix caching (on by default in vLLM's V1 engine, so the
     base server has it), prefill skips the shared part; the same server without it is the reference.
 
-    The budget catches prefix caching that no longer works (a ratio near 1). Measured: 0.17 on the
-    CPU profile. On the lent H100 a 135M model prefills one 4k prompt in a few ms and the rest of
+    The budget catches prefix caching that no longer works (a ratio near 1). Measured: 0.16-0.20 on
+    the CPU profile, where the ratio resolves 17%: a cache that lost most of its effect (0.17 ->
+    0.90) fails by far. On the lent H100 a 135M model prefills one 4k prompt in a few ms and the rest of
     the first token's 20-30 ms is the host's scheduling and HTTP work: one prompt at a time the
     ratio was 0.77-0.88 on three leases and 0.96 on a fourth, so the GPU workload sends 8 at once
     (0.77 and 0.58 on two leases, 0.47 and 0.82 in two runs on a third, 0.50 on a fourth, 0.55 and
@@ -111,5 +112,11 @@ def test_compressed_speedup_over_base(server_pair, vllm_bench, vllm_session) -> 
     host class, not against a fixed floor: W8A8 INT8 ran 1.6-1.7x the float32 base where AVX-512
     VNNI exists and 0.37-0.62x on an avx2-only host (vLLM's CPU build has no fast INT8 kernels
     there). A fixed floor of your own (``output_throughput=">= 1.2"``) applies on every class.
+
+    The factors are requests: the noise floor of the per-pair ratios decides. On this repo's CPU
+    class (three recordings, ratio 1.888) a fresh-clone run measured 1.803 and a later one 1.913,
+    with the throughput ratio resolving 30% (tolerance 19%, noise floor) and TPOT 38%: this pair
+    catches a compressed server that loses a third of its edge, not a 10% one. No slowdown trial
+    was run on the pair itself; the single-server figures are beside DEFAULT_BUDGETS.
     """
     vllm_bench.compare(*server_pair, speedup(vllm_session.profile))

@@ -115,11 +115,11 @@ class Bench:
         end-to-end latencies reach ``--benchmark-json`` / ``--benchmark-compare`` (a confirming
         second measurement runs outside pytest-benchmark, which times one run per test)."""
         wanted = self._budget_set(budgets)
-        timer = [benchmark]
+        timers = iter([benchmark])  # the first attempt's rounds only
 
         def measure(attempt: Workload) -> Measurement:
             self._say(f"measuring {attempt.name} on the {server.role} server: {attempt.describe()}")
-            runs = run_single_stream(self._target(server, attempt), attempt, timer.pop() if timer else None,
+            runs = run_single_stream(self._target(server, attempt), attempt, next(timers, None),
                                      say=self._say)
             return self._evaluated(self._measurement(server, runs), wanted)
 

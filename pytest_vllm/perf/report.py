@@ -28,7 +28,7 @@ def tolerance_cell(check: Check) -> str:
     """The relative tolerance applied, and why when it is not the budget's own."""
     if check.tolerance is None:
         return "-"
-    why = " (capped)" if "capped" in check.note else " (noise floor)" if "widened" in check.note else ""
+    why = "" if check.tolerance_source == "budget" else f" ({check.tolerance_source})"
     return f"{abs(check.tolerance):.0%}{why}"
 
 
@@ -122,7 +122,8 @@ def _check_json(c: Check) -> dict[str, Any]:
     noise = c.noise
     return {"metric": c.metric, "budget": c.budget.source, "kind": c.budget.kind, "pair": c.budget.pair,
             "current": c.current, "reference": c.reference, "limit": c.limit, "tolerance": c.tolerance,
-            "resolution": c.resolution, "passed": c.passed, "verdict": c.verdict.label, "note": c.note,
+            "tolerance_source": c.tolerance_source, "resolution": c.resolution, "passed": c.passed,
+            "verdict": c.verdict.label, "note": c.note,
             "noise": None if noise is None else {"sigma": noise.sigma, "within": noise.within,
                                                   "between": noise.between, "between_measured": noise.between_measured,
                                                   "prior": noise.prior, "recordings": noise.recordings,

@@ -72,15 +72,17 @@ def test_noise_widens_the_tolerance_up_to_the_cap() -> None:
     policy = GatePolicy(false_alarm_rate=0.01, max_tolerance=0.20)
     quiet = evaluate(throughput, current=92.0, reference=100.0, noise=noise(0.001), policy=policy)
     assert not quiet.passed and quiet.tolerance == pytest.approx(0.05) and quiet.note == ""
+    assert quiet.tolerance_source == "budget"
     # sigma 4%: the floor at 1% false alarms is 2.33 x 4% = 9.3% in ln units, so 92 passes, and says why
     noisy = evaluate(throughput, current=92.0, reference=100.0, noise=noise(0.04), policy=policy)
     assert noisy.passed and noisy.tolerance == pytest.approx(-math.expm1(-2.3263 * 0.04), rel=1e-3)
-    assert "widened from 5% to 9%" in noisy.note
+    assert "widened from 5% to 9%" in noisy.note and noisy.tolerance_source == "noise floor"
     # resolution: z(sqrt 0.9) = 1.6352 above the tolerance (a regression must fail twice, see resolution.py)
     assert noisy.resolution == pytest.approx(-math.expm1(-(2.3263 + 1.6352) * 0.04), rel=1e-3)
     # a very noisy baseline cannot switch the gate off: 25% slower still fails at the 20% cap
     wild = evaluate(throughput, current=75.0, reference=100.0, noise=noise(0.5), policy=policy)
     assert not wild.passed and wild.tolerance == pytest.approx(0.20) and "capped" in wild.note
+    assert wild.tolerance_source == "capped"
     # a budget wider than the floor is applied as asked, and says nothing about widening
     wide = evaluate(parse_budget("output_throughput", ">= baseline * 0.60"), current=61.0, reference=100.0,
                     noise=noise(0.04), policy=policy)
