@@ -78,6 +78,7 @@ $(BENCH_VENV)/.installed:
 
 benchmarks: models bench-env
 	$(PY) -m pytest benchmarks/test_fidelity.py benchmarks/test_client_capacity.py benchmarks/test_noise_gate.py \
+		benchmarks/test_telemetry_overhead.py \
 		--gpu $(GPU) -s -p no:randomly $(PYTEST_ARGS)
 
 clean:

@@ -69,6 +69,10 @@ class GPUProfile:
     # Requests per concurrency slot in a throughput measurement: a GPU finishes a few requests per
     # slot in well under a second, far too short a run to measure steadily.
     requests_per_slot: int = 16
+    # Seconds between samples of a server's /metrics during a repetition (server/telemetry.py).
+    # One sample cost vLLM's API server 8.6 ms of CPU on the 2-core CPU host, so that profile
+    # samples once a second (under 1% of a core); a GPU host has cores to spare.
+    telemetry_interval_s: float = 0.25
     # Server flags every server gets on this profile unless its marker says otherwise.
     server_defaults: dict[str, object] = field(default_factory=dict)
     # Environment every server gets on this profile.
@@ -118,6 +122,7 @@ PROFILES: dict[str, GPUProfile] = {
             memory_gib=0,
             concurrency_levels=(1, 4),
             requests_per_slot=3,
+            telemetry_interval_s=1.0,
             boot_noise=dict(CPU_BOOT_NOISE),
             # float32: bfloat16 on the CPU kernels drifts from the reference greedy output.
             server_defaults={"dtype": "float32", "max_model_len": 2048},

@@ -216,6 +216,11 @@ class VLLMSession:
         if not self.remote and self.pool_started:
             self.pool.finished(nodeid)
 
+    def expect_again(self, nodeid: str) -> None:
+        """The test runs once more at the end of the session (a deferred confirmation)."""
+        if not self.remote and self.pool_started:
+            self.pool.expect_again(nodeid)
+
     def shutdown(self) -> None:
         if self.pool_started:
             self.pool.stop_all()

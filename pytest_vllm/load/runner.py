@@ -25,6 +25,7 @@ from pytest_vllm.load.prompts import Prompt, PromptFactory
 from pytest_vllm.load.workload import Workload
 from pytest_vllm.server.counters import PrefixCacheCounts, read_prefix_cache
 from pytest_vllm.server.handle import http_limits
+from pytest_vllm.server.telemetry import ServerTelemetry, TelemetrySampler
 
 T = TypeVar("T")
 PROGRESS_EVERY = 10.0  # seconds between progress lines during a run
@@ -44,6 +45,7 @@ class RunResult:
     host_steal: float = 0.0  # fraction of the host's CPU time stolen by the hypervisor (load/host.py)
     requested_rate: float | None = None
     prefix_cache: PrefixCacheCounts | None = None  # the server's prefix cache during the run (None: not exported)
+    telemetry: ServerTelemetry | None = None  # the server's /metrics sampled during the run (None: not sampled)
 
     @property
     def duration(self) -> float:
@@ -217,12 +219,20 @@ async def build_prompt_sets(url: str, model: str, workload: Workload, api_key: s
 
 @dataclass(frozen=True)
 class Target:
-    """Where a workload goes: a server's URL, the model name to request, its API key."""
+    """Where a workload goes: a server's URL, the model name to request, its API key, and how often
+    to sample its /metrics during a repetition (seconds; None: not sampled)."""
 
     url: str
     model: str
     api_key: str = "EMPTY"
     label: str = ""
+    telemetry_interval: float | None = None
+
+    def sampler(self) -> TelemetrySampler | None:
+        """A started /metrics sampler for one repetition (None when telemetry is off)."""
+        if self.telemetry_interval is None:
+            return None
+        return TelemetrySampler(self.url, self.api_key, self.telemetry_interval).start()
 
 
 class WorkloadSession:
@@ -279,6 +289,7 @@ class WorkloadSession:
         requests = self._requests[index]
         records = [RequestRecord(i) for i in range(len(requests))]
         cache_before = await self.prefix_cache()
+        sampler = self.target.sampler()
         probe = _LagProbe()
         probe.start()
         cpu_before = time.thread_time()
@@ -296,6 +307,7 @@ class WorkloadSession:
             progress.cancel()
             await probe.stop()
         end = time.perf_counter()
+        telemetry = sampler.stop() if sampler else None
         lags = probe.samples or [0.0]
         cpu = time.thread_time() - cpu_before
         steal = steal_share(host_before, HostCPUTimes.now())
@@ -303,7 +315,7 @@ class WorkloadSession:
         cache = cache_after.since(cache_before) if cache_before and cache_after else None
         return RunResult(records=records, started_at=start, ended_at=end, client_cpu_s=cpu,
                          loop_lag_max_s=max(lags), loop_lag_mean_s=sum(lags) / len(lags), host_steal=steal,
-                         requested_rate=workload.request_rate, prefix_cache=cache)
+                         requested_rate=workload.request_rate, prefix_cache=cache, telemetry=telemetry)
 
     async def send(self, index: int, request: int, record: RequestRecord) -> None:
         """One request of repetition ``index``, on its own (single-stream measurements)."""
@@ -317,9 +329,11 @@ class WorkloadSession:
 
 
 async def run_workload_async(url: str, model: str, workload: Workload, api_key: str = "EMPTY",
-                             say: Callable[[str], None] = lambda _: None, label: str = "") -> WorkloadRuns:
-    """Warm up, then run ``workload.repeats`` measured repetitions, each on its own prompts."""
-    async with WorkloadSession(Target(url, model, api_key, label), workload, say) as session:
+                             say: Callable[[str], None] = lambda _: None, label: str = "",
+                             telemetry_interval: float | None = None) -> WorkloadRuns:
+    """Warm up, then run ``workload.repeats`` measured repetitions, each on its own prompts
+    (``telemetry_interval``: sample the server's /metrics this often during each)."""
+    async with WorkloadSession(Target(url, model, api_key, label, telemetry_interval), workload, say) as session:
         await session.warm_up()
         return session.runs([await session.repetition(r) for r in range(workload.repeats)])
 
@@ -350,7 +364,7 @@ class _SingleStream:
         self._order = [(r, i) for r in range(workload.repeats) for i in range(workload.num_requests)]
         self._next = 0
         self.records = [[RequestRecord(i) for i in range(workload.num_requests)] for _ in range(workload.repeats)]
-        self._opened: dict[int, tuple[PrefixCacheCounts | None, float, HostCPUTimes]] = {}
+        self._opened: dict[int, tuple[PrefixCacheCounts | None, float, HostCPUTimes, TelemetrySampler | None]] = {}
         self.results: list[RunResult] = []
 
     @property
@@ -363,7 +377,8 @@ class _SingleStream:
         if index == 0:
             if rep > 0:
                 self._close(rep - 1)
-            self._opened[rep] = (self._loop.run(self._session.prefix_cache()), time.thread_time(), HostCPUTimes.now())
+            self._opened[rep] = (self._loop.run(self._session.prefix_cache()), time.thread_time(), HostCPUTimes.now(),
+                                 self._session.target.sampler())
 
     def request(self) -> None:
         rep, index = self._order[self._next]
@@ -376,14 +391,15 @@ class _SingleStream:
         return self.results
 
     def _close(self, rep: int) -> None:
-        cache_before, cpu_before, host_before = self._opened[rep]
+        cache_before, cpu_before, host_before, sampler = self._opened[rep]
         cpu, steal = time.thread_time() - cpu_before, steal_share(host_before, HostCPUTimes.now())
+        telemetry = sampler.stop() if sampler else None
         cache_after = self._loop.run(self._session.prefix_cache())
         chunk = self.records[rep]
         end = max((r.chunk_times[-1] for r in chunk if r.chunk_times), default=chunk[-1].sent_at)
         self.results.append(RunResult(chunk, chunk[0].sent_at, end, client_cpu_s=cpu, host_steal=steal,
                                       prefix_cache=cache_after.since(cache_before)
-                                      if cache_before and cache_after else None))
+                                      if cache_before and cache_after else None, telemetry=telemetry))
 
 
 def run_single_stream(target: Target, workload: Workload, benchmark: Any = None,
@@ -425,6 +441,8 @@ def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
 
 
 def run_workload(url: str, model: str, workload: Workload, api_key: str = "EMPTY",
-                 say: Callable[[str], None] = lambda _: None, label: str = "") -> WorkloadRuns:
+                 say: Callable[[str], None] = lambda _: None, label: str = "",
+                 telemetry_interval: float | None = None) -> WorkloadRuns:
     """Synchronous entry point (for plain test functions)."""
-    return run_async(run_workload_async(url, model, workload, api_key=api_key, say=say, label=label))
+    return run_async(run_workload_async(url, model, workload, api_key=api_key, say=say, label=label,
+                                        telemetry_interval=telemetry_interval))

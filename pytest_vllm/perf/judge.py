@@ -146,6 +146,8 @@ def failure_text(measurement: Measurement) -> str:
                      f"{measurement.baseline.recordings} recording(s))")
     if measurement.baseline_note:
         lines.append(f"  note: {measurement.baseline_note}")
+    if server := measurement.server_summary():
+        lines.append(f"  server (its /metrics, sampled): {server}")
     if steal := host_note(measurement):
         lines.append(f"  host: {steal}")
     return "\n".join(lines)

@@ -67,6 +67,15 @@ METRICS: dict[str, MetricInfo] = {
                                  "during the run (steal); budget it to refuse judging on a loaded host"),
     "prefix_cache_hit_rate": MetricInfo("", "higher", "share of the prompt tokens the server's prefix cache served "
                                         "(its vllm:prefix_cache_hits / _queries counters; absent where not exported)"),
+    # The server's own view (server/telemetry.py: /metrics sampled during each repetition; absent where
+    # the server does not export the metric).
+    "kv_cache_usage_peak": MetricInfo("", "lower", "largest sampled share of the KV cache in use (0-1)"),
+    "kv_cache_usage_mean": MetricInfo("", "none", "mean sampled share of the KV cache in use (0-1)"),
+    "requests_running_peak": MetricInfo("", "none", "most requests the server ran at once (sampled)"),
+    "requests_waiting_peak": MetricInfo("", "lower", "most requests queued in the server (sampled): above 0, "
+                                        "requests waited for a slot or for KV cache"),
+    "num_preemptions": MetricInfo("", "lower", "requests the server preempted during the run (KV cache full)"),
+    "spec_decode_acceptance": MetricInfo("", "higher", "accepted / drafted speculative tokens during the run"),
     "duration": MetricInfo("s", "none", "wall time of the measured run"),
     "completed": MetricInfo("", "none", "requests that succeeded"),
     "failed": MetricInfo("", "lower", "requests that failed"),
@@ -97,12 +106,14 @@ def _stats(prefix: str, seconds: Sequence[float]) -> dict[str, float]:
 
 def compute(run: RunResult, slo_ms: Mapping[str, float] | None = None) -> BenchResult:
     """Metrics of one measured repetition (warmup excluded), with the server's prefix cache hit
-    share where its counters were read."""
+    share where its counters were read and its telemetry where it was sampled."""
     result = compute_records(run.records, run.duration, client_cpu_s=run.client_cpu_s,
                              loop_lag_mean_s=run.loop_lag_mean_s, loop_lag_max_s=run.loop_lag_max_s,
                              host_steal=run.host_steal, slo_ms=slo_ms)
     if run.prefix_cache is not None:
         result.values["prefix_cache_hit_rate"] = run.prefix_cache.hit_rate
+    if run.telemetry is not None:
+        result.values.update(run.telemetry.values())
     return result
 
 
@@ -175,6 +186,11 @@ class RepeatedResult:
     def has(self, name: str) -> bool:
         return bool(self.runs) and all(name in run.values for run in self.runs)
 
+    @property
+    def names(self) -> list[str]:
+        """The metrics every repetition has (a server metric one repetition could not read is left out)."""
+        return [n for n in self.runs[0].values if self.has(n)] if self.runs else []
+
     def spread(self, name: str) -> float:
         """(max − min) / |median| over the repetitions: 0 when they agree."""
         values = self.values(name)
@@ -182,7 +198,7 @@ class RepeatedResult:
         return float((max(values) - min(values)) / middle) if middle > 0 else 0.0
 
     def medians(self, names: Iterable[str] | None = None) -> dict[str, float]:
-        return {n: self.median(n) for n in (names or self.runs[0].values)}
+        return {n: self.median(n) for n in (names or self.names)}
 
     @property
     def errors(self) -> list[str]:

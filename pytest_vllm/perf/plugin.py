@@ -1,6 +1,7 @@
 """The performance gate's pytest wiring: its budget markers, the ``vllm_bench`` fixture, its state
 (under its own stash key) and its report section, attached the way every gate attaches
-(``session.gate_state``)."""
+(``session.gate_state``), and the run protocol that lets a test's confirmation wait for the end of
+the session (``deferral``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 
 from pytest_vllm import gating
 from pytest_vllm.errors import UsageError
+from pytest_vllm.perf import deferral
 from pytest_vllm.perf.budgets import MARKER, PAIR_MARKER
 from pytest_vllm.perf.gate import Bench
 from pytest_vllm.perf.results import BenchState
@@ -19,6 +21,11 @@ STATE_KEY = pytest.StashKey[BenchState]()
 def pytest_configure(config: pytest.Config) -> None:
     for marker in (MARKER, PAIR_MARKER):
         gating.register(config, marker)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
+    return deferral.run_protocol(item, nextitem)
 
 
 def _make_state(_: pytest.Config, session: VLLMSession) -> tuple[BenchState, SectionProvider]:

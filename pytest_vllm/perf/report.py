@@ -85,14 +85,14 @@ def tables(state: BenchState) -> list[Table]:
 
     overview = Table("vllm performance: measurements", ["measurement", "server", "workload",
                                                          *[f"{n} ({METRICS[n].unit})" for n in SUMMARY_METRICS],
-                                                         "spread", "prefix cache hits", "client µs/tok",
-                                                         "host steal"])
+                                                         "spread", "prefix cache hits", "server (sampled)",
+                                                         "client µs/tok", "host steal"])
     for m in state.measurements:
         spread = max(m.result.spread(n) for n in ("output_throughput", "ttft_p50", "tpot_p50"))
         hits = (f"{max(m.runs_of('prefix_cache_hit_rate')):.1%}" if m.result.has("prefix_cache_hit_rate")
                 else "not exported")
         overview.add(measurement_label(m), m.role, m.workload.describe(), *[fmt(m.value(n)) for n in SUMMARY_METRICS],
-                     f"{spread:.1%}", hits, fmt(m.value("client_cpu_us_per_token"), 0),
+                     f"{spread:.1%}", hits, m.server_summary() or "-", fmt(m.value("client_cpu_us_per_token"), 0),
                      f"{m.value('host_cpu_steal'):.1f}%")
         if m.result.client_saturated:
             overview.notes.append(f"{measurement_label(m)} [{m.role}]: the load client was saturated")
@@ -141,7 +141,7 @@ def _first_attempt(judged: Judged) -> dict[str, Any] | None:
 
 def _metrics_json(result: Any) -> dict[str, Any]:
     return {n: {"median": result.median(n), "runs": result.values(n), "spread": result.spread(n)}
-            for n in result.runs[0].values} if result.runs else {}
+            for n in result.names} if result.runs else {}
 
 
 def to_json(state: BenchState) -> dict[str, Any]:

@@ -17,7 +17,8 @@ recordings of ``n_b`` repetitions stored. At the false-alarm rate ``alpha`` (per
 finest tolerance is ``floor = z(1 - alpha) · sigma``: a budget asking for less is widened to it,
 and says so. The resolution printed beside each verdict is the smallest true regression the
 check catches with probability ``power`` (0.9). A gated measurement out of budget is measured
-once more and the second decides (``gate.Bench._confirmed``), so a regression must fail twice:
+once more, at the end of the session (``perf/deferral.py``), and the second decides, so a
+regression must fail twice:
 each attempt is sized to catch it with probability sqrt(power), which keeps ``power`` for the
 pair even if the two attempts were independent (they share the boot, so it is higher):
 ``resolution = tolerance + z(sqrt(power)) · sigma``.

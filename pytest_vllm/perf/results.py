@@ -24,7 +24,7 @@ def make_entry(result: RepeatedResult, server: Mapping[str, Any], workload: Mapp
     """A baseline entry of one run: every metric's median, repetitions and spread."""
     metrics = {
         name: {"median": result.median(name), "runs": result.values(name), "spread": result.spread(name)}
-        for name in result.runs[0].values
+        for name in result.names
     }
     return {"metric_definitions": METRIC_DEFINITIONS, "test_id": test_id, "role": role, "server": dict(server),
             "workload": dict(workload), "environment": dict(environment), "metrics": metrics}
@@ -75,6 +75,25 @@ class Measurement:
 
     def runs_of(self, metric: str) -> list[float]:
         return self.result.values(metric)
+
+    def server_summary(self) -> str:
+        """What the server's /metrics said over the repetitions (server/telemetry.py): the fullest KV
+        cache, the most requests running and waiting, the preemptions in all ("" if not sampled)."""
+        def most(name: str) -> float | None:
+            return max(self.runs_of(name)) if self.result.has(name) else None
+
+        parts = []
+        if (kv := most("kv_cache_usage_peak")) is not None:
+            parts.append(f"KV cache <= {kv:.1%}")
+        if (running := most("requests_running_peak")) is not None:
+            parts.append(f"running <= {running:.0f}")
+        if (waiting := most("requests_waiting_peak")) is not None:
+            parts.append(f"waiting <= {waiting:.0f}")
+        if self.result.has("num_preemptions"):
+            parts.append(f"preempted {sum(self.runs_of('num_preemptions')):.0f}")
+        if (acceptance := most("spec_decode_acceptance")) is not None:
+            parts.append(f"spec accept <= {acceptance:.0%}")
+        return ", ".join(parts)
 
     def baseline_key(self, scope: str) -> baselines.BaselineKey:
         return baselines.BaselineKey(scope, self.model, self.nodeid, self.workload.name, self.role)

@@ -94,6 +94,12 @@ class ServerPool:
                 if self._remaining.get(spec, 0) <= 0 and not any(spec in used for used in self._in_use.values()):
                     self._stop(spec)
 
+    def expect_again(self, nodeid: str) -> None:
+        """The test will run once more (its verdict was deferred): keep its servers until then."""
+        with self._lock:
+            for spec in set(self._needs.get(nodeid, ())):
+                self._remaining[spec] += 1
+
     def servers_used_by(self, nodeid: str) -> list[VLLMServer]:
         return [self._servers[s] for s in self._in_use.get(nodeid, ()) if s in self._servers]
 

@@ -85,6 +85,20 @@ def test_closed_loop_run_counts_exact_tokens(base_server) -> None:
     assert all(len(r.chunk_times) >= 2 for r in run.records)
     result = compute(run)
     assert result["completed"] == 6 and result["output_throughput"] > 0 and result["tpot_p50"] > 0
+    assert "num_preemptions" not in result.values, "no telemetry unless asked for"
+
+
+def test_the_servers_telemetry_is_sampled_during_a_run(base_server) -> None:
+    """Three requests at a time for a few seconds: the server's /metrics saw them run, in a KV cache
+    far from full, with nothing queued or preempted."""
+    workload = Workload(input_len=64, output_len=24, num_requests=6, concurrency=3, repeats=1)
+    run = run_workload(base_server.url, base_server.model, workload, telemetry_interval=0.2).runs[0]
+    assert run.telemetry is not None and run.telemetry.samples >= 3, run.telemetry
+    values = compute(run).values
+    assert 1 <= values["requests_running_peak"] <= 3
+    assert 0 < values["kv_cache_usage_peak"] < 0.5 and values["kv_cache_usage_mean"] <= values["kv_cache_usage_peak"]
+    assert values["requests_waiting_peak"] == 0 and values["num_preemptions"] == 0
+    assert "spec_decode_acceptance" not in values, "no speculative decoding: absent, not 0"
 
 
 def test_open_loop_keeps_its_schedule(base_server) -> None:

@@ -10,8 +10,8 @@ folder:
 1. ``--update-baselines``: records three repetitions, each on prompts the server had not seen;
 2. unchanged: passes, its results.json then pooled in with ``pytest-vllm baselines add``;
 3. ``--add-baselines``: a third recording;
-4. against the slowed server: the throughput gate fails, confirmed by a second measurement, and
-   the stored baseline is untouched;
+4. against the slowed server: the throughput gate fails, confirmed by a second measurement at the
+   end of the inner session (after its other test), and the stored baseline is untouched;
 5. with the baselines filed under another host class: one line names this host's class and the
    recorded one, and no relative budget is judged; with ``--vllm-missing-baseline fail`` it fails;
 6. re-recording on the slowed server passes: recording replaces, it does not judge.
@@ -40,6 +40,9 @@ WORKLOAD = Workload(name="gate", num_requests=8, input_len=64, output_len=16, co
 @pytest.mark.vllm_budget(ttft_p50="<= baseline * 100", tpot_p50="<= baseline * 100")
 def test_gate(base_server, vllm_bench):
     vllm_bench.run(base_server, WORKLOAD)
+
+def test_after():
+    "A later test, so that a confirmation of test_gate waits for the end of the session."
 """
 OTHER_CLASS = "cpu-amd-avx512bf16-2c"
 
@@ -78,7 +81,7 @@ def test_gate_records_passes_and_catches_a_slowdown(pytester: pytest.Pytester, t
     baselines = tmp_path / "baselines"
 
     recorded = inner(server, baselines, "--update-baselines")
-    recorded.assert_outcomes(passed=1)
+    recorded.assert_outcomes(passed=2)
     files = list(baselines.rglob("*.json"))
     assert len(files) == 1 and files[0].parts[-4] == vllm_session.host_class
     entry = next(iter(json.loads(files[0].read_text())["entries"].values()))
@@ -87,26 +90,30 @@ def test_gate_records_passes_and_catches_a_slowdown(pytester: pytest.Pytester, t
     assert entry["environment"]["host_class"] == vllm_session.host_class
 
     again = inner(server, baselines)
-    again.assert_outcomes(passed=1)
+    again.assert_outcomes(passed=2)
     again.stdout.fnmatch_lines(["*output_throughput*ok*"])
 
     # The gate run's results pooled in as a second recording, then a third run added by flag.
     added = subprocess.run([sys.executable, "-m", "pytest_vllm.cli", "baselines", "add", "--dir", str(baselines),
                             str(inner.results)], capture_output=True, text=True)
     assert added.returncode == 0 and "2 recordings" in added.stdout, added.stdout + added.stderr
-    inner(server, baselines, "--add-baselines").assert_outcomes(passed=1)
+    inner(server, baselines, "--add-baselines").assert_outcomes(passed=2)
     entry = next(iter(json.loads(files[0].read_text())["entries"].values()))
     assert len(entry["recordings"]) == 3
     assert entry["metrics"]["output_throughput"]["runs"] == [r["metrics"]["output_throughput"]["median"]
                                                              for r in entry["recordings"]]
 
     stored = files[0].read_text()
-    failed = inner(slowed, baselines)
-    failed.assert_outcomes(failed=1)
-    failed.stdout.fnmatch_lines(["*gate: out of budget (output_throughput -*%*); measuring again on prompts of "
-                                 "its own to confirm*", "*gate: confirmed: out of budget again*",
+    failed = inner(slowed, baselines, "-v")
+    failed.assert_outcomes(failed=1, passed=1)
+    failed.stdout.fnmatch_lines(["*gate: out of budget (output_throughput -*%*); measuring again at the end of the "
+                                 "session*", "*test_after PASSED*",
+                                 "*gate: out of budget * ago; measuring again on prompts of its own to confirm*",
+                                 "*gate: confirmed: out of budget again*",
                                  "*gate on the base server * is out of budget:*",
-                                 "*output_throughput*FAIL resolves *%*"])
+                                 "*output_throughput*FAIL resolves *%*",
+                                 # the server's own view: one request at a time, the rest queued
+                                 "*server (its /metrics, sampled): KV cache <= *, running <= 1, waiting <= *"])
     assert files[0].read_text() == stored, "a gated run must never touch the stored baseline"
     summary = (pytester.path / "reports" / "summary.md").read_text()
     assert "| output_throughput |" in summary and "FAIL" in summary
@@ -115,15 +122,15 @@ def test_gate_records_passes_and_catches_a_slowdown(pytester: pytest.Pytester, t
     elsewhere = tmp_path / "elsewhere"
     shutil.copytree(baselines / vllm_session.host_class, elsewhere / OTHER_CLASS)
     unjudged = inner(slowed, elsewhere)
-    unjudged.assert_outcomes(passed=1)
+    unjudged.assert_outcomes(passed=2)
     unjudged.stdout.fnmatch_lines([f"*this host is class {vllm_session.host_class}; baselines of * exist for: "
                                    f"{OTHER_CLASS}*Relative budgets are not judged*"])
     assert "NOT JUDGED" in (pytester.path / "reports" / "summary.md").read_text()
     strict = inner(server, elsewhere, "--vllm-missing-baseline", "fail")  # any server: no baseline to judge
-    strict.assert_outcomes(failed=1)
+    strict.assert_outcomes(failed=1, passed=1)
     strict.stdout.fnmatch_lines([f"*no baseline for * of host class {vllm_session.host_class}*"
                                  f"classes with baselines of *: {OTHER_CLASS}*"])
 
     # Re-recording on purpose replaces the baseline and is not judged against the one it replaces.
-    inner(slowed, baselines, "--update-baselines").assert_outcomes(passed=1)
+    inner(slowed, baselines, "--update-baselines").assert_outcomes(passed=2)
     assert files[0].read_text() != stored

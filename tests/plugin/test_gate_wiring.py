@@ -90,3 +90,47 @@ def test_failure_output_in_pytest_shows_the_request(pytester: pytest.Pytester) -
     result.stdout.fnmatch_lines(["*curl -sS -X POST http://127.0.0.1:9/v1/completions -H 'Content-Type: "
                                  "application/json' -H 'Authorization: Bearer EMPTY' --data-binary "
                                  "'{\"model\":\"m\",\"prompt\":\"hello\",\"max_tokens\":*}'*"])
+
+
+def test_a_deferred_confirmation_runs_at_the_end_and_reports_once(pytester: pytest.Pytester) -> None:
+    """The perf gate's run protocol, with a stand-in ``vllm_bench`` (a test double for the gate:
+    it defers where the protocol allows, as the gate does when a measurement is out of budget)."""
+    pytester.makeconftest(textwrap.dedent("""
+        import pytest
+
+        @pytest.fixture
+        def vllm_bench(request):
+            return request.node
+    """))
+    pytester.makepyfile(textwrap.dedent("""
+        from pytest_vllm.perf import deferral
+
+        def out_of_budget(item, confirmed):
+            print(f"RUN {item.name} first={deferral.attempts_of(item) is None}")
+            if deferral.can_defer(item):
+                deferral.defer(item, deferral.Attempts({}, 0, None))
+            assert not confirmed, "confirmed: out of budget again"
+
+        def test_spell(vllm_bench):
+            out_of_budget(vllm_bench, confirmed=False)
+
+        def test_regression(vllm_bench):
+            out_of_budget(vllm_bench, confirmed=True)
+
+        def test_plain():
+            print("RUN test_plain")
+
+        def test_last(vllm_bench):
+            out_of_budget(vllm_bench, confirmed=True)
+    """))
+    result = pytester.runpytest("--gpu", "cpu", "-p", "no:cacheprovider", "-s", "--junitxml=junit.xml")
+    result.assert_outcomes(passed=2, failed=2)
+    result.stdout.fnmatch_lines(["*RUN test_spell first=True", "RUN test_regression first=True", "RUN test_plain",
+                                 "*RUN test_last first=True",  # not last: the deferred ones come after it
+                                 "RUN test_spell first=False", "*RUN test_regression first=False",
+                                 "*RUN test_last first=False"])
+    junit = (pytester.path / "junit.xml").read_text()
+    assert junit.count("<testcase ") == 4 and junit.count("confirmed: out of budget again") >= 2
+    alone = pytester.runpytest("--gpu", "cpu", "-p", "no:cacheprovider", "-s", "-k", "test_last")
+    alone.assert_outcomes(failed=1, deselected=3)  # the session's last test has no later: it decides at once
+    assert alone.stdout.str().count("RUN test_last") == 1

@@ -186,6 +186,64 @@ def test_an_out_of_budget_measurement_is_measured_again_and_the_second_decides(t
     assert healthy.passed and healthy.first_attempt is None and len(attempts) == 1
 
 
+class _DeferrableItem(_Item):
+    """A test item in its first run, with a later one to come (a test double: pytest's stash, no
+    markers, no session)."""
+
+    def __init__(self) -> None:
+        from types import SimpleNamespace
+
+        from pytest_vllm.perf.deferral import CAN_DEFER
+
+        self.stash = pytest.Stash()
+        self.stash[CAN_DEFER] = True
+        self.config = SimpleNamespace(stash=pytest.Stash())
+        self.added: list[object] = []
+
+    def add_marker(self, marker: object) -> None:
+        self.added.append(marker)
+
+
+def test_an_out_of_budget_measurement_waits_for_the_end_of_the_session(tmp_path: Path) -> None:
+    """First run: what passed is kept, the failing measurement is held back (nothing reaches the
+    reports); second run: the passed one is replayed, the failing one measured once more."""
+    from pytest_vllm.perf.deferral import CAN_DEFER, ConfirmLater, attempts_of
+    from pytest_vllm.perf.gate import CONFIRMATION_PROMPT_SEED, Bench
+    from pytest_vllm.perf.results import BenchState
+
+    state = BenchState(settings(tmp_path))
+    item = _DeferrableItem()
+    budgets = parse_budgets({"output_throughput": ">= 2.5 tok/s"})
+    attempts: list[Workload] = []
+
+    def measure(duration: float):
+        def one(attempt: Workload) -> Measurement:
+            attempts.append(attempt)
+            m = measurement((duration,) * 3)
+            m.checks = judge(m, budgets, None, state.settings)
+            return m
+        return one
+
+    said: list[str] = []
+    first_run = Bench(state, item, said.append)  # type: ignore[arg-type]
+    kept = first_run._confirmed(measure(1.0), WORKLOAD, gate=True)
+    state.measurements.append(kept)  # as _settle does
+    with pytest.raises(ConfirmLater):
+        first_run._confirmed(measure(2.0), WORKLOAD.with_(name="slow"), gate=True)
+    assert state.measurements == [] and len(attempts) == 2 and any("end of the session" in s for s in said)
+    pending = attempts_of(item)  # type: ignore[arg-type]
+    assert pending is not None and pending.pending == 1 and pending.settled == {0: kept}
+    assert item.added, "the second run's unused pytest-benchmark fixture is not warned about"
+
+    item.stash[CAN_DEFER] = False  # the protocol's second run
+    second_run = Bench(state, item, said.append)  # type: ignore[arg-type]
+    assert second_run._confirmed(measure(9.9), WORKLOAD, gate=True) is kept and len(attempts) == 2
+    confirmed = second_run._confirmed(measure(2.0), WORKLOAD.with_(name="slow"), gate=True)
+    assert len(attempts) == 3 and attempts[2].prompt_seed == WORKLOAD.prompt_seed + CONFIRMATION_PROMPT_SEED
+    assert not confirmed.passed and confirmed.first_attempt is pending.first
+    assert "at the end of the session, confirmed: out of budget again" in confirmed.baseline_note
+
+
 def test_a_measurement_without_checks_says_why() -> None:
     """Recording, another host class, every budget off (a baseline exists), or no baseline.
     (Plain namespaces stand in for the state and measurement: only these fields are read.)"""

@@ -1,0 +1,167 @@
+"""What the server itself says during a measurement: vLLM's Prometheus ``/metrics``, sampled in a
+thread of its own while a repetition runs, so the load client's event loop never waits on it.
+
+Client timings alone cannot tell a slow server from a queueing or preempting one; these can:
+
+* ``kv_cache_usage_peak`` / ``kv_cache_usage_mean``: ``vllm:kv_cache_usage_perc`` (0-1; named
+  ``vllm:gpu_cache_usage_perc`` by older versions), the largest and the mean sample;
+* ``requests_running_peak`` / ``requests_waiting_peak``: ``vllm:num_requests_running`` /
+  ``_waiting``, the largest sample (waiting above 0: requests queued for a free slot or cache);
+* ``num_preemptions``: the ``vllm:num_preemptions`` counter, end of the repetition minus start;
+* ``spec_decode_acceptance``: accepted / drafted speculative tokens over the repetition.
+
+A metric the server does not export is absent, never 0. Peaks are of the samples: a spike
+shorter than the interval can fall between two of them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
+RUNNING = "vllm:num_requests_running"
+WAITING = "vllm:num_requests_waiting"
+PREEMPTIONS = "vllm:num_preemptions"
+SPEC_ACCEPTED = "vllm:spec_decode_num_accepted_tokens"
+SPEC_DRAFTED = "vllm:spec_decode_num_draft_tokens"
+WANTED = (*KV_USAGE, RUNNING, WAITING, PREEMPTIONS, SPEC_ACCEPTED, SPEC_DRAFTED)
+# The lines of these metrics (samples, HELP and TYPE): /metrics runs to hundreds of kB of
+# histograms, which the sampler thread need not parse while the load client shares its process.
+_LINE_PREFIXES = tuple(f"{prefix}{name}{end}" for name in WANTED for prefix in ("", "# HELP ", "# TYPE ")
+                       for end in ("{", " ", "_total{", "_total "))
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One read of ``/metrics``: the values this module uses (None: not exported)."""
+
+    kv_usage: float | None = None
+    running: float | None = None
+    waiting: float | None = None
+    preemptions: float | None = None
+    spec_accepted: float | None = None
+    spec_drafted: float | None = None
+
+    @property
+    def in_flight(self) -> int | None:
+        """Requests running or waiting (None when the server exports neither)."""
+        if self.running is None and self.waiting is None:
+            return None
+        return int((self.running or 0) + (self.waiting or 0))
+
+
+def parse_sample(metrics_text: str) -> Sample:
+    """The wanted samples of a ``/metrics`` text, summed over engines (KV usage: the fullest)."""
+    found: dict[str, list[float]] = {}
+    wanted_lines = "\n".join(line for line in metrics_text.splitlines() if line.startswith(_LINE_PREFIXES))
+    for family in text_string_to_metric_families(wanted_lines):
+        if family.name.removesuffix("_total") not in WANTED and family.name not in WANTED:
+            continue
+        for sample in family.samples:
+            name = sample.name.removesuffix("_total")
+            if name in WANTED:
+                found.setdefault(name, []).append(sample.value)
+    kv = next((max(found[n]) for n in KV_USAGE if n in found), None)
+
+    def total(name: str) -> float | None:
+        return sum(found[name]) if name in found else None
+
+    return Sample(kv, total(RUNNING), total(WAITING), total(PREEMPTIONS), total(SPEC_ACCEPTED), total(SPEC_DRAFTED))
+
+
+@dataclass(frozen=True)
+class ServerTelemetry:
+    """One repetition's server-side figures (None: not exported by this server)."""
+
+    samples: int
+    kv_cache_usage_peak: float | None = None
+    kv_cache_usage_mean: float | None = None
+    requests_running_peak: float | None = None
+    requests_waiting_peak: float | None = None
+    num_preemptions: float | None = None
+    spec_decode_acceptance: float | None = None
+
+    def values(self) -> dict[str, float]:
+        """The exported figures by metric name (perf/metrics.py), absent ones left out."""
+        names = ("kv_cache_usage_peak", "kv_cache_usage_mean", "requests_running_peak", "requests_waiting_peak",
+                 "num_preemptions", "spec_decode_acceptance")
+        return {n: float(v) for n in names if (v := getattr(self, n)) is not None}
+
+
+def summarize(samples: Sequence[Sample]) -> ServerTelemetry | None:
+    """Peaks, means and counter deltas over a repetition's samples, first to last (None: no sample)."""
+    if not samples:
+        return None
+
+    def seen(field: str) -> list[float]:
+        return [v for s in samples if (v := getattr(s, field)) is not None]
+
+    def delta(field: str) -> float | None:
+        values = seen(field)
+        return max(0.0, values[-1] - values[0]) if values else None
+
+    kv, running, waiting = seen("kv_usage"), seen("running"), seen("waiting")
+    accepted, drafted = delta("spec_accepted"), delta("spec_drafted")
+    return ServerTelemetry(
+        samples=len(samples),
+        kv_cache_usage_peak=max(kv) if kv else None,
+        kv_cache_usage_mean=sum(kv) / len(kv) if kv else None,
+        requests_running_peak=max(running) if running else None,
+        requests_waiting_peak=max(waiting) if waiting else None,
+        num_preemptions=delta("preemptions"),
+        spec_decode_acceptance=accepted / drafted if accepted is not None and drafted else None,
+    )
+
+
+def read_sample(http: httpx.Client) -> Sample | None:
+    """One sample now (None: /metrics unreachable or not Prometheus text)."""
+    try:
+        response = http.get("/metrics")
+    except httpx.HTTPError:
+        return None
+    if response.status_code != 200:
+        return None
+    try:
+        return parse_sample(response.text)
+    except ValueError:
+        return None
+
+
+class TelemetrySampler:
+    """Samples a server's ``/metrics`` every ``interval`` seconds, in a daemon thread with its own
+    HTTP client, from ``start()`` to ``stop()`` (a sample at each end, so counters have a delta)."""
+
+    def __init__(self, url: str, api_key: str = "EMPTY", interval: float = 0.5) -> None:
+        self._http = httpx.Client(base_url=url, timeout=10, headers={"Authorization": f"Bearer {api_key}"})
+        self._interval = interval
+        self._samples: list[Sample] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="vllm-telemetry", daemon=True)
+
+    def start(self) -> TelemetrySampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> ServerTelemetry | None:
+        """Stop sampling: this repetition's telemetry (None when no sample could be read)."""
+        self._stop.set()
+        self._thread.join()
+        self._take()
+        self._http.close()
+        return summarize(self._samples)
+
+    def _take(self) -> None:
+        sample = read_sample(self._http)
+        if sample is not None:
+            self._samples.append(sample)
+
+    def _run(self) -> None:
+        while True:
+            self._take()
+            if self._stop.wait(self._interval):
+                return

@@ -1,0 +1,78 @@
+"""Server telemetry from /metrics text: what is read, how repetitions are summed up, and that a
+metric the server does not export stays absent (hand-written Prometheus text, in the format of
+vLLM 0.32's /metrics: a test double for exact values)."""
+
+from __future__ import annotations
+
+from pytest_vllm.load.runner import RunResult
+from pytest_vllm.perf.metrics import METRICS, compute
+from pytest_vllm.server.telemetry import Sample, parse_sample, summarize
+
+
+def metrics_text(running: float, waiting: float, kv: float, preemptions: float, spec: tuple[float, float] | None = None,
+                 kv_name: str = "vllm:kv_cache_usage_perc") -> str:
+    labels = '{engine="0",model_name="m"}'
+    lines = [
+        "# HELP vllm:num_requests_running Number of requests in model execution batches.",
+        "# TYPE vllm:num_requests_running gauge", f"vllm:num_requests_running{labels} {running}",
+        "# TYPE vllm:num_requests_waiting gauge", f"vllm:num_requests_waiting{labels} {waiting}",
+        "# TYPE vllm:num_requests_waiting_by_reason gauge",
+        'vllm:num_requests_waiting_by_reason{engine="0",model_name="m",reason="capacity"} 99.0',
+        f"# TYPE {kv_name} gauge", f"{kv_name}{labels} {kv}",
+        "# TYPE vllm:num_preemptions counter", f"vllm:num_preemptions_total{labels} {preemptions}",
+        f"vllm:num_preemptions_created{labels} 1.79e+09",
+        "# TYPE vllm:e2e_request_latency_seconds histogram",
+        'vllm:e2e_request_latency_seconds_bucket{engine="0",le="0.3",model_name="m"} 4.0',
+        f"vllm:e2e_request_latency_seconds_count{labels} 4.0", f"vllm:e2e_request_latency_seconds_sum{labels} 1.0",
+    ]
+    if spec is not None:
+        lines += ["# TYPE vllm:spec_decode_num_accepted_tokens counter",
+                  f"vllm:spec_decode_num_accepted_tokens_total{labels} {spec[0]}",
+                  "# TYPE vllm:spec_decode_num_draft_tokens counter",
+                  f"vllm:spec_decode_num_draft_tokens_total{labels} {spec[1]}"]
+    return "\n".join(lines) + "\n"
+
+
+def test_a_sample_reads_the_gauges_and_counters_and_nothing_else() -> None:
+    sample = parse_sample(metrics_text(running=3, waiting=1, kv=0.25, preemptions=2))
+    assert sample == Sample(kv_usage=0.25, running=3, waiting=1, preemptions=2)  # waiting_by_reason not summed in
+    assert sample.in_flight == 4
+    older = parse_sample(metrics_text(1, 0, 0.5, 0, kv_name="vllm:gpu_cache_usage_perc"))
+    assert older.kv_usage == 0.5
+    assert parse_sample("# TYPE other gauge\nother 1\n") == Sample() and Sample().in_flight is None
+
+
+def test_a_repetition_keeps_peaks_means_and_counter_deltas() -> None:
+    samples = [parse_sample(metrics_text(*row)) for row in
+               [(0, 0, 0.0, 5, (10, 20)), (4, 2, 0.6, 5, (40, 60)), (2, 0, 0.2, 7, (70, 100))]]
+    telemetry = summarize(samples)
+    assert telemetry is not None and telemetry.samples == 3
+    assert telemetry.kv_cache_usage_peak == 0.6 and abs(telemetry.kv_cache_usage_mean - 0.8 / 3) < 1e-12
+    assert telemetry.requests_running_peak == 4 and telemetry.requests_waiting_peak == 2
+    assert telemetry.num_preemptions == 2  # the counter's delta over the run, not its total
+    assert telemetry.spec_decode_acceptance == 60 / 80
+    assert summarize([]) is None
+
+
+def test_absent_metrics_stay_absent_in_the_results() -> None:
+    """No speculative decoding, or an older vLLM: the figures are missing, never 0."""
+    telemetry = summarize([parse_sample(metrics_text(1, 0, 0.1, 0))] * 2)
+    assert telemetry is not None and telemetry.spec_decode_acceptance is None
+    values = compute(RunResult([], 0.0, 1.0, telemetry=telemetry)).values
+    assert values["num_preemptions"] == 0 and "spec_decode_acceptance" not in values
+    assert all(name in METRICS for name in telemetry.values()), "every figure is a metric with unit and direction"
+
+
+def test_more_requests_on_the_server_than_the_workload_sends_is_another_clients_load() -> None:
+    from pytest_vllm.load.workload import Workload
+    from pytest_vllm.perf.gate import foreign_load
+    from pytest_vllm.perf.metrics import BenchResult, RepeatedResult
+
+    def result(running: float, waiting: float) -> RepeatedResult:
+        return RepeatedResult([BenchResult({"requests_running_peak": running, "requests_waiting_peak": waiting})])
+
+    closed = Workload(name="w", num_requests=8, concurrency=4, repeats=1)
+    assert foreign_load(result(4, 3), closed) is None  # its own four, some queued at first
+    assert foreign_load(result(6, 0), closed) == 6
+    assert foreign_load(RepeatedResult([BenchResult({})]), closed) is None  # not exported: nothing to say
+    assert foreign_load(result(9, 9), closed.with_(concurrency=None, request_rate=2.0)) is None  # open loop: no cap
