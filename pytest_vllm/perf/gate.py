@@ -11,9 +11,10 @@ What is decided lives in ``judge.py`` (pure functions); this module is the pytes
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
+import httpx
 import pytest
 
 from pytest_vllm import baselines
@@ -38,11 +39,13 @@ from pytest_vllm.perf.results import (
     BenchSettings,
     BenchState,
     Judged,
+    KVCacheCheck,
     Measurement,
     PairComparison,
     pair_ratios,
 )
 from pytest_vllm.server.handle import ServerHandle
+from pytest_vllm.server.kv_capacity import CACHE_CONFIG_INFO, capacity_of, shortfall
 
 J = TypeVar("J", Measurement, PairComparison)
 # Offsets the prompt seed of a confirming second measurement: its prompts are none of the first's.
@@ -139,6 +142,46 @@ class Bench:
                 benchmark.extra_info[metric] = round(measurement.value(metric), 3)
             benchmark.extra_info["server"] = f"{server.role}:{server.model}"
         return self._settle(measurement, wanted, gate=True)
+
+    def kv_cache(self, server: ServerHandle, workloads: Sequence[Workload]) -> KVCacheCheck:
+        """The server's KV cache against ``workloads``, before any load: say what it holds, and fail
+        when it cannot hold a workload's concurrency at the workload's lengths without preempting,
+        or when the cost per token computed from the model's shape does not explain what vLLM
+        allocated (its own max concurrency included)."""
+        try:
+            text = httpx.get(f"{server.url}/metrics", timeout=30,
+                             headers={"Authorization": f"Bearer {server.api_key}"}).text
+        except httpx.HTTPError as exc:
+            pytest.fail(f"the {server.role} server's /metrics could not be read: {exc}", pytrace=False)
+        flags = server.spec.flag_dict if server.spec else {}
+        capacity = capacity_of(text, server.spec.model if server.spec else server.model, flags)
+        if capacity is None:
+            pytest.skip(f"the {server.role} server exports no {CACHE_CONFIG_INFO}: its KV cache size is unknown")
+        max_len = flags.get("max_model_len")
+        if max_len is None and capacity.allocated.max_concurrency:
+            max_len = round(capacity.tokens / capacity.allocated.max_concurrency)
+        check = KVCacheCheck(self._item.nodeid, server.role, server.model, capacity,
+                             int(max_len) if max_len else None,
+                             {w.name: (capacity.requests_held(w.input_len + w.output_len), w.concurrency or 1)
+                              for w in workloads})
+        if problem := capacity.disagreement():
+            check.problems.append(problem)
+        vllm_figure = capacity.allocated.max_concurrency
+        if vllm_figure is not None and check.max_model_len and flags.get("max_model_len"):
+            if abs(capacity.tokens / check.max_model_len - vllm_figure) > 0.01:
+                check.problems.append(f"vLLM says its cache holds {vllm_figure:g} requests at max_model_len "
+                                      f"{check.max_model_len}; {capacity.tokens:,} tokens hold "
+                                      f"{capacity.tokens / check.max_model_len:.2f}")
+        gpu = self.settings.profile.is_gpu
+        for w in workloads:
+            if problem := shortfall(capacity, w.concurrency or 1, w.input_len + w.output_len, gpu):
+                check.problems.append(f"{w.name}: {problem}")
+        self._state.kv_caches.append(check)
+        self._say(check.describe())
+        if check.problems:
+            pytest.fail(f"the {server.role} server's KV cache ({server.model}):\n  " + "\n  ".join(check.problems),
+                        pytrace=False)
+        return check
 
     # -- internals -----------------------------------------------------------------------------
     def _prepared(self, workload: Workload) -> Workload:

@@ -8,7 +8,7 @@ from typing import Any
 from pytest_vllm.gating import Outcome, Verdict
 from pytest_vllm.perf.budgets import Check
 from pytest_vllm.perf.metrics import METRIC_DEFINITIONS, METRICS
-from pytest_vllm.perf.results import PAIR_METRICS, BenchState, Judged, Measurement, PairComparison
+from pytest_vllm.perf.results import PAIR_METRICS, BenchState, Judged, KVCacheCheck, Measurement, PairComparison
 from pytest_vllm.report.tables import Table, fmt, pct
 from pytest_vllm.report.writer import Section
 
@@ -44,7 +44,7 @@ def _unchecked_verdict(state: BenchState, judged: Judged) -> Verdict:
 
 def section(state: BenchState, say: Callable[[str], None]) -> Section | None:
     """The report section, or None when nothing was measured."""
-    if not state.measurements:
+    if not state.measurements and not state.kv_caches:
         return None
     from pytest_vllm.perf import plots
 
@@ -56,11 +56,32 @@ def section(state: BenchState, say: Callable[[str], None]) -> Section | None:
     return Section("performance", tables(state), to_json(state), images)
 
 
+def kv_cache_table(state: BenchState) -> Table:
+    table = Table("vllm performance: KV cache (what each server allocated, and the requests it holds at once "
+                  "at each workload's lengths)",
+                  ["test", "server", "tokens", "bytes per token", "at max_model_len (vLLM's)", "workloads held",
+                   "verdict"])
+    for check in state.kv_caches:
+        capacity, allocated = check.capacity, check.capacity.allocated
+        at_max = "-"
+        if check.max_model_len:
+            at_max = f"{capacity.tokens / check.max_model_len:.2f}"
+            if allocated.max_concurrency is not None:
+                at_max += f" ({allocated.max_concurrency:g})"
+        held = ", ".join(f"{name} {n}/{need}" for name, (n, need) in check.held.items())
+        table.add(check.nodeid.split("::", 1)[-1], check.role, f"{capacity.tokens:,}",
+                  f"{capacity.shape.bytes_per_token:,}" if capacity.shape else "-", at_max, held,
+                  Verdict(Outcome.PASS if check.passed else Outcome.FAIL))
+        table.notes += [f"{check.role}: {problem}" for problem in check.problems]
+    table.notes.append("workloads held: requests the cache holds at once / the workload's concurrency")
+    return table
+
+
 def tables(state: BenchState) -> list[Table]:
-    if not state.measurements:
-        return []
     settings = state.settings
-    out = []
+    out = [kv_cache_table(state)] if state.kv_caches else []
+    if not state.measurements:
+        return out
     checks = Table(f"vllm performance: budgets (current = median of repetitions; host class {settings.host_class}; "
                    f"resolves = the regression caught 9 times in 10 at {settings.policy.false_alarm_rate:.0%} "
                    "false alarms)",
@@ -144,6 +165,20 @@ def _metrics_json(result: Any) -> dict[str, Any]:
             for n in result.names} if result.runs else {}
 
 
+def kv_cache_json(check: KVCacheCheck) -> dict[str, Any]:
+    capacity, allocated = check.capacity, check.capacity.allocated
+    shape = capacity.shape
+    return {"test": check.nodeid, "role": check.role, "model": check.model, "passed": check.passed,
+            "tokens": capacity.tokens, "block_size": allocated.block_size, "memory_bytes": allocated.memory_bytes,
+            "cache_dtype": allocated.cache_dtype, "vllm_max_concurrency": allocated.max_concurrency,
+            "max_model_len": check.max_model_len,
+            "bytes_per_token": shape.bytes_per_token if shape else None,
+            "shape": None if shape is None else {"layers": shape.layers, "kv_heads": shape.kv_heads,
+                                                 "head_dim": shape.head_dim, "dtype": shape.dtype},
+            "workloads": {name: {"held": n, "concurrency": need} for name, (n, need) in check.held.items()},
+            "problems": check.problems}
+
+
 def to_json(state: BenchState) -> dict[str, Any]:
     def measurement(m: Measurement) -> dict[str, Any]:
         return {
@@ -173,4 +208,5 @@ def to_json(state: BenchState) -> dict[str, Any]:
             "environment": settings.environment, "metric_definitions": METRIC_DEFINITIONS,
             "measurements": [measurement(m) for m in state.measurements],
             "pairs": [pair(p) for p in state.pairs],
+            "kv_caches": [kv_cache_json(c) for c in state.kv_caches],
             "baselines_written": [str(p) for p in state.written]}

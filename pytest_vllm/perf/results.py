@@ -14,6 +14,7 @@ from pytest_vllm.load.client import RequestRecord
 from pytest_vllm.load.workload import Workload
 from pytest_vllm.perf.budgets import Budget, Check, GatePolicy
 from pytest_vllm.perf.metrics import METRIC_DEFINITIONS, BenchResult, RepeatedResult
+from pytest_vllm.server.kv_capacity import Capacity
 
 # Ratios a pair comparison records and shows (its budgets may name others).
 PAIR_METRICS = ("output_throughput", "request_throughput", "ttft_p50", "tpot_p50", "e2el_p50")
@@ -199,6 +200,37 @@ class BenchSettings:
 
 
 @dataclass
+class KVCacheCheck:
+    """A server's KV cache against the workloads it must hold (``Bench.kv_cache``)."""
+
+    nodeid: str
+    role: str
+    model: str
+    capacity: Capacity
+    max_model_len: int | None
+    held: dict[str, tuple[int, int]]  # workload name -> (requests its cache holds, the workload's concurrency)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+    def describe(self) -> str:
+        """One line: the cache, its cost per token and what it holds."""
+        capacity, allocated = self.capacity, self.capacity.allocated
+        size = f"{allocated.memory_bytes / 2**30:.2f} GiB, " if allocated.memory_bytes else ""
+        cost = f"{capacity.shape.bytes_per_token:,} B per token, " if capacity.shape else ""
+        at_max = ""
+        if self.max_model_len:
+            vllm = f" (vLLM: {allocated.max_concurrency:g})" if allocated.max_concurrency is not None else ""
+            per_request = capacity.tokens / self.max_model_len
+            at_max = f"; {per_request:.2f} requests at max_model_len {self.max_model_len}{vllm}"
+        held = "; ".join(f"{name}: {n} at once (needs {need})" for name, (n, need) in self.held.items())
+        return (f"the {self.role} server's KV cache: {capacity.tokens:,} tokens ({size}{cost}blocks of "
+                f"{allocated.block_size}){at_max}; {held}")
+
+
+@dataclass
 class BenchState:
     """Everything measured in this session (the reports read it)."""
 
@@ -208,3 +240,4 @@ class BenchState:
     written: list[Path] = field(default_factory=list)
     said: set[str] = field(default_factory=set)  # once-per-session lines already said
     unjudged_classes: dict[str, list[str]] = field(default_factory=dict)  # model -> classes with baselines
+    kv_caches: list[KVCacheCheck] = field(default_factory=list)
