@@ -77,6 +77,11 @@ OPTIONS: tuple[Option, ...] = (
            "(default: on a host class with no baselines for the model, relative budgets are not judged and one line "
            "says so; a missing entry of a recorded class fails), fail (always) or skip", default="auto",
            metavar="auto|fail|skip", choices=("auto", "fail", "skip")),
+    Option("baseline_gate", "--vllm-baseline-gate", "what a single server's budget relative to its stored "
+           "baseline does when out of budget: fail, report (its verdict reads OVER (report only) and the test "
+           "passes), or auto (default: report on the cpu profile, whose shared hosts ran healthy sessions 10-28% "
+           "slow; fail on GPU profiles). Pair ratios, absolute budgets and counter checks always gate",
+           default="auto", metavar="auto|fail|report", choices=("auto", "fail", "report")),
     Option("host_class", "--vllm-host-class", "the host class performance baselines are filed under and looked "
            "up by (default: derived from this machine, e.g. cpu-amd-avx512bf16-2c or h200-140g); set it only "
            "for runners you know to be alike", metavar="CLASS"),
@@ -137,6 +142,7 @@ class RunConfig:
     add_baselines: bool = False
     baseline_dir: Path = Path("baselines")
     missing_baseline: str = "auto"
+    baseline_gate: str = "auto"
     host_class: str | None = None
     repeats: int | None = None
     prompt_seed: int = 0
@@ -193,6 +199,7 @@ class RunConfig:
             add_baselines=bool(get("add_baselines")),
             baseline_dir=under_root(Path(str(get("baseline_dir")))),
             missing_baseline=missing,
+            baseline_gate=str(get("baseline_gate")),
             host_class=host_class,
             repeats=repeats,
             prompt_seed=int(get("prompt_seed")),

@@ -35,6 +35,7 @@ class Outcome(enum.StrEnum):
     NO_BASELINE = "NO BASELINE"
     RECORDED = "RECORDED"  # recording baselines: measured, not judged
     OFF = "BUDGETS OFF"  # measured, every budget switched off (the test's verdict is elsewhere)
+    REPORTED = "OVER (report only)"  # out of budget, on a gate set to report (--vllm-baseline-gate)
     NO_BUDGET = "-"
 
 

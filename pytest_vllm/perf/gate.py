@@ -360,4 +360,6 @@ def settings_for(config: Any, profile: GPUProfile, host_class: str, environment:
                          record=config.update_baselines or config.add_baselines, missing=config.missing_baseline,
                          policy=GatePolicy(config.false_alarm_rate, config.max_tolerance),
                          default_budgets=default_budgets, environment=environment, repeats=config.repeats,
-                         add_recording=config.add_baselines, prompt_seed=config.prompt_seed)
+                         add_recording=config.add_baselines, prompt_seed=config.prompt_seed,
+                         baseline_gate_fails=(profile.baseline_gate_fails if config.baseline_gate == "auto"
+                                              else config.baseline_gate == "fail"))

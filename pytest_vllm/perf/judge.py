@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from pytest_vllm import baselines
+from pytest_vllm.gating import Outcome, Verdict
 from pytest_vllm.load.host import NOTABLE_STEAL_PCT
 from pytest_vllm.load.runner import WorkloadRuns
 from pytest_vllm.perf.budgets import Budget, Check, evaluate
@@ -66,7 +67,10 @@ def judge(judged: Judged, budgets: Mapping[str, Budget], stored: baselines.Basel
                 continue
             prior = settings.profile.boot_noise_of(metric) * (PAIR_PRIOR_FACTOR if is_pair else 1.0)
             noise = baseline_noise(runs, stored.recording_runs(metric), prior)
-            checks.append(evaluate(budget, current, reference, noise, settings.policy))
+            check = evaluate(budget, current, reference, noise, settings.policy)
+            if not check.passed and not is_pair and not settings.baseline_gate_fails:
+                check = replace(check, verdict=Verdict(Outcome.REPORTED, check.note))
+            checks.append(check)
         else:
             checks.append(evaluate(budget, current, noise=run_noise(runs), policy=settings.policy))
     return checks

@@ -193,6 +193,7 @@ class BenchSettings:
     repeats: int | None = None
     add_recording: bool = False  # --add-baselines: a recording joins the stored ones instead of replacing them
     prompt_seed: int = 0  # --vllm-prompt-seed
+    baseline_gate_fails: bool = True  # False: single-server baseline budgets report, they do not fail
 
     @property
     def gpu(self) -> str:

@@ -260,3 +260,21 @@ def test_a_measurement_without_checks_says_why() -> None:
     assert verdict(judged=False) is Outcome.NOT_JUDGED
     assert verdict(baseline=object()) is Outcome.OFF
     assert verdict() is Outcome.NO_BASELINE
+
+
+def test_a_report_only_baseline_gate_reports_and_passes(tmp_path: Path) -> None:
+    """--vllm-baseline-gate report (the CPU profile's default): a single server out of its
+    baseline budget reads OVER (report only) and passes; an absolute budget still fails."""
+    from pytest_vllm.gating import Outcome
+
+    store(tmp_path, measurement())
+    slow = measurement(durations=(2.0, 2.1, 1.9))
+    budgets = parse_budgets({"output_throughput": ">= baseline * 0.9"})
+    stored, _ = stored_baseline(settings(tmp_path), slow)
+    gating = judge(slow, budgets, stored, settings(tmp_path))
+    assert not gating[0].passed and gating[0].verdict.outcome is Outcome.FAIL
+    reporting = BenchSettings(**{**settings(tmp_path).__dict__, "baseline_gate_fails": False})
+    reported = judge(slow, budgets, stored, reporting)
+    assert reported[0].passed and reported[0].verdict.label == "OVER (report only)"
+    absolute = judge(slow, parse_budgets({"output_throughput": ">= 2.5 tok/s"}), stored, reporting)
+    assert not absolute[0].passed, "absolute budgets always gate"
