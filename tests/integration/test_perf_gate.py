@@ -118,12 +118,12 @@ def test_gate_records_passes_and_catches_a_slowdown(pytester: pytest.Pytester, t
                                  # the server's own view: one request at a time, the rest queued
                                  "*server (its /metrics, sampled): KV cache <= *, running <= 1, waiting <= *"])
     assert files[0].read_text() == stored, "a gated run must never touch the stored baseline"
+    summary = (pytester.path / "reports" / "summary.md").read_text()
+    assert "| output_throughput |" in summary and "FAIL" in summary
     # The CPU profile's default reports a baseline budget instead of failing (shared hosts' slow spells).
     reported = inner(slowed, baselines, "--vllm-baseline-gate", "auto")
     reported.assert_outcomes(passed=2)
     assert "OVER (report only)" in (pytester.path / "reports" / "summary.md").read_text()
-    summary = (pytester.path / "reports" / "summary.md").read_text()
-    assert "| output_throughput |" in summary and "FAIL" in summary
 
     # The same baselines filed under another class: this host is not judged against them.
     elsewhere = tmp_path / "elsewhere"
