@@ -53,7 +53,9 @@ OPTIONS: tuple[Option, ...] = (
            metavar="MODEL"),
     Option("url", "--vllm-url", "test a running server instead of booting one: [ROLE=]URL, ROLE is base "
            "(the default) or compressed; repeat for both", kind="list", default=(), metavar="[ROLE=]URL"),
-    Option("api_key", "--vllm-api-key", "API key for --vllm-url servers (default: $VLLM_API_KEY or EMPTY)",
+    Option("api_key", "--vllm-api-key", "API key: every client sends it, and booted servers are started with it "
+           "(vLLM's --api-key, through the server's environment); default $VLLM_API_KEY, else none (an inherited "
+           "VLLM_API_KEY is never passed to a server otherwise). Never printed or written",
            metavar="KEY"),
     Option("startup_timeout", "--vllm-startup-timeout", "seconds a server may take to become ready",
            kind="float", default=900.0, metavar="SECONDS"),

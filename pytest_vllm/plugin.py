@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import pytest_asyncio
 
-from pytest_vllm import gating
+from pytest_vllm import gating, redact
 from pytest_vllm.config import OPTIONS, TABLES, RunConfig, check_table_keys, read_pyproject_table
 from pytest_vllm.errors import ServerStartError, UsageError
 from pytest_vllm.server.handle import ServerHandle, ServerPair
@@ -80,6 +80,7 @@ def _make_say(config: pytest.Config) -> Callable[[str], None]:
     """Progress lines on the terminal, also while output capture is on (servers boot in setup)."""
 
     def say(message: str) -> None:
+        message = redact.text(message)
         reporter = config.pluginmanager.get_plugin("terminalreporter")
         capture = config.pluginmanager.get_plugin("capturemanager")
         if reporter is None:
@@ -96,7 +97,7 @@ def _make_say(config: pytest.Config) -> Callable[[str], None]:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    return config.stash[SESSION_KEY].header_lines()
+    return [redact.text(line) for line in config.stash[SESSION_KEY].header_lines()]
 
 
 # -- collection: resolve specs, validate flags, group tests by server -----------------------
@@ -134,7 +135,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 
 
 def pytest_report_collectionfinish(config: pytest.Config) -> list[str]:
-    return config.stash[SESSION_KEY].plan_lines()
+    return [redact.text(line) for line in config.stash[SESSION_KEY].plan_lines()]
 
 
 # -- test lifecycle ------------------------------------------------------------------------

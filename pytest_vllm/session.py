@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, TypeVar
 import httpx
 import pytest
 
+from pytest_vllm import redact
 from pytest_vllm.config import RunConfig
 from pytest_vllm.errors import UsageError
 from pytest_vllm.gpu import DeviceInfo, GPUProfile, detect_device, resolve_profile
@@ -63,6 +64,9 @@ class VLLMSession:
     _role_models: dict[str, RoleModel] = field(default_factory=dict)
     _sections: list[SectionProvider] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        redact.register(self.config.api_key)  # masked in everything printed or written from now on
+
     # -- resolved once -----------------------------------------------------------------------
     @cached_property
     def device(self) -> DeviceInfo:
@@ -87,7 +91,7 @@ class VLLMSession:
 
     @cached_property
     def launcher(self) -> Launcher:
-        return Launcher(self.profile, self.device, self.schema, self.config.python)
+        return Launcher(self.profile, self.device, self.schema, self.config.python, api_key=self.config.api_key)
 
     @cached_property
     def pool(self) -> ServerPool:
@@ -106,7 +110,7 @@ class VLLMSession:
             return self.schema.vllm_version
         try:
             url = self.config.urls.base or self.config.urls.compressed
-            with httpx.Client(timeout=10) as http:
+            with httpx.Client(timeout=10, headers={"Authorization": f"Bearer {self.config.api_key}"}) as http:
                 return str(http.get(f"{url}/version").json()["version"])
         except (httpx.HTTPError, ValueError, KeyError):
             return "unknown"
@@ -198,7 +202,7 @@ class VLLMSession:
     def _serve(self, spec: ServerSpec, nodeid: str) -> ServerHandle:
         server = self.pool.get(spec, nodeid)
         return ServerHandle(role=spec.role, url=server.url, model=spec.served_model_name, spec=spec,
-                            log_path=server.log_path)
+                            log_path=server.log_path, api_key=self.config.api_key)
 
     def _remote_handle(self, role: str) -> ServerHandle:
         if role not in self._remote:

@@ -6,6 +6,7 @@ of a healthy checkpoint answers these; a broken conversion or quantization does 
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from pytest_vllm.server.handle import ServerHandle
@@ -28,6 +29,18 @@ def test_models_endpoint_lists_the_served_model(vllm_server: ServerHandle) -> No
     ids = [m["id"] for m in listing["data"]]
     assert vllm_server.model in ids
     assert listing["object"] == "list"
+
+
+def test_a_request_without_the_api_key_is_refused(vllm_server: ServerHandle) -> None:
+    """With an API key (--vllm-api-key or VLLM_API_KEY) every server under test must require it:
+    booted servers are started with it; a --vllm-url server is expected to enforce it too."""
+    if vllm_server.api_key == "EMPTY":
+        pytest.skip("no API key given (--vllm-api-key or VLLM_API_KEY): the servers are open")
+    with httpx.Client(base_url=vllm_server.url, timeout=30) as http:
+        anonymous = http.get("/v1/models")
+        wrong = http.get("/v1/models", headers={"Authorization": "Bearer not-the-key"})
+    assert anonymous.status_code == 401, f"{vllm_server.describe()} answered {anonymous.status_code} without a key"
+    assert wrong.status_code == 401, f"{vllm_server.describe()} answered {wrong.status_code} to a wrong key"
 
 
 @pytest.mark.parametrize(("question", "expected"), SANITY_PROMPTS, ids=[e for _, e in SANITY_PROMPTS])

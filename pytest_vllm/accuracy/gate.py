@@ -134,7 +134,7 @@ class AccuracyGate:
             key = history_mod.baseline_key(state.gpu, self._item.nodeid, scored)
             if state.update:
                 server_record = {"key": server.spec.portable_key if server.spec else f"remote:{server.model}",
-                                 "flags": server.spec.flag_dict if server.spec else {}}
+                                 "flags": server.spec.recorded_flags if server.spec else {}}
                 entry = history_mod.make_entry(scored, server_record, state.environment, self._item.nodeid)
                 try:
                     path = baselines.write(state.baseline_dir, key, entry)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pytest_vllm import redact
 from pytest_vllm.errors import UsageError, VLLMPluginError
 from pytest_vllm.server.handle import ServerHandle
 
@@ -108,11 +109,14 @@ def run_pair(servers: Sequence[ServerHandle], tasks: Sequence[str], extra_dirs: 
             cmd = [python or sys.executable, "-m", "pytest_vllm.accuracy.lmeval_runner", "--url", server.url,
                    "--model", server.model, "--tokenizer", tokenizer_for(server, tokenizer), "--tasks", ",".join(tasks),
                    "--out", str(out), "--seed", str(seed), "--concurrency", str(concurrency),
-                   "--api-key", server.api_key, *[arg for d in includes for arg in ("--include", d)]]
+                   *[arg for d in includes for arg in ("--include", d)]]
             if limit:
                 cmd += ["--limit", str(limit)]
+            # The server's key, never one inherited from the developer's shell (lm-eval's local-completions reads
+            # OPENAI_API_KEY); through the environment, not the command line, which every user of the host sees.
+            server_env = {**env, "OPENAI_API_KEY": server.api_key}
             with open(log, "wb") as log_file:
-                proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, cwd=tmp)
+                proc = subprocess.Popen(cmd, env=server_env, stdout=log_file, stderr=subprocess.STDOUT, cwd=tmp)
             launched.append((server, proc, out, log, time.monotonic()))
         runs = []
         for server, proc, out, log, started in launched:
@@ -137,6 +141,6 @@ def run_pair(servers: Sequence[ServerHandle], tasks: Sequence[str], extra_dirs: 
 
 def _tail(log: Path, lines: int = 40) -> str:
     try:
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+        return redact.text("\n".join(log.read_text(errors="replace").splitlines()[-lines:]))
     except OSError:
         return "(no output)"

@@ -70,13 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--limit", type=int, default=None)
-    parser.add_argument("--api-key", default="EMPTY")
     args = parser.parse_args(argv)
 
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         os.environ.setdefault(var, "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("OPENAI_API_KEY", args.api_key)
+    # OPENAI_API_KEY is the server's key, set by pytest_vllm.accuracy.lmeval for this process alone.
 
     import lm_eval
     from lm_eval.tasks import TaskManager

@@ -10,6 +10,8 @@ import json
 import shlex
 from typing import Any
 
+from pytest_vllm import redact
+
 
 def encode_body(body: Any) -> bytes:
     """The bytes sent for a JSON body: compact, UTF-8, and NaN/Infinity kept as Python writes them
@@ -23,15 +25,20 @@ def pretty(body: Any) -> str:
 
 def curl_line(url: str, payload: bytes | None, *, method: str = "POST", api_key: str | None = None,
               stream: bool = False, content_type: str | None = "application/json") -> str:
-    """One shell line that sends the same request: ``curl -sS [-N] -X POST URL -H ... --data-binary ...``."""
-    parts = ["curl", "-sS"] + (["-N"] if stream else []) + ["-X", method, url]
+    """One shell line that sends the same request: ``curl -sS [-N] -X POST URL -H ... --data-binary ...``.
+
+    A real API key is never written out: the line reads it from ``$VLLM_API_KEY`` (set it before
+    pasting), so a failure report can be shared as it is."""
+    parts = [shlex.quote(p) for p in ["curl", "-sS"] + (["-N"] if stream else []) + ["-X", method, url]]
     if content_type:
-        parts += ["-H", f"Content-Type: {content_type}"]
-    if api_key:
-        parts += ["-H", f"Authorization: Bearer {api_key}"]
+        parts += ["-H", shlex.quote(f"Content-Type: {content_type}")]
+    if api_key and api_key in redact.NOT_SECRET:
+        parts += ["-H", shlex.quote(f"Authorization: Bearer {api_key}")]
+    elif api_key:
+        parts += ["-H", '"Authorization: Bearer $VLLM_API_KEY"']
     if payload is not None:
-        parts += ["--data-binary", payload.decode("utf-8", errors="backslashreplace")]
-    return " ".join(shlex.quote(part) for part in parts)
+        parts += ["--data-binary", shlex.quote(payload.decode("utf-8", errors="backslashreplace"))]
+    return " ".join(parts)
 
 
 def describe_request(url: str, body: Any, payload: bytes | None, *, method: str = "POST",

@@ -217,7 +217,7 @@ class Bench:
             self._say(f"warning: the load client was saturated during {workload.name} (event-loop lag or CPU); "
                       "latencies include client delay")
         server_key = server.spec.portable_key if server.spec else f"remote:{server.model}"
-        flags = server.spec.flag_dict if server.spec else {}
+        flags = server.spec.recorded_flags if server.spec else {}
         measurement = Measurement(self._item.nodeid, server.role, server.model, workload, result, server_key, flags,
                                   prompt_tokens=runs.prompt_tokens, records=[run.records for run in runs.runs])
         if (foreign := foreign_load(result, workload)) is not None:

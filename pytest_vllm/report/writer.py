@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pytest_vllm import redact
 from pytest_vllm.gating import Verdict
 from pytest_vllm.report.tables import Table, render_markdown, render_text
 
@@ -33,7 +34,7 @@ def terminal_lines(sections: Sequence[Section]) -> list[str]:
     for section in sections:
         for table in section.tables:
             lines += render_text(table) + [""]
-    return lines
+    return [redact.text(line) for line in lines]
 
 
 def write_reports(report_dir: Path, sections: Sequence[Section], run_info: dict[str, Any],
@@ -43,7 +44,7 @@ def write_reports(report_dir: Path, sections: Sequence[Section], run_info: dict[
     written = []
     results = {"run": run_info, **{s.name: s.data for s in sections}}
     path = report_dir / "results.json"
-    path.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    path.write_text(redact.text(json.dumps(results, indent=1, default=str)) + "\n")
     written.append(path)
 
     markdown = [f"## pytest-vllm: {run_info.get('verdict', '')}", "",
@@ -54,12 +55,12 @@ def write_reports(report_dir: Path, sections: Sequence[Section], run_info: dict[
         for table in section.tables:
             markdown += render_markdown(table)
     path = report_dir / "summary.md"
-    path.write_text("\n".join(markdown) + "\n")
+    path.write_text(redact.text("\n".join(markdown)) + "\n")
     written.append(path)
     step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if step_summary:
         with open(step_summary, "a", encoding="utf-8") as f:
-            f.write("\n".join(markdown) + "\n")
+            f.write(redact.text("\n".join(markdown)) + "\n")
 
     images = {}
     for section in sections:
@@ -68,7 +69,7 @@ def write_reports(report_dir: Path, sections: Sequence[Section], run_info: dict[
             written.append(report_dir / name)
             images[name] = png
     path = report_dir / "report.html"
-    path.write_text(_html(sections, run_info, images))
+    path.write_text(redact.text(_html(sections, run_info, images)))
     written.append(path)
     return written
 

@@ -8,7 +8,7 @@ request would hide a failure and distort timings.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -49,7 +49,7 @@ class ServerHandle:
     model: str  # the served model name to put in requests
     spec: ServerSpec | None = None  # None for a --vllm-url server (its flags are unknown)
     log_path: Path | None = None  # None for a --vllm-url server
-    api_key: str = "EMPTY"
+    api_key: str = field(default="EMPTY", repr=False)  # never shown: a failing assert prints the handle
 
     @property
     def api_base(self) -> str:

@@ -39,6 +39,7 @@ class Launcher:
     device: DeviceInfo
     schema: VLLMArgSchema
     python: str
+    api_key: str = "EMPTY"  # the run's key: booted servers require it (vLLM reads VLLM_API_KEY), clients send it
     _argv: dict[ServerSpec, list[str]] = field(default_factory=dict)  # validated flags, by spec
 
     @property
@@ -69,6 +70,9 @@ class Launcher:
     def plan(self, spec: ServerSpec, port: int, slot: int, slots: int) -> LaunchPlan:
         """What runs for ``spec`` on ``port``, as the server in ``slot`` of ``slots`` at once."""
         env = {**SERVER_ENV, **spec.env_dict}
+        if self.api_key != "EMPTY":
+            # Through the environment, not --api-key: a command line is visible to every user of the host.
+            env["VLLM_API_KEY"] = self.api_key
         extra: dict[str, Any] = {}
         beside_others, note = not self.profile.is_gpu, ""
         if self.profile.is_gpu and self.profile.pair_gpu_memory_utilization:
@@ -86,7 +90,7 @@ class Launcher:
                     env["VLLM_CPU_OMP_THREADS_BIND"] = binding
         if Path(spec.model).expanduser().exists():
             env.setdefault("HF_HUB_OFFLINE", "1")  # a local checkpoint needs no hub; fail fast without one
-        return LaunchPlan(argv=argv, env=env, boots_beside_others=beside_others, note=note)
+        return LaunchPlan(argv=argv, env=env, boots_beside_others=beside_others, note=note, api_key=self.api_key)
 
     def _fixed_kv_cache(self, spec: ServerSpec) -> tuple[dict[str, Any], bool, str]:
         """Extra flags fixing the KV cache size from the server's memory share (server/memory.py),

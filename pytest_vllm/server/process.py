@@ -22,10 +22,14 @@ from pathlib import Path
 
 import httpx
 
+from pytest_vllm import redact
 from pytest_vllm.errors import ServerStartError
 from pytest_vllm.server.spec import ServerSpec
 
 LOG_TAIL_LINES = 50
+# Never inherited from pytest's environment: a VLLM_API_KEY there would secure every booted
+# server with a key its clients do not send (the launcher sets it when the run has a key).
+NOT_INHERITED = ("VLLM_API_KEY",)
 # Lines that carry the reason a vLLM process died (the last one wins).
 _ERROR_LINE = re.compile(r"(^|\s)(\w+\.)*\w*(Error|Exception|Exit)\b:?|\bERROR\b|out of memory", re.IGNORECASE)
 _NOISE = re.compile(r"warn|deprecat|ulimit|ERROR_LINE", re.IGNORECASE)
@@ -68,10 +72,16 @@ class LaunchPlan:
     # a fixed KV cache size on a shared GPU): the pool may then boot it in parallel with others.
     boots_beside_others: bool = False
     note: str = ""  # said when it boots
+    api_key: str = "EMPTY"  # what clients (the readiness probe first) must send
 
     def shell_line(self) -> str:
-        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items()))
-        return (env + " " if env else "") + shlex.join(self.argv)
+        """The command as a person would type it, secrets masked (it goes into logs and reports)."""
+        env = " ".join(f"{k}={shlex.quote(str(v))}" for k, v in sorted(redact.mapping(self.env).items()))
+        return (env + " " if env else "") + shlex.join(redact.argv(self.argv))
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
 
 
 class VLLMServer:
@@ -97,7 +107,7 @@ class VLLMServer:
         with open(self.log_path, "w", encoding="utf-8") as log:
             log.write(f"[pytest-vllm] {self.spec.describe()}\n[pytest-vllm] command: {self.plan.shell_line()}\n")
         read_end, write_end = os.pipe()
-        env = {**os.environ, **self.plan.env}
+        env = {**{k: v for k, v in os.environ.items() if k not in NOT_INHERITED}, **self.plan.env}
         cmd = [sys.executable, "-m", "pytest_vllm.server.watchdog", "--lifeline", str(read_end),
                "--log", str(self.log_path), "--grace", str(self.stop_grace), "--", *self.plan.argv]
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
@@ -134,9 +144,9 @@ class VLLMServer:
 
     def _is_ready(self, http: httpx.Client) -> bool:
         try:
-            if http.get(f"{self.url}/health").status_code != 200:
+            if http.get(f"{self.url}/health", headers=self.plan.headers).status_code != 200:
                 return False
-            models = http.get(f"{self.url}/v1/models").json()
+            models = http.get(f"{self.url}/v1/models", headers=self.plan.headers).json()
         except (httpx.HTTPError, ValueError):
             return False
         return any(m.get("id") == self.spec.served_model_name for m in models.get("data", []))
@@ -180,7 +190,8 @@ class VLLMServer:
 
     # -- diagnostics -----------------------------------------------------------------------
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> list[str]:
-        return read_tail(self.log_path, lines)
+        """The log's last lines, secrets masked (they go into failure reports)."""
+        return [redact.text(line) for line in read_tail(self.log_path, lines)]
 
     def _start_error(self, what: str) -> ServerStartError:
         tail = self.log_tail()
@@ -191,7 +202,7 @@ class VLLMServer:
         lines += _hints(self.spec, tail)
         lines += [f"command: {self.plan.shell_line()}", f"full log: {self.log_path}",
                   f"--- last {len(tail)} log lines ---", *tail]
-        return ServerStartError("\n".join(lines))
+        return ServerStartError(redact.text("\n".join(lines)))
 
 
 def _hints(spec: ServerSpec, tail: Sequence[str]) -> list[str]:

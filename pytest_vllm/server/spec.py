@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pytest_vllm import redact
 from pytest_vllm.errors import UsageError
 
 BASE = "base"
@@ -45,6 +46,8 @@ class ServerSpec:
     @classmethod
     def create(cls, role: str, model: str, flags: Mapping[str, Any] | None = None,
                env: Mapping[str, str] | None = None) -> ServerSpec:
+        redact.register_secrets_of(flags or {})  # an hf_token flag or HF_TOKEN variable is masked everywhere
+        redact.register_secrets_of(env or {})
         encoded = tuple(sorted((_normal_key(k), json.dumps(v, sort_keys=True)) for k, v in (flags or {}).items()))
         return cls(role=role, model=str(model), flags=encoded,
                    env=tuple(sorted((str(k), str(v)) for k, v in (env or {}).items())))
@@ -52,6 +55,11 @@ class ServerSpec:
     @property
     def flag_dict(self) -> dict[str, Any]:
         return {k: json.loads(v) for k, v in self.flags}
+
+    @property
+    def recorded_flags(self) -> dict[str, Any]:
+        """The flags as results and baselines record them: secret ones masked."""
+        return redact.mapping(self.flag_dict)
 
     @property
     def env_dict(self) -> dict[str, str]:
@@ -76,7 +84,9 @@ class ServerSpec:
         return str(self.flag_dict.get("served_model_name") or served_name_for(self.model))
 
     def describe(self) -> str:
-        flags = ", ".join(f"{k}={json.loads(v)!r}" for k, v in self.flags if k != "served_model_name")
+        """The server in words, secret flags masked (it is printed and written)."""
+        shown = redact.mapping({k: json.loads(v) for k, v in self.flags if k != "served_model_name"})
+        flags = ", ".join(f"{k}={v!r}" for k, v in shown.items())
         return f"{self.role} server: {self.model}" + (f" ({flags})" if flags else "")
 
     def with_flags(self, **flags: Any) -> ServerSpec:

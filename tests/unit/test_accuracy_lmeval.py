@@ -76,3 +76,26 @@ def test_tokenizer_comes_from_the_local_model_folder(tmp_path: Path) -> None:
     remote = ServerHandle("base", "http://h:1", "m")
     with pytest.raises(UsageError, match="set lmeval_tokenizer"):
         tokenizer_for(remote, None)
+
+
+def test_lmeval_gets_the_servers_key_not_an_inherited_one(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """lm-eval's runner reads OPENAI_API_KEY; the key it is given must be the server's."""
+    from pytest_vllm.accuracy import lmeval
+
+    seen: dict[str, object] = {}
+
+    class Recorder:
+        """Stands in for subprocess.Popen to capture what lm-eval would be started with (a real
+        lm-eval run costs minutes; the environment handed to it is what this test is about)."""
+
+        def __init__(self, cmd: list[str], env: dict[str, str], **_: object) -> None:
+            seen.update(cmd=cmd, env=env)
+            raise RuntimeError("recorded")
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-developers-own-openai-key")
+    monkeypatch.setattr(lmeval.subprocess, "Popen", Recorder)
+    server = ServerHandle(role="base", url="http://127.0.0.1:9", model="m", api_key="the-servers-key")
+    with pytest.raises(RuntimeError, match="recorded"):
+        lmeval.run_pair([server], ["facts"], [], tokenizer=str(tmp_path), seed=1, concurrency=1)
+    assert seen["env"]["OPENAI_API_KEY"] == "the-servers-key"  # type: ignore[index]
+    assert "the-servers-key" not in " ".join(seen["cmd"])  # type: ignore[arg-type]
