@@ -118,7 +118,7 @@ class VLLMSession:
     def role_model(self, role: str) -> RoleModel:
         if role not in self._role_models:
             self._role_models[role] = resolve_role(role, self.config.base_model, self.config.compressed_model,
-                                                   self.profile)
+                                                   self.profile, self.host.cpu_isa)
         return self._role_models[role]
 
     @property

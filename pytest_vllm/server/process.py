@@ -211,6 +211,9 @@ def _hints(spec: ServerSpec, tail: Sequence[str]) -> list[str]:
     if spec.model.startswith(("/", ".", "~")) and not model.exists():
         hints.append(f"hint: the model path {spec.model} does not exist; check --base-model/--compressed-model")
     text = "\n".join(tail).lower()
+    if "int8_scaled_mm_with_quant: expect a to be bfloat16 or half" in text:
+        hints.append("hint: this CPU has AMX, whose int8 kernel takes bfloat16 activations only: serve this W8A8 "
+                     "checkpoint with vllm_server(role='compressed', dtype='bfloat16')")
     if "out of memory" in text or "outofmemory" in text:
         hints.append("hint: out of memory; lower max_model_len / max_num_seqs or gpu_memory_utilization")
     return hints
