@@ -1,4 +1,4 @@
-"""Baseline files: layout, schema, atomic writes.
+"""Baseline files: layout, schema and validation, locked atomic writes.
 
 Layout: ``<baseline dir>/<scope>/<served model>/<test file stem>/<test function>.json``, the scope
 being the host class for performance (``cpu-intel-avx512vnni-2c``, ``h200-140g``: a baseline says
@@ -6,8 +6,11 @@ how fast one kind of machine serves) and the GPU profile for accuracy (scores do
 the host's speed). One file per test function holds one entry per measurement (parametrization,
 role and workload name), each keyed by the server spec and workload it was recorded with, so a changed
 configuration is never judged against another's numbers. Files are only written on request
-(``--update-baselines``), atomically (temp file + rename); a corrupt file is an error that names
-it, never silently replaced.
+(``--update-baselines``), by a read-merge-write under the file's lock (xdist workers and parallel
+jobs adding entries to one file keep each other's) and atomically (``pytest_vllm.storage``: a killed
+writer leaves the old file). A corrupt file, or one whose medians a gate could not trust (not finite,
+or 0 where a run cannot measure 0), is an error that names the file and entry, never silently replaced;
+such an entry is refused before it is written.
 
 Pooled baselines: where the runners of one class differ from host to host (a small model on a
 fast GPU measures the host's CPU as much as the GPU), ``--add-baselines`` or ``pytest-vllm
@@ -18,20 +21,22 @@ the reference.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import re
 import statistics
 import subprocess
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pytest_vllm.errors import BaselineError
-from pytest_vllm.perf.metrics import METRIC_DEFINITIONS
+from pytest_vllm import storage
+from pytest_vllm.errors import BaselineError, StorageError
+from pytest_vllm.perf.metrics import METRIC_DEFINITIONS, METRICS
 
 FORMAT = "pytest-vllm-baseline/1"
 # Other subsystems whose entries share these files and layout (accuracy scores: pytest_vllm.accuracy.history).
@@ -110,7 +115,7 @@ class Baseline:
 
 
 def read_file(path: Path) -> dict[str, Any]:
-    """A baseline file's content, validated; BaselineError names the file and the fix."""
+    """A baseline file's content, validated; BaselineError names the file, the entry and the fix."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -122,25 +127,70 @@ def read_file(path: Path) -> dict[str, Any]:
         raise BaselineError(f"baseline {path} is not a {FORMAT} file; restore it from git or re-record it "
                             "with --update-baselines")
     for name, entry in data["entries"].items():
-        try:
-            entry["server"]["key"], entry["workload"]["key"]
-            for metric in entry["metrics"].values():
-                float(metric["median"])
-        except (KeyError, TypeError, ValueError):
-            raise BaselineError(f"baseline {path}, entry {name!r}, is damaged (missing keys or values); restore "
-                                "it from git or re-record it with --update-baselines") from None
-        try:
-            for recording in entry.get("recordings", ()):
-                for metric in recording["metrics"].values():
-                    float(metric["median"])
-        except (KeyError, TypeError, ValueError, AttributeError):
-            raise BaselineError(f"baseline {path}, entry {name!r}, has a damaged recording; restore it from git or "
-                                "re-record it with --update-baselines") from None
+        if problem := entry_problem(entry):
+            raise BaselineError(f"baseline {path}, entry {name!r}, {problem}; restore it from git "
+                                f"(git checkout -- {path}) or re-record it with --update-baselines")
         if entry.get("metric_definitions") not in {METRIC_DEFINITIONS, *OTHER_DEFINITIONS}:
             raise BaselineError(f"baseline {path}, entry {name!r}, uses metric definitions "
                                 f"{entry.get('metric_definitions')!r}, this version {METRIC_DEFINITIONS!r}; "
                                 "re-record it with --update-baselines")
     return data
+
+
+def entry_problem(entry: object) -> str | None:
+    """What makes ``entry`` unusable as a reference (``"is damaged: ..."``), or None. A gate trusts a
+    stored median as it is: ``Infinity`` under a lower-is-better budget, or 0 under a higher-is-better
+    one, passes every run, so such values are refused on reading and before writing."""
+    if not isinstance(entry, Mapping):
+        return f"is damaged: it is {_json_type(entry)}, not an object"
+    for part in ("server", "workload"):
+        if not isinstance(entry.get(part), Mapping) or "key" not in entry[part]:
+            return f"is damaged: it has no {part} key"
+    perf = entry.get("metric_definitions") == METRIC_DEFINITIONS
+    if problem := _metrics_problem(entry.get("metrics"), perf):
+        return f"is damaged: {problem}"
+    recordings = entry.get("recordings", [])
+    if not isinstance(recordings, list):
+        return f"has a damaged recording: 'recordings' is {_json_type(recordings)}, not a list"
+    for number, recording in enumerate(recordings):
+        problem = (f"it is {_json_type(recording)}, not an object" if not isinstance(recording, Mapping)
+                   else _metrics_problem(recording.get("metrics"), perf))
+        if problem:
+            return f"has a damaged recording (recording {number}: {problem})"
+    return None
+
+
+def _metrics_problem(metrics: object, perf: bool) -> str | None:
+    if not isinstance(metrics, Mapping):
+        return f"'metrics' is {_json_type(metrics)}, not an object of metric name: {{\"median\": ...}}"
+    for name, found in metrics.items():
+        if not isinstance(found, Mapping):
+            return f"metric {name!r} is {_json_type(found)}, not an object"
+        median = found.get("median")
+        if not _is_number(median):
+            return f"metric {name!r} has no numeric median ({median!r})"
+        if not math.isfinite(median):
+            return f"metric {name!r} has the median {median}, not a finite number"
+        info = METRICS.get(name) if perf else None
+        if info is not None and (median <= 0 if info.positive else median < 0):
+            return (f"metric {name!r} has the median {median}, which a measured run cannot give "
+                    f"(it is {'positive' if info.positive else 'never negative'})")
+        spread = found.get("spread", 0.0)
+        if not _is_number(spread) or not math.isfinite(spread) or spread < 0:
+            return f"metric {name!r} has the spread {spread!r}, not a finite number >= 0"
+        runs = found.get("runs", [])
+        if not isinstance(runs, list) or not all(_is_number(v) and math.isfinite(v) for v in runs):
+            return f"metric {name!r} has the runs {runs!r}, not a list of finite numbers"
+    return None
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _json_type(value: object) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), f"a {type(value).__name__}")
 
 
 def load(root: Path, key: BaselineKey) -> Baseline | None:
@@ -292,43 +342,84 @@ def entries_from_results(results: Mapping[str, Any], source: str) -> list[tuple[
 
 def add_results(root: Path, results_path: Path) -> list[tuple[Path, str, int]]:
     """Pool a gate run's measurements into the baselines under ``root``: every entry is checked
-    before any file is written, so a refused entry leaves all files as they were. Returns
+    before any file is written, so a refused entry leaves all files as they were. The files are
+    read, merged and written under their locks, so a concurrent writer's entries are kept. Returns
     (file, entry name, recordings now) per entry."""
     try:
         results = json.loads(results_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise BaselineError(f"cannot read results file {results_path}: {exc}") from None
-    merged, problems = [], []
+    by_file: dict[Path, dict[str, dict[str, Any]]] = {}
     for key, entry in entries_from_results(results, str(results_path)):
-        stored = load(root, key)
-        try:
-            merged.append((key, pooled(stored.data if stored else None, entry, f"{key.path(root)} [{key.entry_name}]")))
-        except BaselineError as exc:
-            problems.append(str(exc))
-    if problems:
-        raise BaselineError("nothing added:\n  " + "\n  ".join(problems))
-    # Each key is one entry: writing one leaves the others' pooled values as computed above.
-    return [(write(root, key, entry), key.entry_name, len(entry["recordings"])) for key, entry in merged]
+        refuse_invalid(key.path(root), key.entry_name, entry)
+        by_file.setdefault(key.path(root), {})[key.entry_name] = entry  # a repeated measurement: the last
+    added, problems = [], []
+    with contextlib.ExitStack() as held:
+        for path in sorted(by_file):  # one order for every writer: no two wait on each other
+            path.parent.mkdir(parents=True, exist_ok=True)
+            held.enter_context(_locked(path))
+        stored = {path: _stored(path) for path in by_file}
+        for path, entries in by_file.items():
+            for name, entry in entries.items():
+                try:
+                    merged = pooled(stored[path]["entries"].get(name), entry, f"{path} [{name}]")
+                    refuse_invalid(path, name, merged)
+                except BaselineError as exc:
+                    problems.append(str(exc))
+                    continue
+                stored[path]["entries"][name] = merged
+                added.append((path, name, len(merged["recordings"])))
+        if problems:
+            raise BaselineError("nothing added:\n  " + "\n  ".join(problems))
+        for path in sorted(by_file):
+            _save(path, stored[path])
+    return added
 
 
 def write(root: Path, key: BaselineKey, entry: Mapping[str, Any], pool: bool = False) -> Path:
-    """Store ``entry`` atomically, keeping the file's other entries; with ``pool``, add it to the
-    stored entry's recordings instead of replacing it (see ``pooled``)."""
+    """Store ``entry``, keeping the file's other entries (also those another process adds at the same
+    time: the file is read, merged and written under its lock); with ``pool``, add it to the stored
+    entry's recordings instead of replacing it (see ``pooled``). An invalid entry is refused before
+    anything is written."""
     path = key.path(root)
-    data: dict[str, Any] = {"format": FORMAT, "entries": {}}
-    if path.is_file():
-        data = read_file(path)  # a corrupt file stops the update: nothing stored is lost
-    if pool:
-        entry = pooled(data["entries"].get(key.entry_name), entry, f"{path} [{key.entry_name}]")
-    data["entries"][key.entry_name] = dict(entry)
-    data["entries"] = dict(sorted(data["entries"].items()))
+    refuse_invalid(path, key.entry_name, entry)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
-                                     delete=False, encoding="utf-8") as tmp:
-        json.dump(data, tmp, indent=1, sort_keys=False)
-        tmp.write("\n")
-    os.replace(tmp.name, path)
+    with _locked(path):
+        data = _stored(path)  # a corrupt file stops the update: nothing stored is lost
+        if pool:
+            entry = pooled(data["entries"].get(key.entry_name), entry, f"{path} [{key.entry_name}]")
+            refuse_invalid(path, key.entry_name, entry)
+        data["entries"][key.entry_name] = dict(entry)
+        _save(path, data)
     return path
+
+
+def refuse_invalid(path: Path, name: str, entry: Mapping[str, Any]) -> None:
+    """BaselineError before ``entry`` is written to ``path`` if a gate could not trust it."""
+    if problem := entry_problem(entry):
+        raise BaselineError(f"refusing to write baseline {path}, entry {name!r}, which {problem}; nothing was "
+                            "written. The measurement is broken: re-record it with --update-baselines")
+
+
+def _stored(path: Path) -> dict[str, Any]:
+    return read_file(path) if path.is_file() else {"format": FORMAT, "entries": {}}
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    try:
+        with storage.locked(path):
+            yield
+    except StorageError as exc:
+        raise BaselineError(f"baseline not written: {exc}") from None
+
+
+def _save(path: Path, data: dict[str, Any]) -> None:
+    data["entries"] = dict(sorted(data["entries"].items()))
+    try:
+        storage.atomic_write_json(path, data, indent=1, sort_keys=False, allow_nan=False)
+    except (OSError, TypeError, ValueError) as exc:  # disk full, a value json cannot encode
+        raise BaselineError(f"cannot write baseline {path}: {exc}; the file is as it was before") from None
 
 
 def iter_entries(root: Path) -> Iterator[tuple[Path, str, dict[str, Any]]]:

@@ -68,7 +68,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("keep_order", "--vllm-keep-order", "run tests in file order instead of grouping tests that "
            "share a server (grouping boots each server once)", kind="bool", default=False),
     Option("update_baselines", "--update-baselines", "record this run's measurements as the baselines "
-           "(atomic writes; only measurements without failed requests are written)", kind="bool", default=False),
+           "(locked atomic writes; only measurements without failed requests are written)", kind="bool",
+           default=False),
     Option("add_baselines", "--add-baselines", "add this run's performance measurements to the stored "
            "baselines as one more recording instead of replacing them: each baseline becomes the median of its "
            "newest 5 recordings, for runners whose hosts differ (a changed server spec or workload is refused: "

@@ -26,6 +26,10 @@ class BaselineError(VLLMPluginError):
     """A baseline file is missing, corrupt or of another schema."""
 
 
+class StorageError(VLLMPluginError):
+    """A file could not be written durably (its lock stayed held); the message names the file."""
+
+
 def parse_each(items: Mapping[K, V], parse: Callable[[K, V], T]) -> dict[K, T]:
     """``parse`` every item; then one UsageError naming every bad item, not only the first."""
     problems, parsed = [], {}

@@ -1,9 +1,10 @@
 """The base model's scores as baselines: recorded on request, compared on every run.
 
-Stored with ``pytest_vllm.baselines`` (same layout, schema and atomic writes as the performance
-baselines): ``<baseline dir>/<gpu>/<base model>/<test module>/<test function>.json``, one entry per
-eval set or lm-eval task, keyed by the base server's spec and by the set's hash, the scoring
-version and the sampling settings (``Scored.key``), never by the vLLM version: a vLLM upgrade is
+Stored with ``pytest_vllm.baselines`` (same layout, schema, validation and locked atomic writes as
+the performance baselines; a score of 0 is valid):
+``<baseline dir>/<gpu>/<base model>/<test module>/<test function>.json``, one entry per eval set or
+lm-eval task, keyed by the base server's spec and by the set's hash, the scoring version and the
+sampling settings (``Scored.key``), never by the vLLM version: a vLLM upgrade is
 exactly what a release run gates. Each metric keeps its per-item right/wrong string, so the
 comparison with history is paired and bounded like recovery.
 """

@@ -41,6 +41,11 @@ class MetricInfo:
     unit: str
     direction: Direction
     description: str
+    # A measured run cannot give 0 (throughput, TTFT, E2EL, wall time): a stored 0 is a broken record,
+    # and would switch a gate off (``>= 0 * 0.9`` always holds), so baselines refuse it. The metrics
+    # that are 0 legitimately keep False: failed requests, prefix cache hits, preemptions, steal, and
+    # TPOT/ITL (0 by vLLM's definition when every output is one token).
+    positive: bool = False
 
 
 def _latency_metrics() -> dict[str, MetricInfo]:
@@ -48,14 +53,16 @@ def _latency_metrics() -> dict[str, MetricInfo]:
     for base, what in (("ttft", "time to first token"), ("tpot", "time per output token after the first"),
                        ("itl", "inter-token latency (pooled chunk gaps)"), ("e2el", "end-to-end request latency")):
         for stat in STATS:
-            out[f"{base}_{stat}"] = MetricInfo("ms", "lower" if stat != "std" else "none", f"{what}, {stat}")
+            out[f"{base}_{stat}"] = MetricInfo("ms", "lower" if stat != "std" else "none", f"{what}, {stat}",
+                                               positive=base in ("ttft", "e2el") and stat != "std")
     return out
 
 
 METRICS: dict[str, MetricInfo] = {
-    "request_throughput": MetricInfo("req/s", "higher", "completed requests per second of wall time"),
-    "output_throughput": MetricInfo("tok/s", "higher", "output tokens per second of wall time"),
-    "total_token_throughput": MetricInfo("tok/s", "higher", "prompt + output tokens per second of wall time"),
+    "request_throughput": MetricInfo("req/s", "higher", "completed requests per second of wall time", positive=True),
+    "output_throughput": MetricInfo("tok/s", "higher", "output tokens per second of wall time", positive=True),
+    "total_token_throughput": MetricInfo("tok/s", "higher", "prompt + output tokens per second of wall time",
+                                         positive=True),
     "goodput": MetricInfo("req/s", "higher", "requests meeting every SLO per second of wall time"),
     **_latency_metrics(),
     "achieved_rate": MetricInfo("req/s", "none", "requests actually sent per second (open loop)"),
@@ -76,7 +83,7 @@ METRICS: dict[str, MetricInfo] = {
                                         "requests waited for a slot or for KV cache"),
     "num_preemptions": MetricInfo("", "lower", "requests the server preempted during the run (KV cache full)"),
     "spec_decode_acceptance": MetricInfo("", "higher", "accepted / drafted speculative tokens during the run"),
-    "duration": MetricInfo("s", "none", "wall time of the measured run"),
+    "duration": MetricInfo("s", "none", "wall time of the measured run", positive=True),
     "completed": MetricInfo("", "none", "requests that succeeded"),
     "failed": MetricInfo("", "lower", "requests that failed"),
 }

@@ -1,7 +1,9 @@
 """Writes the run's reports: results.json, summary.md (and $GITHUB_STEP_SUMMARY), report.html + PNGs.
 
 Each subsystem (performance, accuracy, conformance) contributes a ``Section``: tables for people,
-a JSON-able dict for machines, and optional plots.
+a JSON-able dict for machines, and optional plots. Each file is replaced atomically
+(``pytest_vllm.storage``): a CI step or ``pytest-vllm baselines add`` that reads results.json while
+a run writes it, or after a run was killed, reads the previous file whole, never half of one.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 from pytest_vllm import redact
 from pytest_vllm.gating import Verdict
 from pytest_vllm.report.tables import Table, render_markdown, render_text
+from pytest_vllm.storage import atomic_write_bytes, atomic_write_text
 
 
 @dataclass
@@ -44,7 +47,7 @@ def write_reports(report_dir: Path, sections: Sequence[Section], run_info: dict[
     written = []
     results = {"run": run_info, **{s.name: s.data for s in sections}}
     path = report_dir / "results.json"
-    path.write_text(redact.text(json.dumps(results, indent=1, default=str)) + "\n")
+    atomic_write_text(path, redact.text(json.dumps(results, indent=1, default=str)) + "\n")
     written.append(path)
 
     markdown = [f"## pytest-vllm: {run_info.get('verdict', '')}", "",
@@ -55,7 +58,7 @@ def write_reports(report_dir: Path, sections: Sequence[Section], run_info: dict[
         for table in section.tables:
             markdown += render_markdown(table)
     path = report_dir / "summary.md"
-    path.write_text(redact.text("\n".join(markdown)) + "\n")
+    atomic_write_text(path, redact.text("\n".join(markdown)) + "\n")
     written.append(path)
     step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if step_summary:
@@ -65,11 +68,11 @@ def write_reports(report_dir: Path, sections: Sequence[Section], run_info: dict[
     images = {}
     for section in sections:
         for name, png in section.plots.items():
-            (report_dir / name).write_bytes(png)
+            atomic_write_bytes(report_dir / name, png)
             written.append(report_dir / name)
             images[name] = png
     path = report_dir / "report.html"
-    path.write_text(redact.text(_html(sections, run_info, images)))
+    atomic_write_text(path, redact.text(_html(sections, run_info, images)))
     written.append(path)
     return written
 

@@ -14,13 +14,13 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pytest_vllm.errors import UsageError
+from pytest_vllm.storage import atomic_write_json
 
 # Flags the plugin sets itself: a marker must not override them.
 RESERVED_FLAGS = frozenset({"--port", "--host", "--model", "--uds", "--headless"})
@@ -185,9 +185,7 @@ def load_schema(python: str, cache_dir: Path) -> VLLMArgSchema:
     if out.returncode != 0 or "error" in data:
         raise UsageError(f"could not read vLLM's server options with {python}: {data.get('error')}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
-        json.dump(data, tmp)
-    os.replace(tmp.name, path)
+    atomic_write_json(path, data)  # parallel sessions warm one cache: each reads a whole file
     return VLLMArgSchema.from_json(data)
 
 

@@ -1,8 +1,12 @@
-"""Baseline files: layout, round trip, atomic update, and clear errors for damaged files."""
+"""Baseline files: layout, round trip, locked atomic updates that keep concurrent writers' entries, and clear
+errors for damaged files and for values a gate could not trust."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -47,7 +51,9 @@ def test_update_keeps_other_entries_and_leaves_no_temp_files(tmp_path: Path) -> 
     baselines.write(tmp_path, other, entry(2.0))
     data = json.loads(KEY.path(tmp_path).read_text())
     assert set(data["entries"]) == {KEY.entry_name, other.entry_name}
-    assert [p.name for p in KEY.path(tmp_path).parent.iterdir()] == [KEY.path(tmp_path).name]
+    # no temp file: only the baseline and the lock that serializes its writers (.gitignore'd)
+    assert sorted(p.name for p in KEY.path(tmp_path).parent.iterdir()) == [
+        f".{KEY.path(tmp_path).name}.lock", KEY.path(tmp_path).name]
 
 
 def test_corrupt_file_is_named_and_never_overwritten(tmp_path: Path) -> None:
@@ -199,3 +205,107 @@ def test_cli_adds_results_and_lists_the_recordings(tmp_path: Path, capsys: pytes
     assert "recordings" in listed[0] and " 2 " in listed[1]
     assert main(["baselines", "add", "--dir", str(root), str(second)]) == 2  # added twice: refused
     assert "already one of its recordings" in capsys.readouterr().err
+
+
+# Adds ROUNDS entries of its own to one baseline file, each by a full read-merge-write.
+CONCURRENT_WRITER = """
+import sys
+from pathlib import Path
+from pytest_vllm import baselines
+from pytest_vllm.perf.metrics import METRIC_DEFINITIONS
+
+root, writer, rounds = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+print("writing", flush=True)
+for n in range(rounds):
+    key = baselines.BaselineKey("cpu", "m", "suites/test_perf.py::test_x", f"{writer}-{n}", "base")
+    baselines.write(root, key, {"metric_definitions": METRIC_DEFINITIONS, "server": {"key": "s"},
+                                "workload": {"key": "w"}, "metrics": {"output_throughput": {"median": 1.0 + n}}})
+"""
+
+
+def test_two_processes_adding_entries_to_one_file_at_once_keep_every_entry(tmp_path: Path) -> None:
+    rounds = 60
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    writers = [subprocess.Popen([sys.executable, "-c", CONCURRENT_WRITER, str(tmp_path), name, str(rounds)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+               for name in ("a", "b")]
+    outputs = [w.communicate(timeout=120) for w in writers]
+    assert [w.returncode for w in writers] == [0, 0], outputs
+    [path] = tmp_path.rglob("*.json")
+    entries = baselines.read_file(path)["entries"]
+    assert sorted(entries) == sorted(f"base/{w}-{n}" for w in "ab" for n in range(rounds))
+
+
+def stored_file(tmp_path: Path, entries: dict) -> Path:
+    path = KEY.path(tmp_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"format": baselines.FORMAT, "entries": entries}))
+    return path
+
+
+def with_metric(name: str, median: object, **more: object) -> dict:
+    stored = entry()
+    return {**stored, "metrics": {**stored["metrics"], name: {"median": median, **more}}}
+
+
+@pytest.mark.parametrize(("damaged", "message"), [
+    ([], "is damaged: it is a list, not an object"),
+    ({**entry(), "metrics": []}, "'metrics' is a list, not an object"),
+    ({**entry(), "metrics": {"ttft_p50": 12.0}}, "metric 'ttft_p50' is a float, not an object"),
+    (with_metric("ttft_p50", float("inf")), "metric 'ttft_p50' has the median inf, not a finite number"),
+    (with_metric("output_throughput", float("nan")), "metric 'output_throughput' has the median nan"),
+    (with_metric("output_throughput", 0.0), "metric 'output_throughput' has the median 0.0, which a measured run "
+                                            "cannot give"),
+    (with_metric("e2el_p50", -3.0), "metric 'e2el_p50' has the median -3.0"),
+    (with_metric("failed", -1.0), "metric 'failed' has the median -1.0, which a measured run cannot give "
+                                  r"\(it is never negative\)"),
+    (with_metric("ttft_p50", 10.0, spread=float("inf")), "metric 'ttft_p50' has the spread inf"),
+    (with_metric("ttft_p50", 10.0, runs=[10.0, "x"]), "metric 'ttft_p50' has the runs"),
+    ({**entry(), "recordings": [{"metrics": {"ttft_p50": {"median": float("inf")}}}]},
+     r"has a damaged recording \(recording 0: metric 'ttft_p50' has the median inf"),
+    ({**entry(), "recordings": ["x"]}, r"has a damaged recording \(recording 0: it is a string"),
+])
+def test_damaged_or_untrustworthy_entries_are_named_with_the_fix(tmp_path: Path, damaged: object,
+                                                                 message: str) -> None:
+    path = stored_file(tmp_path, {KEY.entry_name: damaged})
+    with pytest.raises(BaselineError, match=message) as caught:
+        baselines.load(tmp_path, KEY)
+    assert f"baseline {path}, entry {KEY.entry_name!r}" in str(caught.value)
+    assert "restore it from git" in str(caught.value) and "--update-baselines" in str(caught.value)
+
+
+def test_metrics_that_are_zero_legitimately_are_accepted(tmp_path: Path) -> None:
+    stored = entry()
+    for name in ("failed", "prefix_cache_hit_rate", "num_preemptions", "host_cpu_steal", "goodput", "tpot_p50"):
+        stored["metrics"][name] = {"median": 0.0, "runs": [0.0, 0.0, 0.0], "spread": 0.0}
+    score = {**entry(), "metric_definitions": "pytest-vllm-accuracy/1", "metrics": {"accuracy": {"median": 0.0}}}
+    other = baselines.BaselineKey(KEY.scope, KEY.model, KEY.nodeid, "arithmetic", "base")
+    stored_file(tmp_path, {KEY.entry_name: stored, other.entry_name: score})
+    loaded = baselines.load(tmp_path, KEY)
+    assert loaded is not None and loaded.median("failed") == 0.0 and loaded.median("tpot_p50") == 0.0
+    accuracy = baselines.load(tmp_path, other)
+    assert accuracy is not None and accuracy.median("accuracy") == 0.0
+
+
+def test_writing_an_untrustworthy_value_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    with pytest.raises(BaselineError, match=f"refusing to write baseline {KEY.path(tmp_path)}, entry "
+                                            f"'{KEY.entry_name}', which is damaged: metric 'output_throughput' "
+                                            "has the median 0.0"):
+        baselines.write(tmp_path, KEY, with_metric("output_throughput", 0.0))
+    assert list(tmp_path.iterdir()) == []  # not even the folder
+    baselines.write(tmp_path, KEY, recorded(1.0, "t1"), pool=True)
+    before = KEY.path(tmp_path).read_text()
+    with pytest.raises(BaselineError, match="refusing to write .* 'ttft_p50' has the median inf"):
+        baselines.write(tmp_path, KEY, {**recorded(1.0, "t2"), "metrics": {"ttft_p50": {"median": float("inf")}}},
+                        pool=True)
+    assert KEY.path(tmp_path).read_text() == before
+
+
+def test_a_results_file_with_an_untrustworthy_value_adds_nothing(tmp_path: Path) -> None:
+    path = results_file(tmp_path, "t1")
+    results = json.loads(path.read_text())
+    results["performance"]["measurements"][0]["metrics"]["e2el_p99"] = {"median": float("inf")}
+    path.write_text(json.dumps(results))
+    with pytest.raises(BaselineError, match="refusing to write .* 'e2el_p99' has the median inf"):
+        baselines.add_results(tmp_path / "baselines", path)
+    assert not (tmp_path / "baselines").exists()
