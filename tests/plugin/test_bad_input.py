@@ -38,3 +38,42 @@ def test_out_of_range_timeout(pytester: pytest.Pytester, where: str, text: str) 
         pytester.makefile(".toml", pyproject='[tool.pytest_vllm]\nstop_timeout = "inf"\n')
     err = usage_error(pytester.runpytest_subprocess(*args))
     assert text in err and "is out of range; give a finite number of seconds above 0 and at most" in err, err
+
+
+def test_budget_table_in_pyproject_is_checked_at_configure(pytester: pytest.Pytester) -> None:
+    # No perf test at all: the table was read only when the first perf test set up, after its boot.
+    pytester.makepyfile("def test_x(): pass")
+    pytester.makefile(".toml", pyproject='[tool.pytest_vllm.budgets]\nttft_p50 = "<= baseline * 1.1.1"\n'
+                                         'ttft_p5 = "<= 1 ms"\n')
+    err = usage_error(pytester.runpytest_subprocess())
+    assert "[tool.pytest_vllm.budgets]: budget ttft_p50='<= baseline * 1.1.1': '1.1.1' is not a number; write a " \
+           "decimal such as 1.1" in err, err
+    assert "[tool.pytest_vllm.budgets]: unknown metric 'ttft_p5' in a budget; valid metrics: " in err, err
+
+
+def test_number_in_the_budget_table_says_which_string_was_meant(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_x(): pass")
+    pytester.makefile(".toml", pyproject="[tool.pytest_vllm.budgets]\nttft_p50 = 1.1\n")
+    err = usage_error(pytester.runpytest_subprocess())
+    assert ('[tool.pytest_vllm.budgets]: budget ttft_p50=1.1 is a bare number; write it as a string: '
+            '"<= baseline * 1.1" (relative to the stored baseline) or "<= 1.1 ms" (an absolute limit in ms)') in err
+
+
+def test_malformed_and_numeric_marker_budgets_fail_at_collection(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+        import pytest
+        @pytest.mark.vllm_budget(ttft_p50="<= baseline * 1.1.1")
+        def test_malformed(): pass
+
+        @pytest.mark.vllm_budget(output_throughput=0.9)
+        def test_number(): pass
+
+        @pytest.mark.vllm_pair_budget(output_throughput=1.2)
+        def test_pair_number(): pass
+    """)
+    err = usage_error(pytester.runpytest_subprocess())
+    assert "test_malformed: budget ttft_p50='<= baseline * 1.1.1': '1.1.1' is not a number" in err, err
+    assert ('test_number: budget output_throughput=0.9 is a bare number; write it as a string: '
+            '">= baseline * 0.9" (relative to the stored baseline) or ">= 0.9 tok/s"') in err, err
+    assert 'test_pair_number: budget output_throughput=1.2 is a bare number; write it as a string: ">= 1.2" (the ' \
+           'ratio candidate / reference)' in err, err
