@@ -140,3 +140,11 @@ def test_vllm_python_is_not_run_when_no_test_needs_a_server(pytester: pytest.Pyt
     pytester.makepyfile("def test_x(): pass")
     result = pytester.runpytest_subprocess("--vllm-python", "/nope/python")
     assert result.ret == 0, result.stdout.str() + result.stderr.str()
+
+
+def test_accuracy_budget_table_percentage_is_refused_at_collection(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_x(): pass")
+    pytester.makefile(".toml", pyproject="[tool.pytest_vllm.accuracy.budgets]\nrecovery = 95\n")
+    err = usage_error(pytester.runpytest_subprocess())
+    assert ("[tool.pytest_vllm.accuracy]: budgets: accuracy budget recovery=95: recovery is a ratio, at most 1.5 to "
+            "mean anything; for 95% write 0.95") in err, err
