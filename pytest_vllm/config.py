@@ -7,6 +7,7 @@ pytest.ini / ``[tool.pytest.ini_options]``) > ``[tool.pytest_vllm]`` in pyprojec
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 import tomllib
@@ -31,6 +32,8 @@ class Option:
     default: Any = None
     metavar: str | None = None
     choices: tuple[str, ...] = ()  # the values a "str" option takes (case-insensitive)
+    # (low, high) of a number option: finite, above low, at most high; None: any number
+    bounds: tuple[float, float] | None = None
 
     @property
     def dest(self) -> str:
@@ -57,10 +60,12 @@ OPTIONS: tuple[Option, ...] = (
            "(vLLM's --api-key, through the server's environment); default $VLLM_API_KEY, else none (an inherited "
            "VLLM_API_KEY is never passed to a server otherwise). Never printed or written",
            metavar="KEY"),
+    # Bounds: a boot that downloads a large checkpoint may take an hour, never a day; a server that
+    # ignores SIGTERM for ten minutes is stuck, and "inf" would hang the run at its end.
     Option("startup_timeout", "--vllm-startup-timeout", "seconds a server may take to become ready",
-           kind="float", default=900.0, metavar="SECONDS"),
+           kind="float", default=900.0, metavar="SECONDS", bounds=(0.0, 86400.0)),
     Option("stop_timeout", "--vllm-stop-timeout", "seconds between SIGTERM and SIGKILL when stopping a server",
-           kind="float", default=15.0, metavar="SECONDS"),
+           kind="float", default=15.0, metavar="SECONDS", bounds=(0.0, 600.0)),
     Option("log_dir", "--vllm-log-dir", "folder for server logs (one file per server)",
            default=".pytest_vllm/logs", metavar="DIR"),
     Option("python", "--vllm-python", "python interpreter that has vLLM installed (default: pytest's own)",
@@ -230,9 +235,9 @@ def coerce(option: Option, raw: Any) -> Any:
                 return False
             raise ValueError(raw)
         if option.kind == "float":
-            return float(raw)
+            return _within_bounds(option, raw, float(raw))
         if option.kind == "int":
-            return int(raw)
+            return _within_bounds(option, raw, int(raw))
         if option.kind == "list":
             if isinstance(raw, str):
                 return tuple(raw.split())
@@ -246,6 +251,19 @@ def coerce(option: Option, raw: Any) -> Any:
         return str(raw)
     except (TypeError, ValueError):
         raise UsageError(f"{option.flag} / {option.ini_name}: {raw!r} is not a valid {option.kind}") from None
+
+
+def _within_bounds(option: Option, raw: Any, value: float) -> Any:
+    """``value`` when finite and inside the option's bounds; a UsageError naming the range otherwise."""
+    if option.bounds is None:
+        return value
+    low, high = option.bounds
+    if not (math.isfinite(value) and low < value <= high):
+        unit = f" of {option.metavar.lower()}" if option.metavar else ""
+        raise UsageError(f"{option.flag} / {option.ini_name} / [tool.pytest_vllm] {option.name}: {raw!r} is out of "
+                         f"range; give a finite number{unit} above {low:g} and at most {high:g} "
+                         f"(default {option.default:g})")
+    return value
 
 
 def parse_urls(entries: tuple[str, ...]) -> RemoteURLs:

@@ -82,7 +82,7 @@ def split_operator(text: object) -> tuple[Op | None, str]:
 def parse_number(text: str, what: str) -> float:
     """A finite number, or a UsageError naming ``what`` (a budget's key and text)."""
     if not _NUMBER.match(text.strip()):
-        raise UsageError(f"{what}: {text!r} is not a number")
+        raise UsageError(f"{what}: {text!r} is not a number; write a decimal such as 1.1 or 0.9")
     return float(text)
 
 

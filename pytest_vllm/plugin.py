@@ -116,12 +116,26 @@ def _markers_of(item: pytest.Item) -> list[MarkerFlags]:
     return list(reversed(closest_first))
 
 
+def _plans_of(items: list[pytest.Item]) -> list[tuple[str, tuple[str, ...], list[MarkerFlags]]]:
+    """(node id, roles, markers) per test; one UsageError naming every bad marker of the run."""
+    plans, problems = [], []
+    for item in items:
+        try:
+            plans.append((item.nodeid, _roles_of(item), _markers_of(item)))
+        except UsageError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise UsageError("\n".join(problems))
+    return plans
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     vllm_session = config.stash[SESSION_KEY]
+    boots_own = frozenset(i.nodeid for i in items if "vllm_server_factory" in getattr(i, "fixturenames", ()))
     try:
-        plans = [(item.nodeid, _roles_of(item), _markers_of(item)) for item in items]
-        vllm_session.plan(plans)
+        plans = _plans_of(items)
+        vllm_session.plan(plans, boots_own=bool(boots_own))
         gating.check_collection(config, items)
     except UsageError as exc:
         raise pytest.UsageError(str(exc)) from None
@@ -130,7 +144,6 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         if need is not None and need.skip_reason:
             item.add_marker(pytest.mark.skip(reason=need.skip_reason))
     by_id = {item.nodeid: item for item in items}
-    boots_own = frozenset(i.nodeid for i in items if "vllm_server_factory" in getattr(i, "fixturenames", ()))
     items[:] = [by_id[nodeid] for nodeid in vllm_session.order([item.nodeid for item in items], boots_own)]
 
 
@@ -241,12 +254,14 @@ def vllm_server_factory(request: pytest.FixtureRequest) -> Callable[..., ServerH
 
     def make(model: str | None = None, role: str = "custom", env: dict[str, str] | None = None,
              **flags: Any) -> ServerHandle:
-        marker = MarkerFlags.from_kwargs({**flags, "env": env or {}}, request.node.nodeid)
         try:
+            marker = MarkerFlags.from_kwargs({**flags, "env": env or {}}, request.node.nodeid)
             spec = session.spec_for(role, [marker], model=model or session.role_model(BASE).model)
             return session.handle_for_spec(spec, request.node.nodeid)
         except ServerStartError as exc:
             pytest.fail(str(exc), pytrace=False)
+        except UsageError as exc:
+            pytest.fail(f"usage error: {exc}", pytrace=False)
 
     return make
 

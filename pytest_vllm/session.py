@@ -133,11 +133,16 @@ class VLLMSession:
         role_model = self.role_model(role)
         return self.launcher.spec(role, role_model.model, markers, role_flags=role_model.flags)
 
-    def plan(self, items: Sequence[tuple[str, tuple[str, ...], list[MarkerFlags]]]) -> None:
+    def plan(self, items: Sequence[tuple[str, tuple[str, ...], list[MarkerFlags]]], boots_own: bool = False) -> None:
         """Resolve every test's specs (usage errors for all tests at once) and plan the pool.
 
-        ``items``: (node id, roles needed, markers farthest first) per test.
+        ``items``: (node id, roles needed, markers farthest first) per test; ``boots_own``: some
+        test boots servers of its own (vllm_server_factory). Either way the vLLM interpreter is
+        checked first, once, so a bad --vllm-python is one error, not one per test; a run that
+        needs no server never starts it.
         """
+        if not self.remote and (boots_own or any(roles for _, roles, _ in items)):
+            self.schema  # noqa: B018 - runs --vllm-python once; a UsageError names the interpreter
         problems: list[str] = []
         for nodeid, roles, markers in items:
             if not roles:
@@ -154,7 +159,7 @@ class VLLMSession:
             self.needs[nodeid] = need
         if problems:
             raise UsageError("\n".join(problems))
-        if not self.remote:
+        if not self.remote and self.needs:  # no pool (and no vLLM interpreter run) for a run without servers
             families = {spec: need.marker_key for need in self.needs.values() for spec in need.specs}
             self.pool.plan({nodeid: need.specs for nodeid, need in self.needs.items()}, families)
 

@@ -50,16 +50,21 @@ class KeySpec:
     help: str
     per_set: bool = False  # also accepts <key>_<set>
     warn_only: bool = False
+    # The largest value that means something (a share is at most 1); above it a number is most
+    # likely a percentage (recovery = 95), which no run could pass. None: no such bound.
+    most: float | None = None
 
 
 KEYS: dict[str, KeySpec] = {
-    "recovery": KeySpec(">=", 0.95, "compressed / base score of each task metric", per_set=True),
-    "history": KeySpec(">=", 0.95, "base score / its stored baseline score", per_set=True),
-    "top1_agreement": KeySpec(">=", 0.80, "share of corpus positions where both models rank the same token first"),
+    "recovery": KeySpec(">=", 0.95, "compressed / base score of each task metric", per_set=True, most=1.5),
+    "history": KeySpec(">=", 0.95, "base score / its stored baseline score", per_set=True, most=1.5),
+    "top1_agreement": KeySpec(">=", 0.80, "share of corpus positions where both models rank the same token first",
+                              most=1.0),
     "kl_mean": KeySpec("<=", 0.20, "mean KL(base || compressed) per corpus token, nats (top-k approximation)"),
     "kl_p99": KeySpec("<=", 2.0, "99th percentile of the per-token KL, nats"),
     "ppl_ratio": KeySpec("<=", 1.10, "compressed / base perplexity of the corpus"),
-    "greedy_topk": KeySpec(">=", 0.90, "share of greedy prompts whose first differing token is in the other's top-k"),
+    "greedy_topk": KeySpec(">=", 0.90, "share of greedy prompts whose first differing token is in the other's top-k",
+                           most=1.0),
     "min_score": KeySpec(">=", None, "absolute floor on either model's score (a warning, not a failure)",
                          per_set=True, warn_only=True),
 }
@@ -116,7 +121,11 @@ def parse_budget(key: str, raw: object, set_names: Iterable[str], where: str = "
         kind = "a lower limit" if spec.op == ">=" else "an upper limit"
         raise UsageError(f"{where}accuracy budget {key}={raw!r}: {split[0]} is {kind}; write \"{spec.op} "
                          f"{number}\"")
-    return AccuracyBudget(key, spec.op, float(number), str(raw))
+    value = float(number)
+    if spec.most is not None and value > spec.most:
+        raise UsageError(f"{where}accuracy budget {key}={raw!r}: {split[0]} is a ratio, at most {spec.most:g} to mean "
+                         f"anything; for {value:g}% write {value / 100:g}")
+    return AccuracyBudget(key, spec.op, value, str(raw))
 
 
 def parse_budgets(spec: Mapping[str, object], set_names: Iterable[str], where: str = "") -> dict[str, AccuracyBudget]:

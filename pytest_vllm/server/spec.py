@@ -115,18 +115,56 @@ class MarkerFlags:
 
     @classmethod
     def from_kwargs(cls, kwargs: Mapping[str, Any], where: str) -> MarkerFlags:
-        role = kwargs.get("role")
-        roles: frozenset[str] | None = None
-        if role is not None:
-            roles = frozenset([role] if isinstance(role, str) else role)
+        """Split and check a marker's keywords; every problem of the marker in one UsageError."""
+        problems: list[str] = []
+        roles = _marker_roles(kwargs.get("role"), problems)
         env = kwargs.get("env") or {}
         if not isinstance(env, Mapping):
-            raise UsageError(f"{where}: vllm_server(env=...) must be a dict of environment variables")
+            problems.append("vllm_server(env=...) must be a dict of environment variables")
+            env = {}
+        elif bad := [f"{k}={v!r}" for k, v in env.items() if not isinstance(v, (str, int, float))]:
+            problems.append(f"vllm_server(env=...): {', '.join(bad)}: give each variable a string or number")
         flags = {k: v for k, v in kwargs.items() if k not in _MARKER_KEYWORDS}
+        for key, value in flags.items():
+            if not _is_flag_value(value):
+                problems.append(f"vllm_server({key}={value!r}): a flag value is a str, int, float, bool or None, or "
+                                "a list or dict of those (JSON flags such as speculative_config take a dict)")
+        if problems:
+            raise UsageError(f"{where}: " + f"\n{where}: ".join(problems))
         return cls(flags=flags, env={str(k): str(v) for k, v in env.items()}, roles=roles)
 
     def applies_to(self, role: str) -> bool:
         return self.roles is None or role in self.roles
+
+
+def _marker_roles(role: object, problems: list[str]) -> frozenset[str] | None:
+    """A marker's ``role=``: None (every server), a role or a list of them, each base or compressed.
+
+    Markers shape only the planned base and compressed servers (vllm_server_factory takes its own
+    flags), so any other role would drop the marker's flags without a word."""
+    if role is None:
+        return None
+    given = [role] if isinstance(role, str) else list(role) if isinstance(role, (list, tuple, set, frozenset)) else None
+    if given is None or not given or any(r not in PAIR_ROLES for r in given):
+        problems.append(f"vllm_server(role={role!r}): role is 'base' or 'compressed' (or a list of them), or left "
+                        "out for both; a server of another role takes its flags from "
+                        "vllm_server_factory(role=..., **flags)")
+        return None
+    return frozenset(given)
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _is_flag_value(value: object) -> bool:
+    """What a vLLM flag can take: a scalar, or a list or dict of them (nested), as JSON renders it."""
+    if isinstance(value, _SCALARS):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_flag_value(v) for v in value)
+    if isinstance(value, Mapping):
+        return all(isinstance(k, str) and _is_flag_value(v) for k, v in value.items())
+    return False
 
 
 def merge_flags(role: str, layers: Iterable[Mapping[str, Any]], markers: Iterable[MarkerFlags]

@@ -60,6 +60,16 @@ def test_malformed_values(key: str, raw: object, message: str) -> None:
         parse_budget(key, raw, SETS)
 
 
+@pytest.mark.parametrize(("key", "raw", "fix"), [("recovery", 95, "for 95% write 0.95"),
+                                               ("top1_agreement", ">= 80", "for 80% write 0.8"),
+                                               ("history_facts", 97.5, "for 97.5% write 0.975")])
+def test_a_percentage_where_a_ratio_belongs_says_the_ratio(key: str, raw: object, fix: str) -> None:
+    with pytest.raises(UsageError, match=f"is a ratio, at most .* to mean anything; {fix}$"):
+        parse_budget(key, raw, SETS)
+    assert parse_budget("recovery", 1.02, SETS).value == 1.02  # demanding a gain is allowed
+    assert parse_budget("kl_p99", 5, SETS).value == 5  # nats: no percentage reading
+
+
 def test_every_problem_is_reported_at_once() -> None:
     with pytest.raises(UsageError) as info:
         parse_budgets({"recovry": 1, "kl_mean": ">= 2", "recovery": 0.9}, SETS)

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from pytest_vllm.errors import UsageError
-from pytest_vllm.perf.budgets import GatePolicy, evaluate, parse_budget, parse_budgets
+from pytest_vllm.perf.budgets import DEFAULT_BUDGETS, GatePolicy, default_budgets, evaluate, parse_budget, parse_budgets
 from pytest_vllm.perf.resolution import Noise
 
 
@@ -107,6 +107,32 @@ def test_malformed_numbers_are_usage_errors() -> None:
         parse_budget("ttft_p50", "<= baseline * 1.1.1")
     with pytest.raises(UsageError, match="positive"):
         parse_budget("ttft_p50", "<= baseline * 0")
+
+
+def test_a_bare_number_is_refused_saying_which_strings_were_meant() -> None:
+    with pytest.raises(UsageError) as err:
+        parse_budget("ttft_p50", 1.1, where="[tool.pytest_vllm.budgets]: ")
+    message = str(err.value)
+    assert message.startswith("[tool.pytest_vllm.budgets]: budget ttft_p50=1.1 is a bare number")
+    assert '"<= baseline * 1.1" (relative to the stored baseline)' in message
+    assert '"<= 1.1 ms" (an absolute limit in ms)' in message
+    with pytest.raises(UsageError, match=r'">= baseline \* 0.9".*">= 0.9 tok/s"'):
+        parse_budget("output_throughput", 0.9)
+    with pytest.raises(UsageError, match=r'">= 1.2" \(the ratio candidate / reference\) or ">= baseline \* 1.2"'):
+        parse_budget("output_throughput", 1.2, kind_hint="pair")
+    with pytest.raises(UsageError, match="a budget is a string"):
+        parse_budget("ttft_p50", True)
+
+
+def test_the_config_table_layers_over_the_defaults_and_reports_every_bad_entry() -> None:
+    budgets = default_budgets({"ttft_p50": "<= 500 ms", "tpot_p50": "off"})
+    assert set(budgets) == set(DEFAULT_BUDGETS)
+    assert budgets["ttft_p50"].kind == "absolute" and budgets["tpot_p50"].kind == "off"
+    assert budgets["output_throughput"].kind == "relative"
+    with pytest.raises(UsageError) as err:
+        default_budgets({"ttft_p50": 1.1, "tpot_p50": "<= baseline * 1.1.1"})
+    lines = str(err.value).splitlines()
+    assert len(lines) == 2 and all(line.startswith("[tool.pytest_vllm.budgets]: ") for line in lines)
 
 
 def test_off_switches_a_budget_off() -> None:

@@ -75,3 +75,24 @@ def test_replacing_and_adding_baselines_at_once_is_a_usage_error(tmp_path: Path)
     with pytest.raises(UsageError, match="--update-baselines replaces .* --add-baselines adds"):
         RunConfig.from_values(tmp_path, {"update_baselines": True, "add_baselines": True}, environ={})
     assert RunConfig.from_values(tmp_path, {"add_baselines": "yes"}, environ={}).add_baselines is True
+
+
+@pytest.mark.parametrize("raw", ["inf", "nan", "0", "-5", "601", 1e9])
+def test_stop_timeout_must_be_finite_positive_and_bounded(raw: object) -> None:
+    with pytest.raises(UsageError) as err:
+        coerce(OPTIONS_BY_NAME["stop_timeout"], raw)
+    message = str(err.value)
+    assert "--vllm-stop-timeout" in message and "[tool.pytest_vllm] stop_timeout" in message
+    assert "finite number of seconds above 0 and at most 600 (default 15)" in message
+
+
+def test_startup_timeout_bounds_allow_a_long_boot_but_not_forever() -> None:
+    assert coerce(OPTIONS_BY_NAME["startup_timeout"], "3600") == 3600.0
+    assert coerce(OPTIONS_BY_NAME["stop_timeout"], 600) == 600.0
+    with pytest.raises(UsageError, match="at most 86400"):
+        coerce(OPTIONS_BY_NAME["startup_timeout"], "inf")
+
+
+def test_out_of_range_timeout_from_pyproject_is_refused_by_run_config(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="'inf' is out of range"):
+        RunConfig.from_values(tmp_path, {"stop_timeout": "inf"}, environ={})

@@ -45,6 +45,43 @@ def test_marker_env_must_be_a_dict() -> None:
         MarkerFlags.from_kwargs({"env": "A=1"}, "here")
 
 
+@pytest.mark.parametrize("role", ["compresed", "custom", 3, [], ["base", "draft"]])
+def test_a_marker_role_is_base_or_compressed(role: object) -> None:
+    # A marker's flags shape only the planned base and compressed servers: any other role dropped them.
+    with pytest.raises(UsageError) as err:
+        MarkerFlags.from_kwargs({"role": role, "max_num_seqs": 2}, "t.py::x")
+    message = str(err.value)
+    assert message.startswith(f"t.py::x: vllm_server(role={role!r}): role is 'base' or 'compressed'")
+    assert "vllm_server_factory(role=..., **flags)" in message
+
+
+def test_a_marker_role_may_name_both_servers() -> None:
+    assert MarkerFlags.from_kwargs({"role": ["base", "compressed"]}, "x").roles == frozenset({"base", "compressed"})
+    assert MarkerFlags.from_kwargs({"role": "compressed"}, "x").applies_to("compressed")
+
+
+def test_flag_values_are_what_json_flags_take() -> None:
+    spec_config = {"method": "ngram", "num_speculative_tokens": 2, "nested": [1, 2.5, None, {"a": True}]}
+    marker = MarkerFlags.from_kwargs({"speculative_config": spec_config, "max_num_seqs": 2, "dtype": None}, "x")
+    assert marker.flags["speculative_config"] == spec_config
+
+
+@pytest.mark.parametrize("value", [object(), {1: "a"}, [b"bytes"], {"a": {"b": {1, 2}}}])
+def test_other_flag_values_are_refused_with_what_is_allowed(value: object) -> None:
+    with pytest.raises(UsageError, match=r"x: vllm_server\(max_num_seqs=.*\): a flag value is a str, int, float, "
+                                         r"bool or None, or a list or dict of those"):
+        MarkerFlags.from_kwargs({"max_num_seqs": value}, "x")
+
+
+def test_every_problem_of_a_marker_is_reported_at_once() -> None:
+    with pytest.raises(UsageError) as err:
+        MarkerFlags.from_kwargs({"role": "both", "env": {"A": None}, "dtype": object()}, "x")
+    role, env, flag = str(err.value).splitlines()
+    assert role.startswith("x: vllm_server(role='both')")
+    assert env == "x: vllm_server(env=...): A=None: give each variable a string or number"
+    assert flag.startswith("x: vllm_server(dtype=<object")
+
+
 def test_served_names() -> None:
     assert served_name_for("/cache/models/smollm2-135m-instruct") == "smollm2-135m-instruct"
     assert served_name_for("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"
