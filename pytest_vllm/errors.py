@@ -22,6 +22,11 @@ class ServerStartError(VLLMPluginError):
     """A vLLM server exited or timed out while booting; the message holds its log tail."""
 
 
+class ServerDiedError(VLLMPluginError):
+    """A server that was ready died, for the second time this session (it is rebooted once); the
+    message holds how it died and its log tail."""
+
+
 class BaselineError(VLLMPluginError):
     """A baseline file is missing, corrupt or of another schema."""
 

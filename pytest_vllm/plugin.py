@@ -18,8 +18,10 @@ import pytest_asyncio
 
 from pytest_vllm import gating, redact
 from pytest_vllm.config import OPTIONS, TABLES, RunConfig, check_table_keys, read_pyproject_table
-from pytest_vllm.errors import ServerStartError, UsageError
+from pytest_vllm.errors import ServerDiedError, ServerStartError, UsageError
+from pytest_vllm.interrupt import DeathInterrupt
 from pytest_vllm.server.handle import ServerHandle, ServerPair
+from pytest_vllm.server.process import ServerDeath
 from pytest_vllm.server.spec import BASE, COMPRESSED, MARKER, MARKER_HELP, PAIR_ROLES, MarkerFlags
 from pytest_vllm.session import SESSION_KEY, VLLMSession
 
@@ -33,6 +35,7 @@ ROLE_FIXTURES = {"base_server": BASE, "compressed_server": COMPRESSED}
 # The fixture parametrized over both roles.
 EITHER_FIXTURE = "vllm_server"
 LOG_LINES_IN_REPORT = 80
+INTERRUPT_KEY = pytest.StashKey[DeathInterrupt]()
 
 
 # -- options and markers --------------------------------------------------------------------
@@ -62,6 +65,10 @@ def pytest_configure(config: pytest.Config) -> None:
     except UsageError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[SESSION_KEY] = session
+    interrupt = DeathInterrupt()
+    if interrupt.install():
+        session.on_server_death = interrupt.server_died
+    config.stash[INTERRUPT_KEY] = interrupt
 
 
 def _run_config(config: pytest.Config) -> RunConfig:
@@ -153,6 +160,17 @@ def pytest_report_collectionfinish(config: pytest.Config) -> list[str]:
 
 # -- test lifecycle ------------------------------------------------------------------------
 @pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    """While the test body runs, a death of a server it uses fails it at once (DeathInterrupt)."""
+    interrupt = item.config.stash[INTERRUPT_KEY]
+    interrupt.enter(item.nodeid)
+    try:
+        return (yield)
+    finally:
+        interrupt.leave()
+
+
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
     try:
         return (yield)
@@ -164,13 +182,30 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
                               ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
+    session = item.config.stash[SESSION_KEY]
+    if call.when == "call":
+        _name_deaths(report, session.deaths_during(item.nodeid))
     if not report.failed or call.when == "teardown":
         return report
-    for server in item.config.stash[SESSION_KEY].servers_used_by(item.nodeid):
+    dead = {death.log_path for death in session.deaths_during(item.nodeid)}
+    for server in session.servers_used_by(item.nodeid):
+        if server.log_path in dead:
+            continue  # its death's section carries the tail
         tail = "\n".join(server.log_tail(LOG_LINES_IN_REPORT))
         report.sections.append((f"vllm {server.spec.role} server log (last {LOG_LINES_IN_REPORT} lines; "
                                 f"full log {server.log_path})", tail))
     return report
+
+
+def _name_deaths(report: pytest.TestReport, deaths: list[ServerDeath]) -> None:
+    """A test whose server died fails, with how it died and the log tail, whatever else it saw."""
+    for death in deaths:
+        message = death.message()
+        if report.passed:
+            report.outcome = "failed"
+            report.longrepr = message
+        elif message.splitlines()[0] not in str(report.longrepr):
+            report.sections.append((f"vllm server died during this test: {death.server}", message))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config) -> None:
@@ -191,6 +226,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     session = config.stash.get(SESSION_KEY, None)
     if session is not None:
         session.shutdown()
+    interrupt = config.stash.get(INTERRUPT_KEY, None)
+    if interrupt is not None:
+        interrupt.uninstall()
 
 
 # -- fixtures -------------------------------------------------------------------------------
@@ -198,7 +236,7 @@ def _serve(request: pytest.FixtureRequest, role: str) -> ServerHandle:
     session = request.config.stash[SESSION_KEY]
     try:
         return session.handle(role, request.node.nodeid)
-    except ServerStartError as exc:
+    except (ServerStartError, ServerDiedError) as exc:
         pytest.fail(str(exc), pytrace=False)
     except UsageError as exc:
         pytest.fail(f"usage error: {exc}", pytrace=False)
@@ -258,7 +296,7 @@ def vllm_server_factory(request: pytest.FixtureRequest) -> Callable[..., ServerH
             marker = MarkerFlags.from_kwargs({**flags, "env": env or {}}, request.node.nodeid)
             spec = session.spec_for(role, [marker], model=model or session.role_model(BASE).model)
             return session.handle_for_spec(spec, request.node.nodeid)
-        except ServerStartError as exc:
+        except (ServerStartError, ServerDiedError) as exc:
             pytest.fail(str(exc), pytrace=False)
         except UsageError as exc:
             pytest.fail(f"usage error: {exc}", pytrace=False)

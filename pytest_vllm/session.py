@@ -29,8 +29,8 @@ from pytest_vllm.paths import cache_dir
 from pytest_vllm.server.flags import VLLMArgSchema, load_schema
 from pytest_vllm.server.handle import ServerHandle, connect_remote
 from pytest_vllm.server.launcher import Launcher
-from pytest_vllm.server.pool import ServerPool
-from pytest_vllm.server.process import VLLMServer
+from pytest_vllm.server.pool import DeathListener, ServerPool
+from pytest_vllm.server.process import ServerDeath, VLLMServer
 from pytest_vllm.server.spec import BASE, COMPRESSED, MarkerFlags, ServerSpec
 
 if TYPE_CHECKING:
@@ -63,6 +63,7 @@ class VLLMSession:
     _remote: dict[str, ServerHandle] = field(default_factory=dict)
     _role_models: dict[str, RoleModel] = field(default_factory=dict)
     _sections: list[SectionProvider] = field(default_factory=list)
+    on_server_death: DeathListener = lambda *_: None  # told on the pool's watcher thread (plugin: DeathInterrupt)
 
     def __post_init__(self) -> None:
         redact.register(self.config.api_key)  # masked in everything printed or written from now on
@@ -97,7 +98,7 @@ class VLLMSession:
     def pool(self) -> ServerPool:
         return ServerPool(launcher=self.launcher, log_dir=self.config.log_dir,
                           startup_timeout=self.config.startup_timeout, stop_grace=self.config.stop_timeout,
-                          say=self.say)
+                          say=self.say, on_death=lambda death, users: self.on_server_death(death, users))
 
     @property
     def pool_started(self) -> bool:
@@ -220,6 +221,10 @@ class VLLMSession:
     def servers_used_by(self, nodeid: str) -> list[VLLMServer]:
         """The booted servers a test used (their logs join its failure report)."""
         return [] if self.remote or not self.pool_started else list(self.pool.servers_used_by(nodeid))
+
+    def deaths_during(self, nodeid: str) -> list[ServerDeath]:
+        """Booted servers this test uses that died while it ran (its report must name them)."""
+        return [] if self.remote or not self.pool_started else self.pool.deaths_during(nodeid)
 
     def finished(self, nodeid: str) -> None:
         if not self.remote and self.pool_started:

@@ -30,6 +30,20 @@ except ImportError:  # pragma: no cover - plain json works, only slower
 
 _DATA = b"data: "
 _DONE = b"[DONE]"
+# A request's total deadline: PREFILL_ALLOWANCE_S + max output tokens x PER_TOKEN_BOUND_S. Measured
+# on the slowest profile (CPU, 2 cores): TPOT p50 26-30 ms at concurrency 4 and TTFT about 1 s
+# (README); 2 s per token is ~70x that, room for a loaded host and deep queues, and the 60 s
+# allowance covers prefill and queueing behind an open loop's backlog. So a 64-token request
+# that has not finished after 188 s is taken as hung: minutes, not the 900 s per silent read
+# (and hours per run) of before.
+PREFILL_ALLOWANCE_S = 60.0
+PER_TOKEN_BOUND_S = 2.0
+CONNECT_TIMEOUT_S = 30.0
+
+
+def request_deadline(workload: Workload) -> float:
+    """Seconds one request of ``workload`` may take in all before it is failed as hung."""
+    return PREFILL_ALLOWANCE_S + workload.output_len * PER_TOKEN_BOUND_S
 
 
 @dataclass
@@ -71,6 +85,7 @@ class PreparedRequest:
     path: str
     body: bytes
     chat: bool
+    deadline_s: float = PREFILL_ALLOWANCE_S + PER_TOKEN_BOUND_S  # total, see request_deadline
 
 
 def prepare(workload: Workload, model: str, prompt: Prompt) -> PreparedRequest:
@@ -89,7 +104,7 @@ def prepare(workload: Workload, model: str, prompt: Prompt) -> PreparedRequest:
     else:
         body["prompt"] = prompt.text
     path = "/v1/chat/completions" if chat else "/v1/completions"
-    return PreparedRequest(path, json.dumps(body).encode(), chat)
+    return PreparedRequest(path, json.dumps(body).encode(), chat, request_deadline(workload))
 
 
 class StreamParser:
@@ -144,14 +159,27 @@ class StreamParser:
             record.error = "the stream carried no usage (stream_options.include_usage ignored?)"
 
 
+@dataclass
+class HungServer:
+    """Set when a request passed its total deadline: the server is then taken as hung, and the
+    requests after it fail at once instead of each waiting out a deadline of its own."""
+
+    reason: str | None = None
+
+
 async def send_streaming(session: aiohttp.ClientSession, base_url: str, request: PreparedRequest,
-                         record: RequestRecord) -> None:
-    """Send one streaming request and fill ``record`` (errors land in ``record.error``)."""
+                         record: RequestRecord, hung: HungServer | None = None) -> None:
+    """Send one streaming request and fill ``record`` (errors land in ``record.error``); it may
+    take ``request.deadline_s`` in all."""
     parser = StreamParser(record, request.chat)
     clock = time.perf_counter
     record.sent_at = clock()
+    if hung is not None and hung.reason:
+        record.error = f"not sent: {hung.reason}"
+        return
+    timeout = aiohttp.ClientTimeout(total=request.deadline_s, sock_connect=CONNECT_TIMEOUT_S)
     try:
-        async with session.post(base_url + request.path, data=request.body,
+        async with session.post(base_url + request.path, data=request.body, timeout=timeout,
                                 headers={"Content-Type": "application/json"}) as response:
             if response.status != 200:
                 detail = (await response.read()).decode(errors="replace")[:500]
@@ -161,8 +189,14 @@ async def send_streaming(session: aiohttp.ClientSession, base_url: str, request:
                 parser.feed(data, clock())
                 if parser.done:
                     break
-    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, AttributeError) as exc:
+    except (aiohttp.ClientError, ValueError, KeyError, AttributeError) as exc:
         record.error = f"{type(exc).__name__}: {exc}"
+        return
+    except TimeoutError:  # the total deadline (connect and read timeouts are ClientErrors)
+        record.error = (f"no complete answer within its total deadline of {request.deadline_s:.0f} s "
+                        f"({PREFILL_ALLOWANCE_S:.0f} s + {PER_TOKEN_BOUND_S:g} s per output token): the server hangs")
+        if hung is not None:
+            hung.reason = f"an earlier request passed its total deadline of {request.deadline_s:.0f} s (server hung)"
         return
     parser.finish()
 
@@ -171,6 +205,6 @@ def new_session(api_key: str = "EMPTY", limit: int = 0) -> aiohttp.ClientSession
     """One shared connection pool for a whole run (``limit=0``: as many connections as requests)."""
     connector = aiohttp.TCPConnector(limit=limit, ttl_dns_cache=300, force_close=False,
                                      keepalive_timeout=IDLE_CONNECTION_EXPIRY_S)
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=900)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S)  # per request: send_streaming
     return aiohttp.ClientSession(connector=connector, timeout=timeout,
                                  headers={"Authorization": f"Bearer {api_key}"})

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import aiohttp
 import httpx
 
-from pytest_vllm.load.client import PreparedRequest, RequestRecord, new_session, prepare, send_streaming
+from pytest_vllm.load.client import HungServer, PreparedRequest, RequestRecord, new_session, prepare, send_streaming
 from pytest_vllm.load.host import HostCPUTimes, steal_share
 from pytest_vllm.load.prompts import Prompt, PromptFactory
 from pytest_vllm.load.workload import Workload
@@ -104,19 +104,20 @@ class _LagProbe:
 
 
 async def _closed_loop(session: aiohttp.ClientSession, url: str, requests: list[PreparedRequest], concurrency: int,
-                       records: list[RequestRecord]) -> None:
+                       records: list[RequestRecord], hung: HungServer | None = None) -> None:
     queue = iter(range(len(requests)))
 
     async def worker() -> None:
         for index in queue:
             records[index].scheduled_at = time.perf_counter()
-            await send_streaming(session, url, requests[index], records[index])
+            await send_streaming(session, url, requests[index], records[index], hung)
 
     await asyncio.gather(*(worker() for _ in range(min(concurrency, len(requests)))))
 
 
 async def _open_loop(session: aiohttp.ClientSession, url: str, requests: list[PreparedRequest], offsets: list[float],
-                     max_concurrency: int | None, records: list[RequestRecord], start: float) -> None:
+                     max_concurrency: int | None, records: list[RequestRecord], start: float,
+                     hung: HungServer | None = None) -> None:
     gate = asyncio.Semaphore(max_concurrency) if max_concurrency else None
 
     async def one(index: int) -> None:
@@ -126,10 +127,10 @@ async def _open_loop(session: aiohttp.ClientSession, url: str, requests: list[Pr
         if delay > 0:
             await asyncio.sleep(delay)
         if gate is None:
-            await send_streaming(session, url, requests[index], records[index])
+            await send_streaming(session, url, requests[index], records[index], hung)
         else:
             async with gate:
-                await send_streaming(session, url, requests[index], records[index])
+                await send_streaming(session, url, requests[index], records[index], hung)
 
     await asyncio.gather(*(one(i) for i in range(len(requests))))
 
@@ -252,6 +253,7 @@ class WorkloadSession:
         self._stack = contextlib.AsyncExitStack()
         self._session: aiohttp.ClientSession | None = None
         self._metrics: httpx.AsyncClient | None = None
+        self.hung = HungServer()  # once one request passes its deadline, the rest fail at once
 
     async def __aenter__(self) -> WorkloadSession:
         target, workload = self.target, self.workload
@@ -273,7 +275,7 @@ class WorkloadSession:
         await _with_heartbeat(f"{self.label} warmup", self._say,
                               _closed_loop(self._session, target.url,
                                            [prepare(workload, target.model, p) for p in self.sets.warmup],
-                                           workload.concurrency or 1, records))
+                                           workload.concurrency or 1, records, self.hung))
         errors = [r.error for r in records if r.error]
         if errors:
             self._say(f"{self.label}: {len(errors)} warmup request(s) failed: {errors[0]}")
@@ -299,10 +301,11 @@ class WorkloadSession:
         progress = asyncio.create_task(_progress(run_label, records, self._say, start))
         try:
             if workload.closed_loop:
-                await _closed_loop(self._session, url, requests, workload.concurrency or 1, records)
+                await _closed_loop(self._session, url, requests, workload.concurrency or 1, records, self.hung)
             else:
                 offsets = arrival_offsets(workload, len(requests), index)
-                await _open_loop(self._session, url, requests, offsets, workload.concurrency, records, start)
+                await _open_loop(self._session, url, requests, offsets, workload.concurrency, records, start,
+                                 self.hung)
         finally:
             progress.cancel()
             await probe.stop()
@@ -321,7 +324,7 @@ class WorkloadSession:
         """One request of repetition ``index``, on its own (single-stream measurements)."""
         assert self._session is not None
         record.scheduled_at = time.perf_counter()
-        await send_streaming(self._session, self.target.url, self._requests[index][request], record)
+        await send_streaming(self._session, self.target.url, self._requests[index][request], record, self.hung)
 
     def runs(self, results: list[RunResult]) -> WorkloadRuns:
         assert self.sets is not None

