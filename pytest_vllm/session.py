@@ -9,7 +9,6 @@ keeps its own state under its own stash key (``gate_state``).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -25,13 +24,14 @@ from pytest_vllm.errors import UsageError
 from pytest_vllm.gpu import DeviceInfo, GPUProfile, detect_device, resolve_profile
 from pytest_vllm.hostclass import HostFingerprint, fingerprint
 from pytest_vllm.models.pair import RoleModel, resolve_role
+from pytest_vllm.parallel import Worker
 from pytest_vllm.paths import cache_dir
 from pytest_vllm.server.flags import VLLMArgSchema, load_schema
 from pytest_vllm.server.handle import ServerHandle, connect_remote
 from pytest_vllm.server.launcher import Launcher
 from pytest_vllm.server.pool import DeathListener, ServerPool
 from pytest_vllm.server.process import ServerDeath, VLLMServer
-from pytest_vllm.server.spec import BASE, COMPRESSED, MarkerFlags, ServerSpec
+from pytest_vllm.server.spec import BASE, COMPRESSED, MarkerFlags, ServerSpec, marker_key
 
 if TYPE_CHECKING:
     from pytest_vllm.report.writer import Section
@@ -64,6 +64,7 @@ class VLLMSession:
     _role_models: dict[str, RoleModel] = field(default_factory=dict)
     _sections: list[SectionProvider] = field(default_factory=list)
     on_server_death: DeathListener = lambda *_: None  # told on the pool's watcher thread (plugin: DeathInterrupt)
+    worker: Worker | None = None  # this process as a pytest-xdist worker (parallel.py)
 
     def __post_init__(self) -> None:
         redact.register(self.config.api_key)  # masked in everything printed or written from now on
@@ -92,13 +93,17 @@ class VLLMSession:
 
     @cached_property
     def launcher(self) -> Launcher:
-        return Launcher(self.profile, self.device, self.schema, self.config.python, api_key=self.config.api_key)
+        return Launcher(self.profile, self.device, self.schema, self.config.python, api_key=self.config.api_key,
+                        cpu_isa=self.host.cpu_isa)
 
     @cached_property
     def pool(self) -> ServerPool:
+        worker = self.worker
         return ServerPool(launcher=self.launcher, log_dir=self.config.log_dir,
                           startup_timeout=self.config.startup_timeout, stop_grace=self.config.stop_timeout,
-                          say=self.say, on_death=lambda death, users: self.on_server_death(death, users))
+                          say=self.say, on_death=lambda death, users: self.on_server_death(death, users),
+                          log_tag=f"-{worker.id}" if worker else "",
+                          worker_slots=(worker.index, worker.count) if worker else (0, 1))
 
     @property
     def pool_started(self) -> bool:
@@ -119,7 +124,7 @@ class VLLMSession:
     def role_model(self, role: str) -> RoleModel:
         if role not in self._role_models:
             self._role_models[role] = resolve_role(role, self.config.base_model, self.config.compressed_model,
-                                                   self.profile, self.host.cpu_isa)
+                                                   self.profile)
         return self._role_models[role]
 
     @property
@@ -149,7 +154,7 @@ class VLLMSession:
             if not roles:
                 continue
             need = ItemNeeds(roles=roles, markers=tuple(markers))
-            need.marker_key = json.dumps([sorted(m.flags.items(), key=str) for m in markers], default=str)
+            need.marker_key = marker_key(markers)
             if self.remote:
                 need.skip_reason = self._remote_skip_reason(roles, markers)
             else:
@@ -162,7 +167,11 @@ class VLLMSession:
             raise UsageError("\n".join(problems))
         if not self.remote and self.needs:  # no pool (and no vLLM interpreter run) for a run without servers
             families = {spec: need.marker_key for need in self.needs.values() for spec in need.specs}
-            self.pool.plan({nodeid: need.specs for nodeid, need in self.needs.items()}, families)
+            # An xdist worker runs only the server groups it is sent, each whole (parallel.py): it
+            # plans a group when the group's first test asks for a server, so a server is kept for
+            # the worker's own tests only.
+            planned = {} if self.worker else {nodeid: need.specs for nodeid, need in self.needs.items()}
+            self.pool.plan(planned, families)
 
     def _remote_skip_reason(self, roles: Sequence[str], markers: Sequence[MarkerFlags]) -> str | None:
         for role in roles:
@@ -198,6 +207,9 @@ class VLLMSession:
             return self._remote_handle(role)
         if need is None or role not in need.roles:
             raise UsageError(f"{nodeid} asked for the {role} server outside the plan")
+        if self.worker:
+            self.pool.add_to_plan({other: n.specs for other, n in self.needs.items()
+                                   if n.marker_key == need.marker_key and not n.skip_reason})
         return self._serve(need.specs[need.roles.index(role)], nodeid)
 
     def handle_for_spec(self, spec: ServerSpec, nodeid: str) -> ServerHandle:
@@ -260,7 +272,10 @@ class VLLMSession:
         info = {"verdict": "PASS" if exitstatus == 0 else "FAIL", "gpu": self.profile.name,
                 "host_class": self.host_class, "device": self.device.name, "vllm_version": self.vllm_version,
                 "exit_status": int(exitstatus)}
-        written = write_reports(self.config.report_dir, sections, info, say=self.say)
+        report_dir = self.config.report_dir / self.worker.id if self.worker else self.config.report_dir
+        if self.worker:
+            info["xdist_worker"] = self.worker.id
+        written = write_reports(report_dir, sections, info, say=self.say)
         return terminal_lines(sections), written
 
     def plan_lines(self) -> list[str]:

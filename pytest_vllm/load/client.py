@@ -193,10 +193,10 @@ async def send_streaming(session: aiohttp.ClientSession, base_url: str, request:
         record.error = f"{type(exc).__name__}: {exc}"
         return
     except TimeoutError:  # the total deadline (connect and read timeouts are ClientErrors)
-        record.error = (f"no complete answer within its total deadline of {request.deadline_s:.0f} s "
+        record.error = (f"no complete answer within its total deadline of {request.deadline_s:g} s "
                         f"({PREFILL_ALLOWANCE_S:.0f} s + {PER_TOKEN_BOUND_S:g} s per output token): the server hangs")
         if hung is not None:
-            hung.reason = f"an earlier request passed its total deadline of {request.deadline_s:.0f} s (server hung)"
+            hung.reason = f"an earlier request passed its total deadline of {request.deadline_s:g} s (server hung)"
         return
     parser.finish()
 

