@@ -9,14 +9,16 @@ fixtures, markers, stash key and report section.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import pytest_asyncio
 
-from pytest_vllm import gating, redact
+from pytest_vllm import gating, parallel, redact
 from pytest_vllm.config import OPTIONS, TABLES, RunConfig, check_table_keys, read_pyproject_table
 from pytest_vllm.errors import ServerDiedError, ServerStartError, UsageError
 from pytest_vllm.interrupt import DeathInterrupt
@@ -29,7 +31,8 @@ if TYPE_CHECKING:
     import openai
 
 # The gates, each with its own hooks and fixtures, loaded with this plugin (light imports only).
-pytest_plugins = ["pytest_vllm.perf.plugin", "pytest_vllm.accuracy.plugin", "pytest_vllm.conformance.plugin"]
+pytest_plugins = ["pytest_vllm.perf.plugin", "pytest_vllm.accuracy.plugin", "pytest_vllm.conformance.plugin",
+                  "pytest_vllm.parallel.plugin"]
 # Fixtures that need a server of a fixed role.
 ROLE_FIXTURES = {"base_server": BASE, "compressed_server": COMPRESSED}
 # The fixture parametrized over both roles.
@@ -59,7 +62,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_HELP)
     try:
         run_config = _run_config(config)
-        session = VLLMSession(run_config, say=_make_say(config))
+        session = VLLMSession(run_config, say=_make_say(config), worker=parallel.worker_of(config))
         if run_config.gpu:  # an explicit --gpu is checked against the machine before anything runs
             session.profile  # noqa: B018 - resolves and validates
     except UsageError as exc:
@@ -84,12 +87,20 @@ def _run_config(config: pytest.Config) -> RunConfig:
 
 
 def _make_say(config: pytest.Config) -> Callable[[str], None]:
-    """Progress lines on the terminal, also while output capture is on (servers boot in setup)."""
+    """Progress lines on the terminal, also while output capture is on (servers boot in setup).
+
+    An xdist worker's terminal output goes nowhere; its lines go to its standard error, which the
+    worker shares with the controller's, tagged with the worker's id."""
+    worker = parallel.worker_of(config)
 
     def say(message: str) -> None:
         message = redact.text(message)
         reporter = config.pluginmanager.get_plugin("terminalreporter")
         capture = config.pluginmanager.get_plugin("capturemanager")
+        if worker is not None:
+            with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+                print(f"[vllm {worker.id}] {message}", file=sys.__stderr__, flush=True)
+            return
         if reporter is None:
             return
         if capture is not None:
@@ -208,9 +219,18 @@ def _name_deaths(report: pytest.TestReport, deaths: list[ServerDeath]) -> None:
             report.sections.append((f"vllm server died during this test: {death.server}", message))
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """An xdist worker writes its reports here and hands its summary to the controller, which
+    prints it (parallel.py): a worker has no terminal of its own."""
+    vllm_session = session.config.stash.get(SESSION_KEY, None)
+    if vllm_session is not None and vllm_session.worker is not None:
+        lines, written = vllm_session.finish_reports(exitstatus)
+        parallel.publish_summary(session.config, lines, [str(p) for p in written])
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config) -> None:
     session = config.stash.get(SESSION_KEY, None)
-    if session is None:
+    if session is None or session.worker is not None:
         return
     lines, written = session.finish_reports(exitstatus)
     if not lines and not written:

@@ -24,7 +24,7 @@ from pytest_vllm.errors import UsageError
 from pytest_vllm.gpu import DeviceInfo, GPUProfile, detect_device, resolve_profile
 from pytest_vllm.hostclass import HostFingerprint, fingerprint
 from pytest_vllm.models.pair import RoleModel, resolve_role
-from pytest_vllm.parallel import Worker
+from pytest_vllm.parallel import Worker, file_of
 from pytest_vllm.paths import cache_dir
 from pytest_vllm.server.flags import VLLMArgSchema, load_schema
 from pytest_vllm.server.handle import ServerHandle, connect_remote
@@ -167,9 +167,9 @@ class VLLMSession:
             raise UsageError("\n".join(problems))
         if not self.remote and self.needs:  # no pool (and no vLLM interpreter run) for a run without servers
             families = {spec: need.marker_key for need in self.needs.values() for spec in need.specs}
-            # An xdist worker runs only the server groups it is sent, each whole (parallel.py): it
-            # plans a group when the group's first test asks for a server, so a server is kept for
-            # the worker's own tests only.
+            # An xdist worker runs only the files it is sent, each whole (parallel/): it plans a
+            # file's server group when the group's first test asks for a server, so a server is
+            # kept for the worker's own tests only.
             planned = {} if self.worker else {nodeid: need.specs for nodeid, need in self.needs.items()}
             self.pool.plan(planned, families)
 
@@ -207,9 +207,9 @@ class VLLMSession:
             return self._remote_handle(role)
         if need is None or role not in need.roles:
             raise UsageError(f"{nodeid} asked for the {role} server outside the plan")
-        if self.worker:
-            self.pool.add_to_plan({other: n.specs for other, n in self.needs.items()
-                                   if n.marker_key == need.marker_key and not n.skip_reason})
+        if self.worker:  # this test's group is this worker's: loadfile sends whole files
+            self.pool.add_to_plan({other: n.specs for other, n in self.needs.items() if n.marker_key == need.marker_key
+                                   and file_of(other) == file_of(nodeid) and not n.skip_reason})
         return self._serve(need.specs[need.roles.index(role)], nodeid)
 
     def handle_for_spec(self, spec: ServerSpec, nodeid: str) -> ServerHandle:

@@ -82,7 +82,9 @@ def run_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> bool | None
     if BENCH_FIXTURE not in getattr(item, "fixturenames", ()):
         return None
     first_run = ATTEMPTS not in item.stash
-    item.stash[CAN_DEFER] = first_run and nextitem is not None
+    # An xdist worker gets its tests one by one and runs no test list of its own to append to:
+    # there the confirmation runs at once.
+    item.stash[CAN_DEFER] = first_run and nextitem is not None and not hasattr(item.config, "workerinput")
     ihook = item.ihook
     ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
     reports = runtestprotocol(item, nextitem=nextitem, log=False)

@@ -148,7 +148,8 @@ def cpu_binding(cores: Sequence[int], slot: int, slots: int) -> str | None:
     if len(cores) < 2:
         return None
     share = max(1, len(cores) // slots)
-    mine = list(cores[(slot % slots) * share:(slot % slots + 1) * share]) or [cores[slot % len(cores)]]
+    start = (slot % slots) * share % len(cores)  # more slots than cores (xdist workers): they wrap round
+    mine = list(cores[start:start + share])
     if len(mine) > 2:
         mine = mine[:-1]
     return ",".join(str(c) for c in mine)

@@ -52,7 +52,11 @@ class LaunchPolicy(Protocol):
 class ServerPool:
     def __init__(self, *, launcher: LaunchPolicy, log_dir: Path, startup_timeout: float, stop_grace: float,
                  max_resident: int = 2, say: Callable[[str], None] = lambda _: None,
-                 on_death: DeathListener = lambda *_: None) -> None:
+                 on_death: DeathListener = lambda *_: None, log_tag: str = "",
+                 worker_slots: tuple[int, int] = (0, 1)) -> None:
+        """``log_tag`` ends every log name (an xdist worker's ``-gw0``); ``worker_slots``: (this
+        process's index, processes) when several pools share the machine, so each pool's servers
+        get CPU cores of their own."""
         self._launcher = launcher
         self._log_dir = log_dir
         self._startup_timeout = startup_timeout
@@ -67,6 +71,8 @@ class ServerPool:
         self._families: dict[ServerSpec, str] = {}
         self._lock = threading.RLock()
         self.on_death = on_death
+        self._log_tag = log_tag
+        self._worker_index, self._workers = worker_slots
         self._dead: dict[ServerSpec, ServerDeath] = {}  # deaths not yet answered by a reboot
         self._first_deaths: dict[ServerSpec, tuple[ServerDeath, Path | None]] = {}  # with the log kept then
         self._booted: set[ServerSpec] = set()
@@ -81,6 +87,15 @@ class ServerPool:
         self._needs = {nodeid: tuple(specs) for nodeid, specs in needs.items()}
         self._remaining = Counter(spec for specs in self._needs.values() for spec in set(specs))
         self._families = dict(families)
+
+    def add_to_plan(self, needs: Mapping[str, Sequence[ServerSpec]]) -> None:
+        """Plan more tests (an xdist worker plans each server group when its first test starts:
+        only then does it know the group is its own); tests planned already are kept as they are."""
+        with self._lock:
+            for nodeid, specs in needs.items():
+                if nodeid not in self._needs:
+                    self._needs[nodeid] = tuple(specs)
+                    self._remaining.update(set(specs))
 
     # -- use ---------------------------------------------------------------------------------
     def get(self, spec: ServerSpec, nodeid: str) -> VLLMServer:
@@ -197,7 +212,9 @@ class ServerPool:
             log_path = self._log_path(spec)
             self._keep_earlier_log(spec)
             self._booted.add(spec)
-            plan = self._launcher.plan(spec, port, slot, self.max_resident)
+            # Interleaved, so every worker's first server gets cores of its own before any second one.
+            plan = self._launcher.plan(spec, port, slot * self._workers + self._worker_index,
+                                       self.max_resident * self._workers)
             server = VLLMServer(spec, plan, port, log_path, stop_grace=self._stop_grace)
             server.slot = slot
             self._servers[spec] = server
@@ -231,7 +248,7 @@ class ServerPool:
         self._say(f"rebooting {death.server} after it died ({death.cause}); its earlier log: {kept}")
 
     def _log_path(self, spec: ServerSpec) -> Path:
-        return self._log_dir / f"{spec.role}-{spec.key}.log"
+        return self._log_dir / f"{spec.role}-{spec.key}{self._log_tag}.log"
 
     def _keep_earlier_log(self, spec: ServerSpec) -> Path | None:
         """Before a boot: number the log of this session's earlier boot of ``spec`` (``.1.log``,

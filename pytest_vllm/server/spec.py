@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -165,6 +165,11 @@ def _is_flag_value(value: object) -> bool:
     if isinstance(value, Mapping):
         return all(isinstance(k, str) and _is_flag_value(v) for k, v in value.items())
     return False
+
+
+def marker_key(markers: Sequence[MarkerFlags]) -> str:
+    """The markers' flags as JSON: tests with equal keys share their servers (and run together)."""
+    return json.dumps([sorted(m.flags.items(), key=str) for m in markers], default=str)
 
 
 def merge_flags(role: str, layers: Iterable[Mapping[str, Any]], markers: Iterable[MarkerFlags]

@@ -245,3 +245,32 @@ def test_tests_are_grouped_by_server_configuration_factory_tests_last() -> None:
     assert order == ["t3", "t6", "t1", "t2", "t5", "t4"]
     keep = session_with({"t1": "A", "t2": "B", "t3": "A"}, keep_order=True)
     assert keep.order(["t1", "t2", "t3"]) == ["t1", "t2", "t3"]
+
+
+def test_an_xdist_worker_plans_a_group_when_its_first_test_starts(launcher: FakeLauncher, tmp_path: Path) -> None:
+    """Tests a1, a2 (file a) and b1 (file b) use the base spec, b1 with the compressed one; this
+    worker is sent file a only: the base server stops after a2, not at the end of the session, and
+    file b's compressed server never boots with it."""
+    from pytest_vllm.parallel import Worker
+
+    base, compressed = spec("base"), spec("compressed")
+    session = VLLMSession(RunConfig(rootdir=tmp_path), worker=Worker("gw1", 1, 2))
+    pool = ServerPool(launcher=launcher, log_dir=tmp_path / "logs", startup_timeout=30, stop_grace=2,
+                      log_tag="-gw1", worker_slots=(1, 2))
+    session.__dict__["pool"] = pool  # the session's pool, with the fake launcher
+    for nodeid, key, specs in (("a.py::a1", "k", (base,)), ("a.py::a2", "k", (base,)),
+                               ("b.py::b1", "k", (base, compressed))):
+        session.needs[nodeid] = ItemNeeds(roles=tuple(s.role for s in specs), markers=(), specs=specs, marker_key=key)
+    pool.plan({}, {base: "k", compressed: "k"})
+    try:
+        session.handle("base", "a.py::a1")
+        assert running(pool) == {"base"}, "file b's compressed server is not this worker's"
+        assert launcher.slots == {"base": 1}, "worker 1's first server comes right after worker 0's"
+        assert (tmp_path / "logs" / f"base-{base.key}-gw1.log").is_file()
+        session.finished("a.py::a1")
+        assert running(pool) == {"base"}, "a2 still needs it"
+        session.handle("base", "a.py::a2")
+        session.finished("a.py::a2")
+        assert running(pool) == set(), "b1 needs the base spec too, but file b runs on another worker"
+    finally:
+        pool.stop_all()

