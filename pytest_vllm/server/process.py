@@ -28,6 +28,7 @@ import psutil
 
 from pytest_vllm import redact
 from pytest_vllm.errors import ServerStartError
+from pytest_vllm.server.exit_status import EngineExits, describe_exit
 from pytest_vllm.server.spec import ServerSpec
 
 LOG_TAIL_LINES = 50
@@ -90,31 +91,6 @@ class ServerDeath:
         return "\n".join(lines)
 
 
-def describe_exit(code: int | None) -> str:
-    if code is None:
-        return "an unknown exit code (not pytest's child)"
-    if code < 0:
-        try:
-            return f"exit code {code} ({signal.Signals(-code).name})"
-        except ValueError:
-            return f"exit code {code}"
-    return f"exit code {code}"
-
-
-def zombie_exit_code(pid: int) -> int | None:
-    """The exit status of a process that died but is not reaped yet, from /proc/PID/stat (Linux
-    only; its parent, vLLM's API server, usually reaps it within milliseconds, then None)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[-1].split()
-    if len(fields) < 50 or fields[0] != "Z":
-        return None
-    status = int(fields[49])  # field 52 of proc(5): the status as waitpid(2) reports it
-    return -(status & 0x7F) if status & 0x7F else (status >> 8) & 0xFF
-
-
 @dataclass
 class LaunchPlan:
     """What is executed: the vLLM command line and its environment additions."""
@@ -154,6 +130,7 @@ class VLLMServer:
         self.ready_after: float | None = None
         self.slot: int | None = None  # set by the pool: which CPU core / GPU share this server holds
         self._engines: list[psutil.Process] = []  # vLLM's engine core processes, found when it got ready
+        self._engine_exits: EngineExits | None = None  # their exit codes, read the moment they exit
         self._stop_requested = False  # set before pytest stops it: an exit after that is no death
         self._stop_lock = threading.Lock()
 
@@ -189,6 +166,7 @@ class VLLMServer:
         if self._is_ready(http):
             self.ready_after = time.monotonic() - self.started_at
             self._engines = self._find_engines()
+            self._engine_exits = EngineExits([engine.pid for engine in self._engines])
             return True
         if time.monotonic() - self.started_at > timeout:
             self.stop()
@@ -237,7 +215,7 @@ class VLLMServer:
         else:
             for engine in self._engines:
                 if not _alive(engine):
-                    code = zombie_exit_code(engine.pid)
+                    code = self._engine_exits.code(engine.pid) if self._engine_exits else None
                     cause = f"its engine core process (pid {engine.pid}) exited with {describe_exit(code)}"
                     break
         if cause is None or self._stop_requested:  # read after the exit: pytest sets it before it stops one
@@ -285,6 +263,9 @@ class VLLMServer:
         if self._lifeline_w is not None:
             os.close(self._lifeline_w)
             self._lifeline_w = None
+        if self._engine_exits is not None:
+            self._engine_exits.close()
+            self._engine_exits = None
 
     @staticmethod
     def _kill_group(pgid: int) -> None:
