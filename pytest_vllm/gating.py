@@ -31,6 +31,8 @@ class Outcome(enum.StrEnum):
 
     PASS = "PASS"
     FAIL = "FAIL"
+    # passes on the point estimate, but its interval holds the budget: a warning, never a PASS label
+    INCONCLUSIVE = "INCONCLUSIVE (warning)"
     NOT_JUDGED = "NOT JUDGED"  # nothing to judge against (another host class, a ratio over 0)
     NO_BASELINE = "NO BASELINE"
     RECORDED = "RECORDED"  # recording baselines: measured, not judged
@@ -49,7 +51,9 @@ class Verdict:
 
     @classmethod
     def of(cls, passed: bool, note: str = "", inconclusive: bool = False) -> Verdict:
-        return cls(Outcome.PASS if passed else Outcome.FAIL, note, inconclusive)
+        if not passed:
+            return cls(Outcome.FAIL, note, inconclusive)
+        return cls(Outcome.INCONCLUSIVE if inconclusive else Outcome.PASS, note, inconclusive)
 
     @property
     def passed(self) -> bool:
@@ -57,7 +61,7 @@ class Verdict:
 
     @property
     def label(self) -> str:
-        return f"{self.outcome.value} (inconclusive)" if self.inconclusive else self.outcome.value
+        return self.outcome.value
 
     def __str__(self) -> str:
         return self.label

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from pytest_vllm.accuracy import bootstrap
 from pytest_vllm.accuracy.client import EvalClient, EvalRequestError, GreedyOutput, PositionLogprobs
 from pytest_vllm.accuracy.divergence import nearest_rank, perplexity, topk_kl
 from pytest_vllm.accuracy.evalsets import EvalSet
@@ -46,9 +47,10 @@ class GreedyComparison:
 @dataclass
 class AgreementResult:
     corpus: EvalSet
-    prompts: EvalSet
+    prompts: EvalSet | None  # None: the corpus only (no greedy comparison)
     top_k: int
     greedy_top_k: int
+    text_of: list[int] = field(default_factory=list)  # per position: which corpus text it is in
     agree: list[bool] = field(default_factory=list)
     kl: list[float] = field(default_factory=list)
     base_logprobs: list[float] = field(default_factory=list)
@@ -74,20 +76,34 @@ class AgreementResult:
             if self.greedy else math.nan,
         }
 
+    def intervals(self, confidence: float) -> dict[str, bootstrap.Interval]:
+        """Each metric's interval: a bootstrap over corpus texts, Wilson over greedy prompts."""
+        found = bootstrap.agreement_intervals(self.text_of, self.agree, self.kl, self.base_logprobs,
+                                              self.compressed_logprobs, confidence)
+        greedy = bootstrap.share_interval(sum(g.ok for g in self.greedy), len(self.greedy), confidence)
+        if greedy is not None:
+            found["greedy_topk"] = greedy
+        return found
+
+    def sample_size(self, metric: str) -> int:
+        """What a metric's resolution scales with: prompts for greedy_topk, else token positions."""
+        return len(self.greedy) if metric == "greedy_topk" else self.positions
+
     def to_dict(self) -> dict[str, Any]:
         return {"corpus": {"name": self.corpus.name, "sha256": self.corpus.sha256, "texts": len(self.corpus.items)},
-                "prompts": {"name": self.prompts.name, "sha256": self.prompts.sha256},
+                "prompts": {"name": self.prompts.name, "sha256": self.prompts.sha256} if self.prompts else None,
                 "positions": self.positions, "top_k": self.top_k, "greedy_top_k": self.greedy_top_k,
                 "values": self.values(), "seconds": round(self.seconds, 2),
                 "greedy": [vars(g) | {"ok": g.ok} for g in self.greedy]}
 
 
 def add_positions(result: AgreementResult, base: list[PositionLogprobs | None],
-                  compressed: list[PositionLogprobs | None]) -> None:
+                  compressed: list[PositionLogprobs | None], text: int = 0) -> None:
     """Fold one text's positions into ``result`` (position 0 has no prediction)."""
     for b, c in zip(base, compressed):
         if b is None or c is None:
             continue
+        result.text_of.append(text)
         result.agree.append(b.top1 == c.top1)
         result.kl.append(topk_kl(b.top, c.top))
         result.base_logprobs.append(b.logprob)
@@ -105,7 +121,7 @@ def compare_greedy(item_id: str, base: GreedyOutput, compressed: GreedyOutput) -
     return GreedyComparison(item_id, compared, None)
 
 
-async def measure(base: ServerHandle, compressed: ServerHandle, corpus: EvalSet, prompts: EvalSet,
+async def measure(base: ServerHandle, compressed: ServerHandle, corpus: EvalSet, prompts: EvalSet | None,
                   concurrency: int, seed: int, top_k: int = PROMPT_TOP_K,
                   greedy_top_k: int = GREEDY_TOP_K) -> AgreementResult:
     started = time.perf_counter()
@@ -123,14 +139,16 @@ async def measure(base: ServerHandle, compressed: ServerHandle, corpus: EvalSet,
             return b_pos, c_pos
 
         async def one_prompt(item: dict[str, Any]) -> GreedyComparison:
+            assert prompts is not None
             b_out, c_out = await asyncio.gather(b_client.greedy(item["prompt"], prompts.max_tokens, greedy_top_k),
                                                 c_client.greedy(item["prompt"], prompts.max_tokens, greedy_top_k))
             return compare_greedy(str(item["id"]), b_out, c_out)
 
         texts, greedy = await asyncio.gather(asyncio.gather(*(one_text(dict(i)) for i in corpus.items)),
-                                             asyncio.gather(*(one_prompt(dict(i)) for i in prompts.items)))
-    for b_pos, c_pos in texts:
-        add_positions(result, b_pos, c_pos)
+                                             asyncio.gather(*(one_prompt(dict(i)) for i in
+                                                              (prompts.items if prompts else ()))))
+    for text, (b_pos, c_pos) in enumerate(texts):
+        add_positions(result, b_pos, c_pos, text)
     result.greedy = list(greedy)
     result.seconds = time.perf_counter() - started
     return result

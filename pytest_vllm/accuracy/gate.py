@@ -30,7 +30,7 @@ from pytest_vllm.accuracy.budgets import (
 from pytest_vllm.accuracy.engine import Reference, Scored
 from pytest_vllm.accuracy.evalsets import resolve
 from pytest_vllm.accuracy.report import agreement_table, history_table, recovery_table, render
-from pytest_vllm.accuracy.results import AccuracyState, AgreementCheck, HistoryCheck, RecoveryCheck
+from pytest_vllm.accuracy.results import AccuracyState, AgreementCheck, AgreementRow, HistoryCheck, RecoveryCheck
 from pytest_vllm.accuracy.stats import PairedCounts, recovery_interval
 from pytest_vllm.accuracy.tasks import run
 from pytest_vllm.errors import BaselineError, UsageError, VLLMPluginError
@@ -106,6 +106,11 @@ class AccuracyGate:
                 checks.append(check)
         self._state.recoveries += checks
         for check in checks:
+            if check.verdict.outcome is Outcome.INCONCLUSIVE:
+                check.warnings.append(f"{check.label}: inconclusive, {check.verdict.note} (recovery "
+                                      f"{check.recovery.value:.3f}; resolves {check.resolution:.1%})")
+            if note := check.resolution_note():
+                check.warnings.append(note)
             for message in check.warnings:
                 warnings.warn(AccuracyWarning(message), stacklevel=2)
         if not all(c.verdict.passed for c in checks):
@@ -148,6 +153,10 @@ class AccuracyGate:
                 continue
             checks += self._compare_history(server, scored, key, book)
         state.histories += checks
+        for check in checks:
+            if check.verdict.outcome is Outcome.INCONCLUSIVE:
+                warnings.warn(AccuracyWarning(f"{check.label} ({check.scored.role}) against its baseline: "
+                                              f"inconclusive, {check.verdict.note}"), stacklevel=2)
         failed = [c for c in checks if not c.verdict.passed]
         if failed:
             pytest.fail(f"the {server.role} model's accuracy is out of budget against its baseline "
@@ -196,18 +205,20 @@ class AccuracyGate:
         return Verdict(Outcome.FAIL if self.settings.require_baseline else Outcome.NO_BASELINE, message)
 
     # -- logprob agreement -------------------------------------------------------------------------
-    def agreement(self, pair: Any, corpus: Reference = "agreement_corpus", prompts: Reference = "greedy_prompts",
+    def agreement(self, pair: Any, corpus: Reference = "agreement_corpus",
+                  prompts: Reference | None = "greedy_prompts",
                   budgets: Mapping[str, object] | None = None) -> AgreementCheck:
         """Top-1 agreement, KL divergence, perplexity ratio on ``corpus``; the greedy top-k check
-        on ``prompts``; each against its budget."""
+        on ``prompts`` (None: none); each against its budget, with its interval and resolution."""
         base, compressed = _pair(pair)
         book = self.budgets(budgets)
         try:
             corpus_set = resolve(corpus, self.settings.eval_dirs)
-            prompt_set = resolve(prompts, self.settings.eval_dirs)
-            if corpus_set.kind != "corpus" or prompt_set.kind != "prompts":
-                raise UsageError(f"agreement needs a corpus set and a prompts set, got {corpus_set.name} "
-                                 f"({corpus_set.kind}) and {prompt_set.name} ({prompt_set.kind})")
+            prompt_set = None if prompts is None else resolve(prompts, self.settings.eval_dirs)
+            if corpus_set.kind != "corpus" or (prompt_set is not None and prompt_set.kind != "prompts"):
+                got = f" and {prompt_set.name} ({prompt_set.kind})" if prompt_set else ""
+                raise UsageError(f"agreement needs a corpus set and a prompts set (or prompts=None), got "
+                                 f"{corpus_set.name} ({corpus_set.kind}){got}")
             result = run(agreement_mod.measure(base, compressed, corpus_set, prompt_set, self.settings.concurrency,
                                                self.settings.seed))
         except VLLMPluginError as exc:
@@ -215,14 +226,22 @@ class AccuracyGate:
         if result is None:
             pytest.fail(problem, pytrace=False)
         values = result.values()
+        intervals = result.intervals(self.settings.confidence)
         rows = []
         for metric in agreement_mod.METRICS:
-            budget = book.get(metric)
-            rows.append((metric, values[metric], budget, judge_value(values[metric], budget)))
-        check = AgreementCheck(self._item.nodeid, result, rows, (base.model, compressed.model))
+            if metric == "greedy_topk" and prompt_set is None:
+                continue
+            budget, interval = book.get(metric), intervals.get(metric)
+            rows.append(AgreementRow(metric, values[metric], interval, budget,
+                                     judge_value(values[metric], budget, interval), result.sample_size(metric)))
+        check = AgreementCheck(self._item.nodeid, result, rows, (base.model, compressed.model),
+                               self.settings.confidence)
         self._state.agreements.append(check)
+        for row in rows:
+            if row.verdict.outcome is Outcome.INCONCLUSIVE:
+                warnings.warn(AccuracyWarning(f"{row.metric}: inconclusive, {row.verdict.note}"), stacklevel=2)
         if not check.passed:
-            failed = [m for m, _, _, v in rows if not v.passed]
+            failed = [row.metric for row in rows if not row.verdict.passed]
             pytest.fail(f"logprob agreement out of budget ({', '.join(failed)}):\n" + render(agreement_table(check)),
                         pytrace=False)
         return check

@@ -16,11 +16,18 @@ if TYPE_CHECKING:
     from pytest_vllm.report.writer import Section
 
 GATE_NOTES = {
-    "upper": "a metric fails when even the upper bound is below its budget; \"inconclusive\": the interval "
-             "contains the budget (more items would tell)",
+    "point": "a metric passes when its point estimate reaches the budget; INCONCLUSIVE (a warning): it does, but "
+             "its interval contains the budget (more items would tell)",
+    "upper": "a metric fails only when even the upper bound is below its budget; INCONCLUSIVE (a warning): the "
+             "interval contains the budget",
     "lower": "a metric passes only when its lower bound reaches the budget",
-    "point": "a metric passes when its point estimate reaches the budget; the bounds are informative",
 }
+RESOLUTION_NOTE = ("Resolves: the smallest drop the sample tells from none at the interval's confidence, "
+                   "z * sqrt(discordant items) / base right answers (pytest_vllm/accuracy/stats.py)")
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
 
 
 def _f(value: float | None, digits: int = 3) -> str:
@@ -43,18 +50,21 @@ def interval_note(settings: AccuracySettings) -> str:
 
 def recovery_table(checks: Sequence[RecoveryCheck], settings: AccuracySettings) -> Table:
     table = Table("accuracy: recovery (compressed / base)",
-                  ["Metric", "n", "Base", "Compressed", "Recovery", "Lower bound", "Upper bound", "Budget", "Verdict"])
+                  ["Metric", "n", "Base", "Compressed", "Recovery", "Lower bound", "Upper bound", "Resolves", "Budget",
+                   "Verdict"])
     models = []
     for check in checks:
         counts = check.recovery.counts
         table.add(check.label, counts.n, _f(check.scored_base.score(check.metric)),
                   _f(check.scored_compressed.score(check.metric)), _f(check.recovery.value),
-                  _f(check.recovery.lower), _f(check.recovery.upper), check.budget.describe(), check.verdict)
+                  _f(check.recovery.lower), _f(check.recovery.upper), _share(check.resolution),
+                  check.budget.describe(), check.verdict)
         pair = f"base {check.scored_base.model}, compressed {check.scored_compressed.model}"
         if pair not in models:
             models.append(pair)
     table.notes += [f"models: {m}" for m in models]
     table.notes.append(interval_note(settings))
+    table.notes.append(RESOLUTION_NOTE)
     table.notes.append("absolute scores are informative: a floor (min_score) only warns")
     for check in checks:
         table.notes += [f"warning: {w}" for w in check.warnings]
@@ -63,26 +73,32 @@ def recovery_table(checks: Sequence[RecoveryCheck], settings: AccuracySettings) 
 
 def history_table(checks: Sequence[HistoryCheck], settings: AccuracySettings) -> Table:
     table = Table("accuracy: scores against their baselines",
-                  ["Metric", "Role", "n", "Baseline", "Now", "Ratio", "Lower bound", "Upper bound", "Budget",
-                   "Verdict"])
+                  ["Metric", "Role", "n", "Baseline", "Now", "Ratio", "Lower bound", "Upper bound", "Resolves",
+                   "Budget", "Verdict"])
     for check in checks:
         ratio = check.ratio
         table.add(check.label, check.scored.role, check.scored.n(check.metric), _f(check.baseline_score),
                   _f(check.scored.score(check.metric)), _f(ratio.value if ratio else None),
-                  _f(ratio.lower if ratio else None), _f(ratio.upper if ratio else None), check.budget.describe(),
-                  check.verdict)
+                  _f(ratio.lower if ratio else None), _f(ratio.upper if ratio else None), _share(check.resolution),
+                  check.budget.describe(), check.verdict)
     notes = list(dict.fromkeys(c.note for c in checks if c.note))
     table.notes += notes
     table.notes.append(interval_note(settings))
+    table.notes.append(RESOLUTION_NOTE)
+    table.notes += [f"warning: {note}" for c in checks if (note := c.resolution_note())]
     return table
 
 
 def agreement_table(check: AgreementCheck) -> Table:
     result = check.result
     values = result.values()
-    table = Table("accuracy: logprob agreement (base -> compressed)", ["Metric", "Value", "Budget", "Verdict"])
-    for metric, value, budget, verdict in check.rows:
-        table.add(metric, _f(value, 4), budget.describe(), verdict)
+    table = Table("accuracy: logprob agreement (base -> compressed)",
+                  ["Metric", "Value", "Lower bound", "Upper bound", "Resolves (±)", "Budget", "Verdict"])
+    for row in check.rows:
+        interval = row.interval
+        table.add(row.metric, _f(row.value, 4), _f(interval.lower if interval else None, 4),
+                  _f(interval.upper if interval else None, 4), _f(row.resolution, 4), row.budget.describe(),
+                  row.verdict)
     mismatches = [g.mismatch_at for g in result.greedy if g.mismatch_at is not None]
     table.notes += [
         f"models: base {check.models[0]}, compressed {check.models[1]}",
@@ -92,11 +108,17 @@ def agreement_table(check: AgreementCheck) -> Table:
         f"KL(base || compressed) per token from the top-{result.top_k} logprobs of each side, coarse-grained onto the "
         "tokens both returned plus one rest bucket: a lower bound of the full-vocabulary KL "
         "(pytest_vllm/accuracy/divergence.py)",
-        f"greedy {result.prompts.name}: {len(result.greedy)} prompts x {result.prompts.max_tokens} tokens, "
-        f"{sum(g.mismatch_at is None for g in result.greedy)} identical; first differing token at "
-        f"{_f(sum(mismatches) / len(mismatches), 1) if mismatches else '-'} on average; greedy_topk: at the first "
-        f"difference each model's token is in the other's top-{result.greedy_top_k}",
+        f"bounds: {check.confidence:.0%} percentile bootstrap over the {len(set(result.text_of))} corpus texts "
+        f"(greedy_topk: Wilson over prompts); Resolves: the interval's half-width, the drift this corpus can see "
+        "(pytest_vllm/accuracy/bootstrap.py)",
     ]
+    if result.prompts is not None:
+        table.notes.append(
+            f"greedy {result.prompts.name}: {len(result.greedy)} prompts x {result.prompts.max_tokens} tokens, "
+            f"{sum(g.mismatch_at is None for g in result.greedy)} identical; first differing token at "
+            f"{_f(sum(mismatches) / len(mismatches), 1) if mismatches else '-'} on average; greedy_topk: at the "
+            f"first difference each model's token is in the other's top-{result.greedy_top_k}")
+    table.notes += [f"warning: {note}" for row in check.rows if (note := row.resolution_note())]
     return table
 
 
@@ -111,8 +133,10 @@ def _recovery_json(check: RecoveryCheck) -> dict[str, Any]:
             "paired": {"both": counts.both, "base_only": counts.base_only, "compressed_only": counts.compressed_only,
                        "neither": counts.neither},
             "recovery": check.recovery.value, "lower_bound": check.recovery.lower, "upper_bound": check.recovery.upper,
-            "confidence": check.recovery.confidence, "budget": check.budget.describe(), "verdict": check.verdict.label,
-            "passed": check.verdict.passed, "warnings": check.warnings, "eval_key": check.scored_base.key,
+            "confidence": check.recovery.confidence, "resolution": check.resolution,
+            "resolution_note": check.resolution_note(), "budget": check.budget.describe(),
+            "verdict": check.verdict.label, "passed": check.verdict.passed, "warnings": check.warnings,
+            "eval_key": check.scored_base.key,
             "seconds": {"base": round(check.scored_base.seconds, 2),
                         "compressed": round(check.scored_compressed.seconds, 2)},
             "discordant": discordant_items(check)}
@@ -139,7 +163,8 @@ def _history_json(check: HistoryCheck) -> dict[str, Any]:
             "role": check.scored.role, "model": check.scored.model, "n": check.scored.n(check.metric),
             "baseline": check.baseline_score, "now": check.scored.score(check.metric),
             "ratio": ratio.value if ratio else None, "lower_bound": ratio.lower if ratio else None,
-            "upper_bound": ratio.upper if ratio else None, "budget": check.budget.describe(),
+            "upper_bound": ratio.upper if ratio else None, "resolution": check.resolution,
+            "resolution_note": check.resolution_note(), "budget": check.budget.describe(),
             "verdict": check.verdict.label, "passed": check.verdict.passed, "note": check.note,
             "eval_key": check.scored.key}
 
@@ -147,8 +172,13 @@ def _history_json(check: HistoryCheck) -> dict[str, Any]:
 def _agreement_json(check: AgreementCheck) -> dict[str, Any]:
     return {"test": check.nodeid, "models": {"base": check.models[0], "compressed": check.models[1]},
             **check.result.to_dict(),
-            "checks": [{"metric": m, "value": v, "budget": b.describe(), "verdict": verdict.label,
-                        "passed": verdict.passed} for m, v, b, verdict in check.rows]}
+            "confidence": check.confidence,
+            "checks": [{"metric": row.metric, "value": row.value,
+                        "lower_bound": row.interval.lower if row.interval else None,
+                        "upper_bound": row.interval.upper if row.interval else None,
+                        "resolution": row.resolution, "resolution_note": row.resolution_note(), "sample": row.sample,
+                        "budget": row.budget.describe(), "verdict": row.verdict.label,
+                        "passed": row.verdict.passed} for row in check.rows]}
 
 
 def section(state: AccuracyState) -> Section | None:

@@ -111,3 +111,26 @@ def recovery_interval(counts: PairedCounts, confidence: float = DEFAULT_CONFIDEN
         return math.inf if denominator == 0 else (a + d * pi) / denominator
 
     return Recovery(value, ratio(low_pi), ratio(high_pi), confidence, counts)
+
+
+# -- resolution: how small a drop a sample can tell from none ------------------------------------
+# With no true drop, the discordant items split evenly between the two models, so b - c has a
+# standard deviation of sqrt(d), and recovery - 1 = (b - c) / base_correct. The smallest drop a
+# sample resolves at ``confidence`` is z * sqrt(d) / base_correct. A sample with almost no
+# discordant item still cannot rule out about z^2 of them (the Wilson bound of 0 in n), which sets
+# the floor. Both d and base_correct grow with the item count, so the resolution shrinks as
+# 1/sqrt(n): n * (resolution / wanted)^2 items resolve a drop of ``wanted``.
+def detectable_drop(counts: PairedCounts, confidence: float = DEFAULT_CONFIDENCE) -> float | None:
+    """The smallest recovery shortfall (0.05 = a 5% drop) this sample tells from none; None: the
+    reference scored nothing."""
+    if counts.base_correct == 0:
+        return None
+    z = z_value(confidence)
+    return z * math.sqrt(max(counts.discordant, z * z)) / counts.base_correct
+
+
+def items_to_resolve(n: int, resolution: float, wanted: float) -> int:
+    """Items (or tokens) a sample like this one needs to resolve ``wanted`` instead of ``resolution``."""
+    if wanted <= 0:
+        raise ValueError(f"a drop to resolve must be positive, not {wanted}")
+    return math.ceil(n * (resolution / wanted) ** 2)

@@ -24,8 +24,9 @@ from pytest_vllm.models import embedded
 pytestmark = pytest.mark.integration
 
 SUITE = Path(__file__).resolve().parents[2] / "suites" / "test_accuracy.py"
-# lm-eval runs in the suite itself; here the built-in sets and logprob agreement decide.
-SELECTED = "test_task_recovery or test_logprob_agreement"
+# lm-eval and the large corpus run in the suite itself; here the built-in sets and the small
+# agreement corpus decide (the large one would add about 3 minutes a run on a fast host).
+SELECTED = "test_task_recovery or (test_logprob_agreement and not large_corpus)"
 INNER_LIMIT_S = 1200
 
 
@@ -92,10 +93,13 @@ def test_w8a8_checkpoint_passes_the_accuracy_budgets(pytester: pytest.Pytester, 
     assert result.ret == pytest.ExitCode.OK, output[-5000:]
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*vllm summary*", "*accuracy: recovery (compressed / base)*",
-                                 "*facts accuracy*>= 0.95*PASS*", "*accuracy: logprob agreement*"])
+                                 "*facts accuracy*%*>= 0.95*", "*accuracy: logprob agreement*"])
     rows = by_metric(results)
     assert {"facts accuracy", "arithmetic accuracy", "choice acc", "choice acc_norm"} <= set(rows)
     assert all(row["passed"] for row in rows.values()), rows
+    # A pass reads PASS, or INCONCLUSIVE where the interval holds the budget; never "PASS (inconclusive)".
+    assert {row["verdict"] for row in rows.values()} <= {"PASS", "INCONCLUSIVE (warning)"}, rows
+    assert all(row["resolution"] is not None for row in rows.values()), rows
     assert all(row["compressed"]["model"] == embedded.COMPRESSED_RECIPE.name for row in rows.values())
     checks = results["accuracy"]["agreement"][0]["checks"]
     assert all(c["passed"] for c in checks), checks

@@ -88,7 +88,7 @@ def test_settings_from_the_pyproject_table(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("table", "message"), [
     ({"confidance": 0.9}, "unknown key(s) confidance; valid keys: confidence"),
-    ({"gate": "strict"}, "gate must be one of upper, lower, point"),
+    ({"gate": "strict"}, "gate must be one of point, upper, lower"),
     ({"confidence": 1.5}, "confidence must be at least 0.5"),
     ({"budgets": {"recovry": 0.9}}, "unknown accuracy budget key 'recovry'"),
     ({"budgets": 0.9}, "budgets must be a table"),
@@ -110,9 +110,14 @@ def _recovery(both: int, b: int, c: int) -> object:
 def test_gates_judge_the_interval() -> None:
     budget = AccuracyBudget("recovery", ">=", 0.95, "0.95")
     noisy = _recovery(54, 7, 8)  # recovery 0.98, interval about [0.88, 1.10]
-    assert judge_interval(noisy, budget, "upper").label == "PASS (inconclusive)"
+    assert judge_interval(noisy, budget, "upper").label == "INCONCLUSIVE (warning)"
     assert not judge_interval(noisy, budget, "lower").passed
-    assert judge_interval(noisy, budget, "point").passed
+    assert judge_interval(noisy, budget, "point").label == "INCONCLUSIVE (warning)"  # passes, never labelled PASS
+    # The case: a damaged checkpoint's choice acc at 0.891 [0.852, 0.955] passed the old default
+    # (upper) as "inconclusive"; the point default fails it.
+    drop = recovery_interval(PairedCounts(both=140, compressed_only=7, base_only=25, neither=28))  # [0.852, 0.955]
+    assert judge_interval(drop, budget, "upper").passed and judge_interval(drop, budget, "point").label == "FAIL"
+    assert settings_from({}, Path('.'), SETS).gate == "point"
     damaged = _recovery(33, 7, 39)  # recovery 0.56, whole interval below 0.8
     for gate in ("upper", "lower", "point"):
         assert judge_interval(damaged, budget, gate).label == "FAIL"  # type: ignore[arg-type]

@@ -25,10 +25,11 @@ def _check(base: tuple[bool, ...], compressed: tuple[bool, ...]) -> RecoveryChec
 def test_recovery_table_has_the_issue_columns_and_a_failing_row() -> None:
     damaged = _check((True,) * 40 + (False,) * 10, (True,) * 15 + (False,) * 35)
     table = recovery_table([damaged], AccuracySettings())
-    assert table.columns == ["Metric", "n", "Base", "Compressed", "Recovery", "Lower bound", "Upper bound", "Budget",
-                             "Verdict"]
+    assert table.columns == ["Metric", "n", "Base", "Compressed", "Recovery", "Lower bound", "Upper bound", "Resolves",
+                             "Budget", "Verdict"]
+    # 25 discordant items on 40 right answers: 1.96 * 5 / 40 = 24.5%
     assert table.text_rows() == [["facts accuracy", "50", "0.800", "0.300", "0.375", f"{damaged.recovery.lower:.3f}",
-                           f"{damaged.recovery.upper:.3f}", ">= 0.95", "FAIL"]]
+                           f"{damaged.recovery.upper:.3f}", "24.5%", ">= 0.95", "FAIL"]]
     text = render(table)
     assert "accuracy: recovery (compressed / base)" in text and "models: base m-base, compressed m-q" in text
 
@@ -42,5 +43,8 @@ def test_section_json_lists_the_discordant_items(tmp_path: Path) -> None:
     assert made is not None and made.name == "accuracy"
     row = made.data["recovery"][0]
     assert row["paired"] == {"both": 2, "base_only": 1, "compressed_only": 1, "neither": 0}
-    assert row["verdict"] == "PASS (inconclusive)" and row["passed"]
+    assert row["verdict"] == "INCONCLUSIVE (warning)" and row["passed"]
+    # 2 discordant items, floored at z^2 = 3.84: 1.96 * 1.96 / 3 right answers
+    assert abs(row["resolution"] - 1.96 ** 2 / 3) < 0.01
+    assert "would resolve it" in row["resolution_note"]
     assert [(d["id"], d["right_on"]) for d in row["discordant"]] == [("i1", "base"), ("i2", "compressed")]
