@@ -74,6 +74,14 @@ class GPUProfile:
     # Requests per concurrency slot in a throughput measurement: a GPU finishes a few requests per
     # slot in well under a second, far too short a run to measure steadily.
     requests_per_slot: int = 16
+    # ... but no more than this many requests per repetition, down to min_requests_per_slot: at
+    # high concurrency a run is long enough sooner (the closed loop's ramp-down, about one request's
+    # time, is a smaller share of it), and 4,096 requests x 3 runs per server at c256 kept the whole
+    # GPU suite past 10 minutes. An 8B-shaped model on an H200 varied at most 1% between repetitions.
+    max_requests_per_run: int = 512
+    min_requests_per_slot: int = 4
+    # Repetitions of every perf measurement (odd: the median is a real run).
+    repeats: int = 3
     # Seconds between samples of a server's /metrics during a repetition (server/telemetry.py).
     # One sample cost vLLM's API server 8.6 ms of CPU on the 2-core CPU host, so that profile
     # samples once a second (under 1% of a core); a GPU host has cores to spare.
@@ -101,6 +109,12 @@ class GPUProfile:
     @property
     def baseline_dir(self) -> str:
         return self.name
+
+    def requests_at(self, concurrency: int) -> int:
+        """Requests per repetition of a closed loop at ``concurrency`` (at least 3)."""
+        per_slot = min(self.requests_per_slot, self.max_requests_per_run // concurrency)
+        per_slot = max(self.min_requests_per_slot, per_slot)
+        return max(3, concurrency * per_slot)
 
     def boot_noise_of(self, metric: str) -> float:
         return self.boot_noise.get(noise_family(metric), max(self.boot_noise.values(), default=0.0))
@@ -131,6 +145,8 @@ PROFILES: dict[str, GPUProfile] = {
             memory_gib=0,
             concurrency_levels=(1, 4),
             requests_per_slot=3,
+            max_requests_per_run=1 << 20, min_requests_per_slot=3,  # ~25 tokens/s: every slot 3 requests
+            repeats=5,  # between boots the medians moved 2.5% (sd), within a boot the repetitions 1.9%
             telemetry_interval_s=1.0,
             baseline_gate_fails=False,
             boot_noise=dict(CPU_BOOT_NOISE),
