@@ -369,13 +369,14 @@ def in_force(budgets: Mapping[str, Budget]) -> dict[str, Budget]:
 def settings_for(config: Any, profile: GPUProfile, host_class: str, environment: dict[str, Any]) -> BenchSettings:
     """BenchSettings from a RunConfig (``config``), the GPU profile and the host's class.
 
-    Default budgets: the field's (DEFAULT_BUDGETS), then ``[tool.pytest_vllm.budgets]``; markers
-    override per test. The noise model widens each to what the measured noise allows.
+    Default budgets: the field's (DEFAULT_BUDGETS; GPU_DEFAULT_BUDGETS on GPU profiles), then
+    ``[tool.pytest_vllm.budgets]``; markers override per test. The noise model widens each to what the
+    measured noise allows.
     """
     return BenchSettings(profile=profile, host_class=host_class, baseline_dir=config.baseline_dir,
                          record=config.update_baselines or config.add_baselines, missing=config.missing_baseline,
                          policy=GatePolicy(config.false_alarm_rate, config.max_tolerance),
-                         default_budgets=default_budgets(config.budgets), environment=environment,
+                         default_budgets=default_budgets(config.budgets, gpu=profile.is_gpu), environment=environment,
                          repeats=config.repeats,
                          add_recording=config.add_baselines, prompt_seed=config.prompt_seed,
                          baseline_gate_fails=(profile.baseline_gate_fails if config.baseline_gate == "auto"
