@@ -21,6 +21,10 @@ boots (leave-one-out), as a host class with three recordings has it. Printed: th
 rate (A/A trials that fail), the detection rate per slowdown size, each with its 95% Wilson
 interval, the between-boot spread measured, and every trial. Written to
 ``.pytest_vllm/reports/noise_gate.json``.
+
+Its servers are the perf pair's base model (``vllm_perf_pair``): on GPU profiles the 8B-shaped
+Llama of random weights that the perf suite gates (``--vllm-perf-model``), whose noise is the
+GPU's; on the cpu profile the embedded model, as before. Not yet run on a GPU with it.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from pytest_vllm import baselines
 from pytest_vllm.accuracy.stats import wilson_interval
 from pytest_vllm.gpu import GPUProfile
@@ -41,6 +47,8 @@ from pytest_vllm.perf.gate import settings_for
 from pytest_vllm.perf.judge import judge
 from pytest_vllm.perf.metrics import RepeatedResult, compute
 from pytest_vllm.perf.results import Measurement
+
+pytestmark = pytest.mark.vllm_perf_pair
 
 TRIALS = int(os.environ.get("NOISE_TRIALS", "6"))  # boots of each kind
 POOL = 3  # recordings in each trial's baseline

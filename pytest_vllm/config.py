@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pytest_vllm.errors import UsageError
+from pytest_vllm.models.shapes import DEFAULT_SHAPE, SHAPES
 
 Kind = Literal["str", "bool", "float", "int", "list"]
 
@@ -54,6 +55,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("compressed_model", "--compressed-model", "compressed (quantized) model: local path or hub id "
            "(default: the embedded W8A8 checkpoint on cpu; online FP8 of the base model on GPUs)",
            metavar="MODEL"),
+    Option("perf_model", "--vllm-perf-model", "the pair the perf suite (tests marked vllm_perf_pair) measures: "
+           f"auto (default: --base-model/--compressed-model when given, else on GPU profiles the {DEFAULT_SHAPE} "
+           "shape, on cpu the embedded pair), a shape of random weights built from the base checkout's tokenizer "
+           f"(load_format=dummy, bf16 and its online FP8: {', '.join(SHAPES)}), user (--base-model and "
+           "--compressed-model, real weights) or embedded (the embedded pair)", default="auto",
+           metavar="auto|SHAPE|user|embedded", choices=("auto", "user", "embedded", *SHAPES)),
     Option("url", "--vllm-url", "test a running server instead of booting one: [ROLE=]URL, ROLE is base "
            "(the default) or compressed; repeat for both", kind="list", default=(), metavar="[ROLE=]URL"),
     Option("api_key", "--vllm-api-key", "API key: every client sends it, and booted servers are started with it "
@@ -139,6 +146,7 @@ class RunConfig:
     gpu_force: bool = False
     base_model: str | None = None
     compressed_model: str | None = None
+    perf_model: str = "auto"
     urls: RemoteURLs = field(default_factory=RemoteURLs)
     api_key: str = "EMPTY"
     startup_timeout: float = 900.0
@@ -184,6 +192,9 @@ class RunConfig:
         if get("update_baselines") and get("add_baselines"):
             raise UsageError("--update-baselines replaces the stored baselines and --add-baselines adds to them: "
                              "pass one of them")
+        if get("perf_model") == "user" and not get("base_model"):
+            raise UsageError("--vllm-perf-model user serves --base-model (and --compressed-model) in the perf suite, "
+                             "but no --base-model was given: pass --base-model MODEL, or another --vllm-perf-model")
         budgets = values.get("budgets") or {}
         if not isinstance(budgets, Mapping):
             raise UsageError("[tool.pytest_vllm.budgets] must be a table of metric = \"budget\"")
@@ -196,6 +207,7 @@ class RunConfig:
             gpu_force=bool(get("gpu_force")),
             base_model=get("base_model"),
             compressed_model=get("compressed_model"),
+            perf_model=str(get("perf_model")),
             urls=parse_urls(get("url")),
             api_key=get("api_key") or environ.get("VLLM_API_KEY") or "EMPTY",
             startup_timeout=float(get("startup_timeout")),

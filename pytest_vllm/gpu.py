@@ -47,13 +47,16 @@ class BootOrder(enum.StrEnum):
 # between-boot study is smaller and is dominated. Pooled recordings from other hosts of a class
 # measure the host-to-host spread, and the noise model takes the larger.
 CPU_BOOT_NOISE = {"throughput": 0.075, "ttft": 0.047, "tpot": 0.082, "e2el": 0.082}
-# GPU: an 8B-shaped model (Llama-3.1-8B dimensions, load_format="dummy") on three H200 machines,
-# vLLM 0.24, 512 in / 128 out, fresh prompts per run: within a boot at most 1% apart; across the
-# machines c64 throughput 5,124-5,323 tok/s, an sd of 1.9% with two degrees of freedom, whose 90%
-# upper confidence bound (x3.08) is 5.9%. TTFT and TPOT lack machine-to-machine figures and take
-# the same. A model that the host bounds rather than the GPU (SmolLM2-135M on an H100: leases of
-# one kind ran 1.0x to 0.55x) shows its far larger spread in its recordings.
-GPU_BOOT_NOISE = {"throughput": 0.06, "ttft": 0.06, "tpot": 0.06, "e2el": 0.06}
+# GPU: an 8B-shaped model (Llama-3.1-8B dimensions, load_format="dummy", the perf suite's default
+# pair on GPU profiles) on separately started H200 machines, vLLM 0.24: within a boot at most 1-2%
+# apart; across three machines c64 throughput 5,124-5,323 tok/s (512 in / 128 out), an sd of 1.9%,
+# TPOT p50 4.50-4.55 ms on two. The suite's own figures per machine are in the README ("Running on
+# GPUs"). The priors are those point estimates, not their upper confidence bounds (with two degrees
+# of freedom x3.08 would put the floor of a one-recording baseline near 19%, far above the 10%
+# slowdown the GPU gate must catch); recordings that disagree more widen them (the noise model
+# takes the larger). A model that the host bounds rather than the GPU (SmolLM2-135M on an H100:
+# leases of one kind ran 1.0x to 0.55x) shows its far larger spread in its recordings.
+GPU_BOOT_NOISE = {"throughput": 0.02, "ttft": 0.05, "tpot": 0.015, "e2el": 0.02}
 
 
 def _online_fp8() -> dict[str, object]:
@@ -74,6 +77,14 @@ class GPUProfile:
     # Requests per concurrency slot in a throughput measurement: a GPU finishes a few requests per
     # slot in well under a second, far too short a run to measure steadily.
     requests_per_slot: int = 16
+    # ... but no more than this many requests per repetition, down to min_requests_per_slot: at
+    # high concurrency a run is long enough sooner (the closed loop's ramp-down, about one request's
+    # time, is a smaller share of it), and 4,096 requests x 3 runs per server at c256 kept the whole
+    # GPU suite past 10 minutes. An 8B-shaped model on an H200 varied at most 1% between repetitions.
+    max_requests_per_run: int = 512
+    min_requests_per_slot: int = 4
+    # Repetitions of every perf measurement (odd: the median is a real run).
+    repeats: int = 3
     # Seconds between samples of a server's /metrics during a repetition (server/telemetry.py).
     # One sample cost vLLM's API server 8.6 ms of CPU on the 2-core CPU host, so that profile
     # samples once a second (under 1% of a core); a GPU host has cores to spare.
@@ -101,6 +112,12 @@ class GPUProfile:
     @property
     def baseline_dir(self) -> str:
         return self.name
+
+    def requests_at(self, concurrency: int) -> int:
+        """Requests per repetition of a closed loop at ``concurrency`` (at least 3)."""
+        per_slot = min(self.requests_per_slot, self.max_requests_per_run // concurrency)
+        per_slot = max(self.min_requests_per_slot, per_slot)
+        return max(3, concurrency * per_slot)
 
     def boot_noise_of(self, metric: str) -> float:
         return self.boot_noise.get(noise_family(metric), max(self.boot_noise.values(), default=0.0))
@@ -131,6 +148,8 @@ PROFILES: dict[str, GPUProfile] = {
             memory_gib=0,
             concurrency_levels=(1, 4),
             requests_per_slot=3,
+            max_requests_per_run=1 << 20, min_requests_per_slot=3,  # ~25 tokens/s: every slot 3 requests
+            repeats=5,  # between boots the medians moved 2.5% (sd), within a boot the repetitions 1.9%
             telemetry_interval_s=1.0,
             baseline_gate_fails=False,
             boot_noise=dict(CPU_BOOT_NOISE),

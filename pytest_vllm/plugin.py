@@ -37,6 +37,11 @@ pytest_plugins = ["pytest_vllm.perf.plugin", "pytest_vllm.accuracy.plugin", "pyt
 ROLE_FIXTURES = {"base_server": BASE, "compressed_server": COMPRESSED}
 # The fixture parametrized over both roles.
 EITHER_FIXTURE = "vllm_server"
+# Tests that measure performance serve the perf pair (--vllm-perf-model) instead of the run's models.
+PERF_PAIR_MARKER = "vllm_perf_pair"
+PERF_PAIR_MARKER_HELP = (f"{PERF_PAIR_MARKER}: this test's servers (base_server, compressed_server, vllm_server, "
+                         "server_pair, vllm_server_factory's default model) serve the perf pair chosen by "
+                         "--vllm-perf-model: on GPU profiles by default a production shape of random weights")
 LOG_LINES_IN_REPORT = 80
 INTERRUPT_KEY = pytest.StashKey[DeathInterrupt]()
 
@@ -60,6 +65,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_HELP)
+    config.addinivalue_line("markers", PERF_PAIR_MARKER_HELP)
     try:
         run_config = _run_config(config)
         session = VLLMSession(run_config, say=_make_say(config), worker=parallel.worker_of(config))
@@ -151,9 +157,10 @@ def _plans_of(items: list[pytest.Item]) -> list[tuple[str, tuple[str, ...], list
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     vllm_session = config.stash[SESSION_KEY]
     boots_own = frozenset(i.nodeid for i in items if "vllm_server_factory" in getattr(i, "fixturenames", ()))
+    perf_tests = frozenset(i.nodeid for i in items if i.get_closest_marker(PERF_PAIR_MARKER) is not None)
     try:
         plans = _plans_of(items)
-        vllm_session.plan(plans, boots_own=bool(boots_own))
+        vllm_session.plan(plans, boots_own=bool(boots_own), perf_tests=perf_tests)
         gating.check_collection(config, items)
     except UsageError as exc:
         raise pytest.UsageError(str(exc)) from None
@@ -305,7 +312,8 @@ def server_pair(base_server: ServerHandle, compressed_server: ServerHandle) -> S
 def vllm_server_factory(request: pytest.FixtureRequest) -> Callable[..., ServerHandle]:
     """Boot a server of any spec: ``vllm_server_factory(model=None, role="custom", env=None, **flags)``.
 
-    ``model`` defaults to the base model. Equal specs share one server; it is stopped after this
+    ``model`` defaults to the base model, with the base server's own flags (a perf shape's random
+    weights, the GPU dtype). Equal specs share one server; it is stopped after this
     test unless a planned test needs it. Use it for configurations no marker can express.
     """
     session: VLLMSession = request.config.stash[SESSION_KEY]
@@ -314,7 +322,9 @@ def vllm_server_factory(request: pytest.FixtureRequest) -> Callable[..., ServerH
              **flags: Any) -> ServerHandle:
         try:
             marker = MarkerFlags.from_kwargs({**flags, "env": env or {}}, request.node.nodeid)
-            spec = session.spec_for(role, [marker], model=model or session.role_model(BASE).model)
+            pair = session.pair_of(request.node.nodeid)
+            spec = (session.spec_for(role, [marker], model=model) if model
+                    else session.spec_like_base(role, [marker], pair=pair))
             return session.handle_for_spec(spec, request.node.nodeid)
         except (ServerStartError, ServerDiedError) as exc:
             pytest.fail(str(exc), pytrace=False)

@@ -23,7 +23,14 @@ from pytest_vllm.config import RunConfig
 from pytest_vllm.errors import UsageError
 from pytest_vllm.gpu import DeviceInfo, GPUProfile, detect_device, resolve_profile
 from pytest_vllm.hostclass import HostFingerprint, fingerprint
-from pytest_vllm.models.pair import RoleModel, resolve_role
+from pytest_vllm.models.pair import (
+    DEFAULT_PAIR,
+    PERF_PAIR,
+    RoleModel,
+    perf_model_choice,
+    resolve_perf_role,
+    resolve_role,
+)
 from pytest_vllm.parallel import Worker, file_of
 from pytest_vllm.paths import cache_dir
 from pytest_vllm.server.flags import VLLMArgSchema, load_schema
@@ -53,6 +60,7 @@ class ItemNeeds:
     specs: tuple[ServerSpec, ...] = ()
     marker_key: str = ""  # the markers' flags as JSON: tests with equal keys share their servers
     skip_reason: str | None = None
+    pair: str = DEFAULT_PAIR  # PERF_PAIR: the test serves the perf pair (marker vllm_perf_pair)
 
 
 @dataclass
@@ -61,7 +69,8 @@ class VLLMSession:
     say: Callable[[str], None] = print
     needs: dict[str, ItemNeeds] = field(default_factory=dict)
     _remote: dict[str, ServerHandle] = field(default_factory=dict)
-    _role_models: dict[str, RoleModel] = field(default_factory=dict)
+    _role_models: dict[tuple[str, str], RoleModel] = field(default_factory=dict)
+    perf_tests: frozenset[str] = frozenset()  # node ids of the tests marked vllm_perf_pair
     _sections: list[SectionProvider] = field(default_factory=list)
     on_server_death: DeathListener = lambda *_: None  # told on the pool's watcher thread (plugin: DeathInterrupt)
     worker: Worker | None = None  # this process as a pytest-xdist worker (parallel.py)
@@ -121,45 +130,70 @@ class VLLMSession:
         except (httpx.HTTPError, ValueError, KeyError):
             return "unknown"
 
-    def role_model(self, role: str) -> RoleModel:
-        if role not in self._role_models:
-            self._role_models[role] = resolve_role(role, self.config.base_model, self.config.compressed_model,
-                                                   self.profile)
-        return self._role_models[role]
+    def role_model(self, role: str, pair: str = DEFAULT_PAIR) -> RoleModel:
+        """The model ``role`` serves in ``pair``: the run's (DEFAULT_PAIR) or the perf suite's (PERF_PAIR)."""
+        if (role, pair) not in self._role_models:
+            config = self.config
+            if pair == PERF_PAIR:
+                found = resolve_perf_role(role, config.perf_model, config.base_model, config.compressed_model,
+                                          self.profile)
+            else:
+                found = resolve_role(role, config.base_model, config.compressed_model, self.profile)
+            self._role_models[(role, pair)] = found
+        return self._role_models[(role, pair)]
+
+    @property
+    def perf_model(self) -> str:
+        """What the perf pair is on this run: a shape's name, "user" or "embedded"."""
+        return perf_model_choice(self.config.perf_model, self.config.base_model, self.profile)
+
+    def pair_of(self, nodeid: str) -> str:
+        """The pair a test serves: PERF_PAIR for the tests marked vllm_perf_pair."""
+        return PERF_PAIR if nodeid in self.perf_tests else DEFAULT_PAIR
 
     @property
     def remote(self) -> bool:
         return self.config.urls.any
 
     # -- specs and planning ---------------------------------------------------------------------
-    def spec_for(self, role: str, markers: Sequence[MarkerFlags], model: str | None = None) -> ServerSpec:
+    def spec_for(self, role: str, markers: Sequence[MarkerFlags], model: str | None = None,
+                 pair: str = DEFAULT_PAIR) -> ServerSpec:
         """The server spec for ``role`` under these markers (farthest first), flags validated."""
         if model is not None:
             return self.launcher.spec(role, model, markers)
-        role_model = self.role_model(role)
+        role_model = self.role_model(role, pair)
         return self.launcher.spec(role, role_model.model, markers, role_flags=role_model.flags)
 
-    def plan(self, items: Sequence[tuple[str, tuple[str, ...], list[MarkerFlags]]], boots_own: bool = False) -> None:
+    def spec_like_base(self, role: str, markers: Sequence[MarkerFlags], pair: str = DEFAULT_PAIR) -> ServerSpec:
+        """A server of the base model of ``pair`` with the base role's flags (a shape's load_format, the
+        GPU dtype) under another role name: vllm_server_factory's default model."""
+        base = self.role_model(BASE, pair)
+        return self.launcher.spec(role, base.model, markers, role_flags=base.flags)
+
+    def plan(self, items: Sequence[tuple[str, tuple[str, ...], list[MarkerFlags]]], boots_own: bool = False,
+             perf_tests: frozenset[str] = frozenset()) -> None:
         """Resolve every test's specs (usage errors for all tests at once) and plan the pool.
 
         ``items``: (node id, roles needed, markers farthest first) per test; ``boots_own``: some
-        test boots servers of its own (vllm_server_factory). Either way the vLLM interpreter is
-        checked first, once, so a bad --vllm-python is one error, not one per test; a run that
-        needs no server never starts it.
+        test boots servers of its own (vllm_server_factory); ``perf_tests``: the tests that serve
+        the perf pair. Either way the vLLM interpreter is checked first, once, so a bad
+        --vllm-python is one error, not one per test; a run that needs no server never starts it.
         """
+        self.perf_tests = perf_tests
         if not self.remote and (boots_own or any(roles for _, roles, _ in items)):
             self.schema  # noqa: B018 - runs --vllm-python once; a UsageError names the interpreter
         problems: list[str] = []
         for nodeid, roles, markers in items:
             if not roles:
                 continue
-            need = ItemNeeds(roles=roles, markers=tuple(markers))
-            need.marker_key = marker_key(markers)
+            need = ItemNeeds(roles=roles, markers=tuple(markers), pair=self.pair_of(nodeid))
+            # The perf pair's tests form groups of their own: their servers are other models.
+            need.marker_key = marker_key(markers) + ("" if need.pair == DEFAULT_PAIR else f"|{need.pair}")
             if self.remote:
                 need.skip_reason = self._remote_skip_reason(roles, markers)
             else:
                 try:
-                    need.specs = tuple(self.spec_for(role, markers) for role in roles)
+                    need.specs = tuple(self.spec_for(role, markers, pair=need.pair) for role in roles)
                 except UsageError as exc:
                     problems.append(f"{nodeid}: {exc}")
             self.needs[nodeid] = need
@@ -285,9 +319,13 @@ class VLLMSession:
             for spec in need.specs:
                 uses[spec] = uses.get(spec, 0) + 1
         skipped = sum(1 for need in self.needs.values() if need.skip_reason)
+        perf = [need for need in self.needs.values() if need.pair == PERF_PAIR and not need.skip_reason]
         lines = [f"vllm: {len(uses)} server configuration(s) planned"
                  + (f", {skipped} test(s) skipped (no matching --vllm-url server)" if skipped else "")]
         lines += [f"vllm:   {spec.describe()} [{spec.key}], {n} test(s)" for spec, n in uses.items()]
+        if perf and not self.remote:
+            lines.append(f"vllm: {len(perf)} perf test(s) serve the perf pair: --vllm-perf-model "
+                         f"{self.config.perf_model} -> {self.perf_model}")
         return lines if uses or skipped else []
 
     def header_lines(self) -> list[str]:

@@ -194,8 +194,9 @@ async def build_prompt_sets(url: str, model: str, workload: Workload, api_key: s
     """The warmup set and ``workload.repeats`` measured sets, from the server's tokenizer.
 
     Each set is built once per tokenizer in this process: the two servers of a pair (the same
-    tokenizer) get the same prompts, and exact-length prompts cost several /tokenize round trips
-    each (a thousand took 10-20 s on a GPU host).
+    tokenizer) get the same prompts. Exact-length prompts cost several /tokenize round trips each
+    (a thousand took 10-20 s on a GPU host), so the served checkpoint's tokenizer file counts
+    instead where it matches the server's (prompts.PromptFactory.use_local_tokenizer).
     """
     headers = {"Authorization": f"Bearer {api_key}"}
     async with httpx.AsyncClient(base_url=url, timeout=120, headers=headers, limits=http_limits(64)) as http:
@@ -213,6 +214,8 @@ async def build_prompt_sets(url: str, model: str, workload: Workload, api_key: s
         for name, count in sizes:
             key = (tokenizer, prompt_shape(workload), name, count)
             if key not in _BUILT_PROMPTS:
+                if factory.local is None:
+                    await factory.use_local_tokenizer()
                 _BUILT_PROMPTS[key] = await factory.build(workload, count, name)
             built.append(list(_BUILT_PROMPTS[key]))
         return PromptSets(built[0], built[1:], await factory.template_tokens(workload))

@@ -234,9 +234,8 @@ DEFAULT_BUDGETS = {
     #   first was not caught (TPOT resolved about 24% there).
     # * The suites' fresh-clone run (9fff893, against three recordings, confirmation included):
     #   throughput resolves 20-25%, TTFT p50 25-37%, TPOT p50 22-30%. On this host the noise floor
-    #   (12-20%) binds, not the factor; the factor binds where the noise is below it (an 8B-shaped
-    #   model on an H200 repeated within 1.8%, but the GPU between-boot prior of 6% from three
-    #   H200 machines keeps its floor near 14% until a class has recordings that agree better).
+    #   (12-20%) binds, not the factor; the factor binds where the noise is below it (GPU profiles
+    #   have factors of their own, GPU_DEFAULT_BUDGETS below).
     # * Leave-one-out over six sessions of the class (five recordings and a fresh-clone run that
     #   went 11% slow on every measurement), each judged against the other five with gpu.py's
     #   between-session prior: 0 of 144 checks fail; resolutions throughput 29-37%, TTFT 26-38%,
@@ -248,10 +247,25 @@ DEFAULT_BUDGETS = {
 }
 
 
+# GPU profiles serving a GPU-bound pair (an 8B-shaped Llama of random weights and its online FP8;
+# figures in README, "Running on GPUs"). Two separately started H200 machines, the suite's own
+# workloads: single stream and c1 throughput and TPOT p50 within 2.6% of each other (bf16 and FP8),
+# so 7% holds with room (one-recording resolution 11%); TTFT p50 of ~15 ms moved up to 38%
+# between them, and c16-c256 throughput 4-15% (32-token answers keep those partly host-bound):
+# there the noise model widens the tolerance to what the pooled recordings and the repetitions
+# measure (7-25%), and says so. A budget finer than the noise floor is widened the same way.
+GPU_DEFAULT_BUDGETS = {
+    "output_throughput": ">= baseline * 0.93",
+    "ttft_p50": "<= baseline * 1.15",
+    "tpot_p50": "<= baseline * 1.07",
+}
+
+
 CONFIG_WHERE = "[tool.pytest_vllm.budgets]: "
 
 
-def default_budgets(table: Mapping[str, object]) -> dict[str, Budget]:
-    """The run's default budgets: DEFAULT_BUDGETS, then ``[tool.pytest_vllm.budgets]`` (``table``)
-    over them; parsed at configure, so a mistake there is a usage error before collection."""
-    return parse_budgets({**DEFAULT_BUDGETS, **table}, where=CONFIG_WHERE)
+def default_budgets(table: Mapping[str, object], gpu: bool = False) -> dict[str, Budget]:
+    """The run's default budgets: DEFAULT_BUDGETS (GPU_DEFAULT_BUDGETS on GPU profiles), then
+    ``[tool.pytest_vllm.budgets]`` (``table``) over them; parsed at configure, so a mistake there
+    is a usage error before collection."""
+    return parse_budgets({**(GPU_DEFAULT_BUDGETS if gpu else DEFAULT_BUDGETS), **table}, where=CONFIG_WHERE)

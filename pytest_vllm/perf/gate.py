@@ -23,6 +23,7 @@ from pytest_vllm.gating import closest_wins
 from pytest_vllm.gpu import GPUProfile
 from pytest_vllm.load.runner import Target, WorkloadRuns, run_async, run_pair_async, run_single_stream, run_workload
 from pytest_vllm.load.workload import Workload
+from pytest_vllm.models.weights import served_weight_bytes
 from pytest_vllm.perf import deferral
 from pytest_vllm.perf.budgets import MARKER, PAIR_MARKER, Budget, GatePolicy, default_budgets, parse_budgets
 from pytest_vllm.perf.judge import (
@@ -44,6 +45,7 @@ from pytest_vllm.perf.results import (
     PairComparison,
     pair_ratios,
 )
+from pytest_vllm.perf.roofline import Roofline, roofline
 from pytest_vllm.server.handle import ServerHandle
 from pytest_vllm.server.kv_capacity import CACHE_CONFIG_INFO, capacity_of, shortfall
 
@@ -86,11 +88,17 @@ class Bench:
         return self._settle(measurement, wanted, gate)
 
     def compare(self, reference: ServerHandle, candidate: ServerHandle, workload: Workload,
-                budgets: Mapping[str, str] | None = None) -> PairComparison:
+                budgets: Mapping[str, str] | None = None,
+                pair_budgets: Mapping[str, str] | None = None) -> PairComparison:
         """Measure the same workload on two servers (``compare(*server_pair, w)``: base, then
         compressed), their repetitions interleaved, and apply the ``vllm_pair_budget`` ratios
-        candidate / reference to the median of the per-pair ratios."""
+        candidate / reference to the median of the per-pair ratios (``pair_budgets`` override the
+        markers' per metric: a budget that depends on the run, such as the GPU speedup floor)."""
         wanted = self._budget_set(budgets)
+        ratio_budgets = self._pair_budgets
+        if pair_budgets:
+            ratio_budgets = in_force({**ratio_budgets, **parse_budgets(pair_budgets, kind_hint="pair",
+                                                                       where=f"{self._item.nodeid}: ")})
 
         def measure(attempt: Workload) -> PairComparison:
             self._say(f"measuring {attempt.name} on the {reference.role} and {candidate.role} servers, "
@@ -99,10 +107,10 @@ class Bench:
                                             attempt, say=self._say))
             first = self._evaluated(self._measurement(reference, runs[0]), wanted)
             second = self._evaluated(self._measurement(candidate, runs[1]), wanted)
-            metrics = sorted(set(PAIR_METRICS) | set(self._pair_budgets))
+            metrics = sorted(set(PAIR_METRICS) | set(ratio_budgets))
             comparison = PairComparison(self._item.nodeid, attempt, first, second,
                                         pair_ratios(first.result, second.result, metrics))
-            return self._evaluated(comparison, self._pair_budgets)
+            return self._evaluated(comparison, ratio_budgets)
 
         comparison = self._confirmed(measure, self._prepared(workload), gate=True)
         for measurement in (comparison.reference, comparison.candidate):
@@ -114,7 +122,7 @@ class Bench:
             pytest.fail(pair_failure_text(comparison), pytrace=False)
         for measurement in (comparison.reference, comparison.candidate):
             self._require_baseline(measurement, wanted)
-        self._require_baseline(comparison, self._pair_budgets)
+        self._require_baseline(comparison, ratio_budgets)
         return comparison
 
     def single_stream(self, server: ServerHandle, workload: Workload, benchmark: Any = None,
@@ -137,6 +145,7 @@ class Bench:
 
         measurement = self._confirmed(measure, self._prepared(workload.with_(concurrency=1, request_rate=None)),
                                       gate=True)
+        measurement.roofline = self._roofline(server, measurement)
         if benchmark is not None:
             for metric in ("ttft_p50", "tpot_p50", "itl_p50", "e2el_p50", "output_throughput"):
                 benchmark.extra_info[metric] = round(measurement.value(metric), 3)
@@ -193,6 +202,16 @@ class Bench:
     def _target(self, server: ServerHandle, workload: Workload) -> Target:
         return Target(server.url, server.model, server.api_key, f"{server.role}/{workload.name}",
                       self.settings.profile.telemetry_interval_s)
+
+    def _roofline(self, server: ServerHandle, measurement: Measurement) -> Roofline | None:
+        """On a GPU, one request at a time: TPOT against weight bytes / the device's bandwidth."""
+        if not self.settings.profile.is_gpu or server.spec is None:
+            return None
+        found = roofline(str(self.settings.environment.get("device_name", "")),
+                         served_weight_bytes(server.spec.model, server.spec.flag_dict), measurement.value("tpot_p50"))
+        if found is not None:
+            self._say(f"roofline of the {server.role} server: {found.describe()}")
+        return found
 
     def _budget_set(self, budgets: Mapping[str, str] | None) -> dict[str, Budget]:
         wanted = {**self.settings.default_budgets, **self._budgets}
@@ -350,13 +369,14 @@ def in_force(budgets: Mapping[str, Budget]) -> dict[str, Budget]:
 def settings_for(config: Any, profile: GPUProfile, host_class: str, environment: dict[str, Any]) -> BenchSettings:
     """BenchSettings from a RunConfig (``config``), the GPU profile and the host's class.
 
-    Default budgets: the field's (DEFAULT_BUDGETS), then ``[tool.pytest_vllm.budgets]``; markers
-    override per test. The noise model widens each to what the measured noise allows.
+    Default budgets: the field's (DEFAULT_BUDGETS; GPU_DEFAULT_BUDGETS on GPU profiles), then
+    ``[tool.pytest_vllm.budgets]``; markers override per test. The noise model widens each to what the
+    measured noise allows.
     """
     return BenchSettings(profile=profile, host_class=host_class, baseline_dir=config.baseline_dir,
                          record=config.update_baselines or config.add_baselines, missing=config.missing_baseline,
                          policy=GatePolicy(config.false_alarm_rate, config.max_tolerance),
-                         default_budgets=default_budgets(config.budgets), environment=environment,
+                         default_budgets=default_budgets(config.budgets, gpu=profile.is_gpu), environment=environment,
                          repeats=config.repeats,
                          add_recording=config.add_baselines, prompt_seed=config.prompt_seed,
                          baseline_gate_fails=(profile.baseline_gate_fails if config.baseline_gate == "auto"

@@ -119,6 +119,9 @@ def tables(state: BenchState) -> list[Table]:
             overview.notes.append(f"{measurement_label(m)} [{m.role}]: the load client was saturated")
     out.append(overview)
 
+    if rooflines := [m for m in state.measurements if m.roofline is not None]:
+        out.append(roofline_table(rooflines))
+
     if state.pairs:
         pairs = Table("vllm performance: pairs (candidate / reference, median of per-pair ratios, repetitions "
                       "interleaved)",
@@ -137,6 +140,21 @@ def tables(state: BenchState) -> list[Table]:
                 pairs.notes.append(f"{measurement_label(p)} [{p.role}]: {p.baseline_note}")
         out.append(pairs)
     return out
+
+
+def roofline_table(measurements: list[Measurement]) -> Table:
+    table = Table("vllm performance: roofline (single stream: TPOT p50 against the memory-bandwidth floor, weight "
+                  "bytes / the device's bandwidth)",
+                  ["measurement", "server", "TPOT p50 (ms)", "weights (GB)", "bandwidth (TB/s)", "floor (ms)",
+                   "share of the limit"])
+    for m in measurements:
+        r = m.roofline
+        assert r is not None
+        table.add(measurement_label(m), m.role, f"{r.tpot_ms:.2f}", f"{r.weight_bytes / 1e9:.2f}",
+                  f"{r.bandwidth_bytes_per_s / 1e12:g}", f"{r.floor_ms:.2f}", f"{r.share:.0%}")
+    table.notes.append("weights: the served checkpoint's (online FP8: linear layers at one byte per parameter); "
+                       "bandwidth: the device's data sheet (pytest_vllm/perf/roofline.py)")
+    return table
 
 
 def _check_json(c: Check) -> dict[str, Any]:
@@ -188,6 +206,7 @@ def to_json(state: BenchState) -> dict[str, Any]:
             "baseline_note": m.baseline_note, "metrics": _metrics_json(m.result),
             "checks": [_check_json(c) for c in m.checks], "client_saturated": m.result.client_saturated,
             "first_attempt": _first_attempt(m),
+            "roofline": m.roofline.to_json() if m.roofline is not None else None,
         }
 
     def pair(p: PairComparison) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from pytest_vllm.load.client import RequestRecord
 from pytest_vllm.load.workload import Workload
 from pytest_vllm.perf.budgets import Budget, Check, GatePolicy
 from pytest_vllm.perf.metrics import METRIC_DEFINITIONS, BenchResult, RepeatedResult
+from pytest_vllm.perf.roofline import Roofline
 from pytest_vllm.server.kv_capacity import Capacity
 
 # Ratios a pair comparison records and shows (its budgets may name others).
@@ -49,6 +50,7 @@ class Measurement:
     records: list[list[RequestRecord]] = field(default_factory=list)
     judged: bool = True  # False: no baseline for this host class, relative budgets not judged
     first_attempt: Measurement | None = None  # out of budget, and measured again (gate.Bench._confirmed)
+    roofline: Roofline | None = None  # single stream on a GPU: TPOT against the bandwidth floor
 
     @property
     def passed(self) -> bool:

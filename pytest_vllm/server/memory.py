@@ -10,8 +10,9 @@ is fixed from their memory share can boot in parallel, halving a GPU run's boot 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
+
+from pytest_vllm.models.weights import checkpoint_bytes, served_weight_bytes
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -23,20 +24,7 @@ RESERVE_SHARE_OF_WEIGHTS = 0.25
 # Below this share of its memory for the KV cache the estimate is too tight to trust; the server
 # then sizes its own KV cache (and boots alone).
 MIN_KV_SHARE = 0.25
-WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
 PARALLEL_FLAGS = ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size")
-
-
-def checkpoint_bytes(model: str) -> int | None:
-    """Bytes of a local checkpoint's weight files (the first kind found), None when not local."""
-    path = Path(model).expanduser()
-    if not path.is_dir():
-        return None
-    for pattern in WEIGHT_PATTERNS:
-        files = [f for f in path.glob(pattern) if f.is_file()]
-        if files:
-            return sum(f.stat().st_size for f in files)
-    return None
 
 
 def pinned_kv_cache_bytes(model: str, flags: dict[str, Any], device_memory_bytes: int) -> int | None:
@@ -44,7 +32,8 @@ def pinned_kv_cache_bytes(model: str, flags: dict[str, Any], device_memory_bytes
     device, or None where it cannot be estimated safely (the server then profiles for itself).
 
     The estimate takes the checkpoint's size on disk as its weights, which overstates weights that
-    quantize when loaded (online FP8): the KV cache comes out smaller, never larger.
+    quantize when loaded (online FP8): the KV cache comes out smaller, never larger. Random weights
+    (``load_format="dummy"``) have no files: their size follows from config.json, unquantized.
     """
     share = flags.get("gpu_memory_utilization")
     if not share or device_memory_bytes <= 0:
@@ -52,8 +41,9 @@ def pinned_kv_cache_bytes(model: str, flags: dict[str, Any], device_memory_bytes
     if any(int(flags.get(name) or 1) > 1 for name in PARALLEL_FLAGS):
         return None  # weights split over devices: the per-device share is not the checkpoint's size
     if flags.get("load_format") == "dummy":
-        return None  # no weight files to size: random weights from the config alone
-    weights = checkpoint_bytes(model)
+        weights = served_weight_bytes(model, {k: v for k, v in flags.items() if k != "quantization"})
+    else:
+        weights = checkpoint_bytes(model)
     if weights is None:
         return None
     budget = float(share) * device_memory_bytes

@@ -187,3 +187,30 @@ def test_unknown_budget_metric_fails_at_collection_listing_valid_names(pytester:
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*test_x: unknown metric 'ttft_median' in a budget; valid metrics: *ttft_p50*",
                                  "*test_y: pair budget output_throughput='>= 100 tok/s': write a ratio*"])
+
+
+def test_perf_pair_marker_serves_the_perf_shape_and_other_tests_the_runs_models(pytester: pytest.Pytester) -> None:
+    checkout = pytester.mkdir("tokenizer-checkout")
+    (checkout / "tokenizer.json").write_text("{}")
+    (checkout / "config.json").write_text('{"vocab_size": 49152}')
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.vllm_perf_pair
+        def test_perf(server_pair): pass
+
+        def test_other(base_server): pass
+    """)
+    result = pytester.runpytest_subprocess("--collect-only", "-q", "--gpu", "h200", "--gpu-force", "--base-model",
+                                           str(checkout), "--vllm-perf-model", "llama-8b")
+    assert result.ret == 0, result.stdout.str() + result.stderr.str()
+    out = result.stdout.str()
+    assert "vllm: 3 server configuration(s) planned" in out
+    result.stdout.fnmatch_lines(["*base server: */tokenizer-checkout (gpu_memory_utilization=0.42) *, 1 test(s)"])
+    result.stdout.fnmatch_lines([
+        "*base server: */llama-8b-shape-tokenizer-checkout (dtype='bfloat16', gpu_memory_utilization=0.42, "
+        "load_format='dummy') *, 1 test(s)",
+        "*compressed server: */llama-8b-shape-tokenizer-checkout (dtype='bfloat16', gpu_memory_utilization=0.42, "
+        "load_format='dummy', quantization='fp8') *, 1 test(s)",
+        "vllm: 1 perf test(s) serve the perf pair: --vllm-perf-model llama-8b -> llama-8b",
+    ])

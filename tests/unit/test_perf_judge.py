@@ -278,3 +278,19 @@ def test_a_report_only_baseline_gate_reports_and_passes(tmp_path: Path) -> None:
     assert reported[0].passed and reported[0].verdict.label == "OVER (report only)"
     absolute = judge(slow, parse_budgets({"output_throughput": ">= 2.5 tok/s"}), stored, reporting)
     assert not absolute[0].passed, "absolute budgets always gate"
+
+
+def test_the_roofline_of_a_single_stream_measurement_is_in_the_table_and_the_json(tmp_path: Path) -> None:
+    from pytest_vllm.perf.report import tables, to_json
+    from pytest_vllm.perf.results import BenchState
+    from pytest_vllm.perf.roofline import roofline
+
+    state = BenchState(settings(tmp_path))
+    with_floor, without = measurement(), measurement(role="compressed")
+    with_floor.roofline = roofline("NVIDIA H200", 14_764_482_560, 4.552)
+    state.measurements += [with_floor, without]
+    table = next(t for t in tables(state) if t.title.startswith("vllm performance: roofline"))
+    assert [row[1:] for row in table.rows] == [["base", "4.55", "14.76", "4.8", "3.08", "68%"]]
+    found = [m["roofline"] for m in to_json(state)["measurements"]]
+    assert found[1] is None and found[0]["share"] == pytest.approx(0.676, abs=0.001)
+    assert found[0]["floor_ms"] == pytest.approx(3.076, abs=0.001) and found[0]["bandwidth_tb_s"] == 4.8
