@@ -1,0 +1,127 @@
+"""OpenAI API conformance of tool calling on /v1/chat/completions, and base vs compressed tool behaviour.
+
+Requests carry 1-3 function tools (names, descriptions, JSON-schema parameters of varied shape,
+``pytest_vllm.conformance.tools``) and a ``tool_choice``. On vLLM a named or ``"required"`` choice works
+with any model: the call is produced by structured output against the declared parameters, no tool
+parser or tool-trained model needed. ``"auto"`` needs the server started with
+``--enable-auto-tool-choice --tool-call-parser <parser>`` (``hermes`` fits SmolLM2's ChatML template);
+without them its property is skipped, saying so.
+
+Budgets: the examples below are small (every forced call is up to ``TOOL_MAX_TOKENS`` guided
+tokens on a CPU server); ``--vllm-conformance-profile nightly`` runs ten times as many. The compressed
+server's valid-call rate must be at least ``--vllm-tool-call-budget`` (default 0.9) times the base's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import assume
+
+from pytest_vllm.conformance import tools as T
+from pytest_vllm.conformance.runner import PropertyRun
+from pytest_vllm.conformance.validators import CHAT, ENDPOINTS, check_response
+from pytest_vllm.session import SESSION_KEY
+
+
+def send_tool_request(conformance: PropertyRun, request: T.ToolRequest) -> Any:
+    """The request, validated as any chat request, then its tool calls checked (a call cut by max_tokens
+    is discarded: there is no whole call to judge)."""
+    outcome = conformance.send(CHAT, request.body, f"chat request with tool_choice {request.body['tool_choice']!r}")
+    assume(outcome.finish_reason() != "length")
+    conformance.expect(T.check_tool_calls(outcome, request), f"tool calls for tool_choice "
+                                                             f"{request.body['tool_choice']!r}")
+    return outcome
+
+
+def test_forced_tool_choices_yield_valid_calls(conformance: PropertyRun) -> None:
+    """A named or required choice: calls with ids, the function asked, arguments valid against its parameters."""
+    conformance.run(lambda request: send_tool_request(conformance, request), T.tool_requests(), examples=8)
+
+
+def test_streamed_tool_calls_reassemble_into_the_non_streamed_call(conformance: PropertyRun) -> None:
+    def check(request: T.ToolRequest) -> None:
+        whole = send_tool_request(conformance, request)
+        pieces = send_tool_request(conformance, T.ToolRequest(
+            {**request.body, "stream": True, "stream_options": {"include_usage": True}}, request.choice,
+            request.name, request.tools))
+        calls = [(c.name, c.arguments) for c in T.tool_calls(whole)]
+        streamed = [(c.name, c.arguments) for c in T.tool_calls(pieces)]
+        assert streamed == calls, f"streamed tool calls {streamed!r} != non-streamed {calls!r}"
+        assert pieces.finish_reason() == whole.finish_reason()
+
+    conformance.run(check, T.tool_requests(stream=False, temperatures=(0.0,)), examples=4)
+
+
+def test_tool_choice_none_yields_no_calls(conformance: PropertyRun) -> None:
+    def check(request: T.ToolRequest) -> None:
+        body = {**request.body, "max_tokens": 12}  # text, not a call: a few tokens tell
+        outcome = conformance.send(CHAT, body, "chat request with tool_choice 'none'")
+        conformance.expect(T.check_tool_calls(outcome, request), "tool_choice 'none'")
+
+    conformance.run(check, T.tool_requests(choices=(T.NONE,)), examples=3)
+
+
+def test_tool_choice_auto_calls_validly_or_answers(conformance: PropertyRun) -> None:
+    """``auto``: either valid calls with finish_reason 'tool_calls', or a text answer."""
+    probe = conformance.probe.post(ENDPOINTS[CHAT], conformance.with_model({
+        "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1, "tool_choice": "auto",
+        "tools": [{"type": "function", "function": {"name": "noop"}}]}))
+    conformance.probe.history.clear()
+    if probe.status != 200 and T.auto_disabled(probe.text):
+        pytest.skip("tool_choice 'auto' is off on this server: vLLM needs --enable-auto-tool-choice and "
+                    "--tool-call-parser <parser> (hermes for ChatML models such as SmolLM2), e.g. "
+                    "@pytest.mark.vllm_server(enable_auto_tool_choice=True, tool_call_parser='hermes')")
+
+    def check(request: T.ToolRequest) -> None:
+        outcome = conformance.send(CHAT, request.body, "chat request with tool_choice 'auto'")
+        assume(outcome.finish_reason() != "length" or not T.tool_calls(outcome))
+        conformance.expect(T.check_tool_calls(outcome, request), "tool_choice 'auto'")
+
+    conformance.run(check, T.tool_requests(choices=(T.AUTO,)), examples=4)
+
+
+def test_broken_tool_schemas_and_unknown_functions_are_refused(conformance: PropertyRun) -> None:
+    """A tool whose parameters are no JSON Schema, or a tool_choice naming no declared function: a 4xx error
+    object (the server cannot hold the model to such a call)."""
+    def check() -> None:
+        conformance.canary()
+        for what, body in T.broken_tool_requests():
+            conformance.reject(CHAT, conformance.with_model(body), param="tools", what=f"tool parameters with {what}")
+        unknown = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4,
+                   "tools": [{"type": "function", "function": {"name": "get_weather"}}],
+                   "tool_choice": {"type": "function", "function": {"name": "not_declared"}}}
+        conformance.reject(CHAT, conformance.with_model(unknown), param="tool_choice",
+                           what="tool_choice naming an undeclared function")
+        conformance.assert_healthy(after="refusing broken tool requests")
+
+    conformance.once(check)
+
+
+# -- base vs compressed --------------------------------------------------------------------------------
+def test_compressed_server_keeps_the_base_servers_valid_tool_calls(
+        conformance_pair: tuple[PropertyRun, PropertyRun], request: pytest.FixtureRequest) -> None:
+    """Over the same forced requests at temperature 0, the compressed server's rate of valid calls (whole,
+    the function asked, arguments valid against the schema) is at least the budget times the base's."""
+    base, compressed = conformance_pair
+    budget = request.config.stash[SESSION_KEY].config.tool_call_budget
+    valid = {"base": 0, "compressed": 0}
+    invalid: list[str] = []
+
+    def check(tool_request: T.ToolRequest) -> None:
+        for label, run in (("base", base), ("compressed", compressed)):
+            exchange = run.probe.post(ENDPOINTS[CHAT], run.with_model(tool_request.body))
+            outcome = check_response(exchange, CHAT, tool_request.body)
+            if T.valid_call(outcome, tool_request):
+                valid[label] += 1
+            else:
+                invalid.append(f"{label}: {tool_request.body['tool_choice']!r} -> {exchange.text[:300]}")
+
+    base.run(check, T.tool_requests(temperatures=(0.0,), stream=False), examples=10)
+    tried = base.record.examples
+    rates = {label: count / tried for label, count in valid.items()}
+    assert rates["compressed"] >= rates["base"] * budget, (
+        f"valid tool calls: compressed {valid['compressed']}/{tried}, base {valid['base']}/{tried}; the budget "
+        f"(--vllm-tool-call-budget {budget}) needs at least {rates['base'] * budget:.2f}. Invalid calls:\n  "
+        + "\n  ".join(invalid[:10]))
