@@ -24,6 +24,24 @@ from pytest_vllm.conformance.runner import PropertyRun
 from pytest_vllm.conformance.validators import CHAT, ENDPOINTS, check_response
 from pytest_vllm.session import SESSION_KEY
 
+# What the servers of this file are started with: a tool parser, for vLLM 0.32 takes no tool_choice but
+# "none" without one. hermes parses ChatML's <tool_call> tags (SmolLM2's template); its structural tag
+# constrains a forced call's arguments to the declared parameters only at --tool-strict-level
+# parameter (or for tools with strict: true), which is what the checks below hold a server to.
+TOOL_SERVER_FLAGS = {"tool_call_parser": "hermes", "enable_auto_tool_choice": True, "tool_strict_level": "parameter"}
+pytestmark = pytest.mark.vllm_server(**TOOL_SERVER_FLAGS)
+FLAGS_HINT = ("--tool-call-parser <parser> (hermes for ChatML models such as SmolLM2; --tool-strict-level parameter "
+              "to hold arguments to the schema), and --enable-auto-tool-choice for 'auto'")
+
+
+def require_tool_choice(run: PropertyRun, *choices: str) -> None:
+    """Skip, naming the flags, where the server takes none of ``choices`` (a vLLM without a tool parser)."""
+    for choice in choices:
+        probe = run.probe.post(ENDPOINTS[CHAT], run.with_model(T.probe_request(choice)))
+        run.probe.history.clear()
+        if T.not_configured(probe.status, probe.text):
+            pytest.skip(f"the server refuses tool_choice {choice!r} ({probe.text[:160]}): start vLLM with {FLAGS_HINT}")
+
 
 def send_tool_request(conformance: PropertyRun, request: T.ToolRequest) -> Any:
     """The request, validated as any chat request, then its tool calls checked (a call cut by max_tokens
@@ -37,10 +55,13 @@ def send_tool_request(conformance: PropertyRun, request: T.ToolRequest) -> Any:
 
 def test_forced_tool_choices_yield_valid_calls(conformance: PropertyRun) -> None:
     """A named or required choice: calls with ids, the function asked, arguments valid against its parameters."""
+    require_tool_choice(conformance, T.REQUIRED, T.NAMED)
     conformance.run(lambda request: send_tool_request(conformance, request), T.tool_requests(), examples=8)
 
 
 def test_streamed_tool_calls_reassemble_into_the_non_streamed_call(conformance: PropertyRun) -> None:
+    require_tool_choice(conformance, T.REQUIRED, T.NAMED)
+
     def check(request: T.ToolRequest) -> None:
         whole = send_tool_request(conformance, request)
         pieces = send_tool_request(conformance, T.ToolRequest(
@@ -65,14 +86,7 @@ def test_tool_choice_none_yields_no_calls(conformance: PropertyRun) -> None:
 
 def test_tool_choice_auto_calls_validly_or_answers(conformance: PropertyRun) -> None:
     """``auto``: either valid calls with finish_reason 'tool_calls', or a text answer."""
-    probe = conformance.probe.post(ENDPOINTS[CHAT], conformance.with_model({
-        "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1, "tool_choice": "auto",
-        "tools": [{"type": "function", "function": {"name": "noop"}}]}))
-    conformance.probe.history.clear()
-    if probe.status != 200 and T.auto_disabled(probe.text):
-        pytest.skip("tool_choice 'auto' is off on this server: vLLM needs --enable-auto-tool-choice and "
-                    "--tool-call-parser <parser> (hermes for ChatML models such as SmolLM2), e.g. "
-                    "@pytest.mark.vllm_server(enable_auto_tool_choice=True, tool_call_parser='hermes')")
+    require_tool_choice(conformance, T.AUTO)
 
     def check(request: T.ToolRequest) -> None:
         outcome = conformance.send(CHAT, request.body, "chat request with tool_choice 'auto'")
@@ -85,6 +99,8 @@ def test_tool_choice_auto_calls_validly_or_answers(conformance: PropertyRun) -> 
 def test_broken_tool_schemas_and_unknown_functions_are_refused(conformance: PropertyRun) -> None:
     """A tool whose parameters are no JSON Schema, or a tool_choice naming no declared function: a 4xx error
     object (the server cannot hold the model to such a call)."""
+    require_tool_choice(conformance, T.REQUIRED, T.NAMED)  # else every forced request is refused for that
+
     def check() -> None:
         conformance.canary()
         for what, body in T.broken_tool_requests():
@@ -105,6 +121,8 @@ def test_compressed_server_keeps_the_base_servers_valid_tool_calls(
     """Over the same forced requests at temperature 0, the compressed server's rate of valid calls (whole,
     the function asked, arguments valid against the schema) is at least the budget times the base's."""
     base, compressed = conformance_pair
+    require_tool_choice(base, T.REQUIRED, T.NAMED)
+    require_tool_choice(compressed, T.REQUIRED, T.NAMED)
     budget = request.config.stash[SESSION_KEY].config.tool_call_budget
     valid = {"base": 0, "compressed": 0}
     invalid: list[str] = []

@@ -6,7 +6,10 @@ no longer fit the schema, while task accuracy still looks fine), so the checks l
 - a named ``tool_choice`` or ``"required"`` yields ``message.tool_calls``: each with a non-empty id,
   unique in the message, ``type: "function"``, the function asked (named) or one declared
   (required), and ``arguments`` that parse as JSON and validate against the declared ``parameters``
-  (a function without ``parameters`` takes none: ``{}``), with ``finish_reason: "tool_calls"``;
+  (a function without ``parameters`` takes none: ``{}``); ``finish_reason`` is ``"tool_calls"``, except
+  after a named choice, where OpenAI's API answers ``"stop"`` (measured on gpt-4o, streamed or not, in
+  vllm-project/vllm#25054, which aligned vLLM with it; the API reference says only "tool_calls if the
+  model called a tool");
 - ``"none"`` yields no calls (``finish_reason`` ``stop`` or ``length``); ``"auto"`` either calls (then
   as above) or answers in text;
 - a streamed call is spread over ``delta.tool_calls`` entries keyed by ``index``: the first one of an
@@ -35,9 +38,10 @@ NONE, AUTO, REQUIRED, NAMED = "none", "auto", "required", "named"
 # whitespace; a call cut at this limit is discarded by the properties (never judged), and counted
 # as invalid by the valid-call rate (both servers under the same limit).
 TOOL_MAX_TOKENS = 96
-# vLLM's answer to tool_choice "auto" when the server was not started for it (vllm 0.32,
-# entrypoints/openai/chat_completion/serving.py): the flags it names are what ``auto`` needs.
-AUTO_DISABLED = "--enable-auto-tool-choice"
+# vLLM 0.32 refuses every tool_choice but "none" on a server started without a tool parser
+# ('tool_choice="required" requires --tool-call-parser to be set'; "auto" also needs
+# --enable-auto-tool-choice): a property then has nothing to check, and says which flags it needs.
+PARSER_FLAG = "--tool-call-parser"
 
 FUNCTION_NAMES = ("get_weather", "lookup_user", "convert_units", "book_table", "search_docs", "send_email",
                   "add_numbers", "set-alarm")
@@ -226,9 +230,11 @@ def check_tool_calls(outcome: Outcome, request: ToolRequest) -> list[Deviation]:
             out.append(Deviation("tool.missing", where, f"tool_choice {request.body['tool_choice']!r} yet no tool call "
                                                         f"(finish_reason {reason!r})"))
         return out
-    if reason != "tool_calls":
+    expected = "stop" if request.choice == NAMED else "tool_calls"
+    if reason != expected:
         out.append(Deviation("tool.finish-reason", "choices[0].finish_reason",
-                             f"{reason!r} after tool calls; the model called a tool: 'tool_calls'"))
+                             f"{reason!r} after the calls of tool_choice {request.body['tool_choice']!r}: "
+                             f"OpenAI answers {expected!r}"))
     ids = [c.id for c in calls]
     for position, call in enumerate(calls):
         path = f"{where}[{position}]"
@@ -274,9 +280,16 @@ def valid_call(outcome: Outcome, request: ToolRequest) -> bool:
             and not check_tool_calls(outcome, request))
 
 
-def auto_disabled(exchange_text: str) -> bool:
-    """Whether a refusal of tool_choice 'auto' says the server was not started for it."""
-    return AUTO_DISABLED in exchange_text
+def probe_request(choice: str) -> dict[str, Any]:
+    """One token of ``choice`` on a trivial tool: does the server take this tool_choice at all?"""
+    return {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1,
+            "tools": [{"type": "function", "function": {"name": "noop"}}], "tool_choice": tool_choice_value(
+                choice, "noop")}
+
+
+def not_configured(status: int, text: str) -> bool:
+    """Whether a refusal of a tool_choice says the server was not started for it (no tool parser)."""
+    return status == 400 and PARSER_FLAG in text
 
 
 def _dict(value: Any) -> dict[str, Any]:

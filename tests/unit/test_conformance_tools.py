@@ -65,7 +65,8 @@ def checked(document: dict[str, Any], tool_request: T.ToolRequest) -> set[tuple[
 
 
 def test_a_valid_named_call_passes() -> None:
-    assert checked(completion([call()]), request()) == set()
+    assert checked(completion([call()], finish="stop"), request()) == set()
+    assert checked(completion([call()]), request(T.REQUIRED)) == set()
 
 
 def test_a_function_without_parameters_takes_an_empty_object() -> None:
@@ -77,7 +78,8 @@ def test_a_function_without_parameters_takes_an_empty_object() -> None:
 
 @pytest.mark.parametrize(("document", "tool_request", "rule"), [
     (completion(None, finish="stop", content="Sunny."), request(), "tool.missing"),
-    (completion([call()], finish="stop"), request(), "tool.finish-reason"),
+    (completion([call()], finish="tool_calls"), request(), "tool.finish-reason"),
+    (completion([call()], finish="stop"), request(T.REQUIRED), "tool.finish-reason"),
     (completion([call(id="")]), request(), "tool.id"),
     (completion([call(), call(arguments='{"city": "Rome", "days": 1}')]), request(T.REQUIRED), "tool.id"),
     (completion([call("add", "{}")]), request(), "tool.name"),
@@ -88,7 +90,8 @@ def test_a_function_without_parameters_takes_an_empty_object() -> None:
     (completion([call(arguments='{"city": "Paris", "days": 3, "unit": "C"}')]), request(), "tool.arguments-schema"),
     (completion([call()]), request(T.NONE), "tool.unexpected"),
     (completion(None, finish="tool_calls", content="Sunny."), request(T.NONE), "tool.finish-reason"),
-], ids=["no call", "finish stop", "empty id", "duplicate id", "another function", "undeclared function",
+], ids=["no call", "named finish tool_calls", "required finish stop",
+        "empty id", "duplicate id", "another function", "undeclared function",
         "arguments not JSON", "arguments not an object", "argument out of range", "undeclared argument",
         "a call under none", "none finish tool_calls"])
 def test_each_broken_call_is_named(document: dict[str, Any], tool_request: T.ToolRequest, rule: str) -> None:
@@ -112,7 +115,7 @@ def tool_stream(deltas: list[dict[str, Any]], finish: str = "tool_calls") -> Exc
     return exchange(text, "text/event-stream")
 
 
-def streamed(deltas: list[dict[str, Any]], finish: str = "tool_calls") -> tuple[list[T.ToolCall], set[str]]:
+def streamed(deltas: list[dict[str, Any]], finish: str = "stop") -> tuple[list[T.ToolCall], set[str]]:
     tool_request = request(stream=True)
     outcome = check_response(tool_stream(deltas, finish), CHAT, tool_request.body)
     assert outcome.ok, outcome.deviations
