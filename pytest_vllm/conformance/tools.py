@@ -216,7 +216,7 @@ def check_tool_calls(outcome: Outcome, request: ToolRequest) -> list[Deviation]:
     out: list[Deviation] = []
     calls = tool_calls(outcome, out)
     reason = outcome.finish_reason()
-    where = "choices[0].message.tool_calls" if not outcome.asked.stream else "choice 0 tool_calls"
+    where = "tool_calls"  # choice 0's, from the message or reassembled from the stream: one path for both
     if request.choice == NONE:
         if calls:
             out.append(Deviation("tool.unexpected", where, f"tool_choice 'none' yet {len(calls)} tool call(s): "
@@ -256,9 +256,6 @@ def check_tool_calls(outcome: Outcome, request: ToolRequest) -> list[Deviation]:
     return out
 
 
-NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}, "additionalProperties": False}
-
-
 def check_arguments(arguments: str, parameters: dict[str, Any] | None, path: str) -> list[Deviation]:
     """``arguments`` parse as strict JSON and validate against ``parameters`` (None: the function takes
     no parameters, so ``{}``)."""
@@ -268,8 +265,12 @@ def check_arguments(arguments: str, parameters: dict[str, Any] | None, path: str
         value = loads_strict(arguments)
     except (StrictJSONError, ValueError) as exc:
         return [Deviation("tool.arguments-json", path, f"{arguments[:200]!r} is not JSON: {exc}")]
-    schema = parameters if parameters is not None else NO_PARAMETERS
-    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(value), key=lambda e: list(e.path))
+    if parameters is None:
+        if value != {}:
+            return [Deviation("tool.arguments-no-parameters", path, f"{json.dumps(value)[:200]} for a function "
+                              "declared without parameters (an empty parameter list: arguments {})")]
+        return []
+    errors = sorted(jsonschema.Draft202012Validator(parameters).iter_errors(value), key=lambda e: list(e.path))
     return [Deviation("tool.arguments-schema", path, f"{json.dumps(value)[:200]} breaks the declared parameters: "
                                                      f"{error.message}") for error in errors[:3]]
 
