@@ -75,6 +75,21 @@ def test_streamed_tool_calls_reassemble_into_the_non_streamed_call(conformance: 
     conformance.run(check, T.tool_requests(stream=False, temperatures=(0.0,)), examples=4)
 
 
+def test_a_function_without_parameters_is_called_with_no_arguments(conformance: PropertyRun) -> None:
+    """Omitted ``parameters`` is an empty parameter list: a forced call's arguments are ``{}``."""
+    require_tool_choice(conformance, T.REQUIRED, T.NAMED)
+
+    def check() -> None:
+        for choice in (T.REQUIRED, T.NAMED):
+            body = {"messages": [{"role": "user", "content": "Find the user called Ada."}], "temperature": 0,
+                    "tools": [{"type": "function", "function": {"name": "lookup_user"}}], "max_tokens": 24,
+                    "tool_choice": T.tool_choice_value(choice, "lookup_user")}
+            send_tool_request(conformance, T.ToolRequest(body, choice, "lookup_user" if choice == T.NAMED else None,
+                                                         {"lookup_user": None}))
+
+    conformance.once(check)
+
+
 def test_tool_choice_none_yields_no_calls(conformance: PropertyRun) -> None:
     def check(request: T.ToolRequest) -> None:
         body = {**request.body, "max_tokens": 12}  # text, not a call: a few tokens tell

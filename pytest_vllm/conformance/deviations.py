@@ -170,6 +170,7 @@ KNOWN_VLLM_DEVIATIONS: tuple[KnownDeviation, ...] = (
                "True), so a model may fill arguments with a string such as '\"lookup_user\"'; OpenAI reads "
                "omitted parameters as an empty parameter list (FunctionDefinition.parameters: 'Omitting "
                "parameters defines a function with an empty parameter list'), arguments '{}'",
+        owner="test_a_function_without_parameters_is_called_with_no_arguments",
     ),
 )
 

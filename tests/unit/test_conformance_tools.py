@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 
 from pytest_vllm.conformance import tools as T
-from pytest_vllm.conformance.deviations import generic_path
+from pytest_vllm.conformance.deviations import KNOWN_VLLM_DEVIATIONS, generic_path, split_known
 from pytest_vllm.conformance.probe import Exchange
 from pytest_vllm.conformance.validators import CHAT, check_response
 
@@ -176,3 +176,14 @@ def test_broken_parameters_are_no_valid_schema(what: str, body: dict[str, Any]) 
     parameters = copy.deepcopy(body["tools"][0]["function"]["parameters"])
     with pytest.raises(jsonschema.SchemaError):
         jsonschema.Draft202012Validator.check_schema(parameters)
+
+
+def test_only_the_parameterless_finding_is_a_known_vllm_deviation() -> None:
+    parameterless = T.check_tool_calls(check_response(exchange(json.dumps(completion([call("add", '"add"')]))), CHAT,
+                                                      request(T.REQUIRED).body), request(T.REQUIRED))
+    broken = T.check_tool_calls(check_response(exchange(json.dumps(completion([call(arguments='"Paris"')],
+                                                                                finish="stop"))), CHAT,
+                                               request().body), request())
+    assert [k.key for k, _ in split_known(parameterless, KNOWN_VLLM_DEVIATIONS)[1]] == [
+        "parameterless-tool-arguments-unconstrained"]
+    assert split_known(broken, KNOWN_VLLM_DEVIATIONS)[0] == broken != []
