@@ -156,6 +156,9 @@ def test_compressed_server_keeps_the_base_servers_valid_tool_calls(
     rates = {label: count / tried for label, count in valid.items()}
     request.node.add_report_section("call", "valid tool calls", f"base {valid['base']}/{tried}, compressed "
                                     f"{valid['compressed']}/{tried}, budget {budget}\n" + "\n".join(invalid))
+    assert valid["base"], (f"the base server made no valid call in {tried} forced requests: nothing to hold the "
+                           "compressed server to (see the base server's own tool properties)\n  "
+                           + "\n  ".join(invalid))
     assert rates["compressed"] >= rates["base"] * budget, (
         f"valid tool calls: compressed {valid['compressed']}/{tried}, base {valid['base']}/{tried}; the budget "
         f"(--vllm-tool-call-budget {budget}) needs at least {rates['base'] * budget:.2f}. Invalid calls:\n  "
