@@ -25,13 +25,16 @@ from pytest_vllm.conformance.validators import CHAT, ENDPOINTS, check_response
 from pytest_vllm.session import SESSION_KEY
 
 # What the servers of this file are started with: a tool parser, for vLLM 0.32 takes no tool_choice but
-# "none" without one. hermes parses ChatML's <tool_call> tags (SmolLM2's template); its structural tag
-# constrains a forced call's arguments to the declared parameters only at --tool-strict-level
-# parameter (or for tools with strict: true), which is what the checks below hold a server to.
-TOOL_SERVER_FLAGS = {"tool_call_parser": "hermes", "enable_auto_tool_choice": True, "tool_strict_level": "parameter"}
-pytestmark = pytest.mark.vllm_server(**TOOL_SERVER_FLAGS)
-FLAGS_HINT = ("--tool-call-parser <parser> (hermes for ChatML models such as SmolLM2; --tool-strict-level parameter "
-              "to hold arguments to the schema), and --enable-auto-tool-choice for 'auto'")
+# "none" without one; hermes parses ChatML's <tool_call> tags (SmolLM2's template), and
+# --enable-auto-tool-choice is what "auto" needs. VLLM_ENFORCE_STRICT_TOOL_CALLING=0 turns off the
+# parser's xgrammar structural tag, so that a forced choice is decoded as structured output against
+# the declared parameters (vLLM's JSON-schema path); with the tag (the default), arguments are held to
+# the schema only for tools with strict: true or at --tool-strict-level parameter, a flag vLLM 0.24
+# does not have. README "Tool calling and the Responses API" says what each path gave.
+pytestmark = pytest.mark.vllm_server(tool_call_parser="hermes", enable_auto_tool_choice=True,
+                                     env={"VLLM_ENFORCE_STRICT_TOOL_CALLING": "0"})
+FLAGS_HINT = ("--tool-call-parser <parser> (hermes for ChatML models such as SmolLM2), and --enable-auto-tool-choice "
+              "for 'auto'")
 
 
 def require_tool_choice(run: PropertyRun, *choices: str) -> None:
