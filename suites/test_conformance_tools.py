@@ -1,11 +1,11 @@
 """OpenAI API conformance of tool calling on /v1/chat/completions, and base vs compressed tool behaviour.
 
 Requests carry 1-3 function tools (names, descriptions, JSON-schema parameters of varied shape,
-``pytest_vllm.conformance.tools``) and a ``tool_choice``. On vLLM a named or ``"required"`` choice works
-with any model: the call is produced by structured output against the declared parameters, no tool
-parser or tool-trained model needed. ``"auto"`` needs the server started with
-``--enable-auto-tool-choice --tool-call-parser <parser>`` (``hermes`` fits SmolLM2's ChatML template);
-without them its property is skipped, saying so.
+``pytest_vllm.conformance.tools``) and a ``tool_choice``. vLLM 0.32 takes a forced choice (named or
+``"required"``) only from a server with a tool parser, and then needs no tool-trained model: the call
+is decoded as structured output against the declared parameters. ``"auto"`` needs
+``--enable-auto-tool-choice`` as well. The servers of this file are started so (``pytestmark``);
+a server that refuses a choice for want of these flags skips the properties that need it, naming them.
 
 Budgets: the examples below are small (every forced call is up to ``TOOL_MAX_TOKENS`` guided
 tokens on a CPU server); ``--vllm-conformance-profile nightly`` runs ten times as many. The compressed
