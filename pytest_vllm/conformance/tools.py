@@ -275,6 +275,35 @@ def check_arguments(arguments: str, parameters: dict[str, Any] | None, path: str
                                                      f"{error.message}") for error in errors[:3]]
 
 
+def compare_streamed(whole: list[ToolCall], pieces: list[ToolCall]) -> list[Deviation]:
+    """A streamed request's calls against the same request's non-streamed calls at temperature 0: the same
+    functions with the same arguments; arguments that are equal JSON in another spelling are named apart
+    (``tool.stream-arguments-text``), for a client that compares or caches the raw string sees them differ."""
+    names = ([c.name for c in whole], [c.name for c in pieces])
+    if names[0] != names[1]:
+        return [Deviation("tool.stream-differs", "tool_calls", f"streamed calls of {names[1]} != non-streamed "
+                                                               f"{names[0]}")]
+    out: list[Deviation] = []
+    for position, (one, other) in enumerate(zip(whole, pieces, strict=True)):
+        if one.arguments == other.arguments:
+            continue
+        path = f"tool_calls[{position}].function.arguments"
+        if _json_or_none(one.arguments) == _json_or_none(other.arguments) is not None:
+            out.append(Deviation("tool.stream-arguments-text", path, f"streamed {other.arguments!r} != non-streamed "
+                                                                     f"{one.arguments!r} (equal as JSON)"))
+        else:
+            out.append(Deviation("tool.stream-differs", path, f"streamed {other.arguments!r} != non-streamed "
+                                                              f"{one.arguments!r}"))
+    return out
+
+
+def _json_or_none(text: str) -> Any:
+    try:
+        return loads_strict(text)
+    except ValueError:
+        return None
+
+
 def valid_call(outcome: Outcome, request: ToolRequest) -> bool:
     """Whether a forced call came back whole and valid (the base vs compressed valid-call rate)."""
     return (outcome.ok and outcome.finish_reason() != "length" and bool(tool_calls(outcome))

@@ -187,3 +187,17 @@ def test_only_the_parameterless_finding_is_a_known_vllm_deviation() -> None:
     assert [k.key for k, _ in split_known(parameterless, KNOWN_VLLM_DEVIATIONS)[1]] == [
         "parameterless-tool-arguments-unconstrained"]
     assert split_known(broken, KNOWN_VLLM_DEVIATIONS)[0] == broken != []
+
+
+def test_streamed_calls_compare_by_text_then_by_json() -> None:
+    def calls(*arguments: str, name: str = "get_weather") -> list[T.ToolCall]:
+        return [T.ToolCall(f"call_{i}", "function", name, a) for i, a in enumerate(arguments)]
+
+    assert T.compare_streamed(calls('{"a": 1}'), calls('{"a": 1}')) == []
+    respelled = T.compare_streamed(calls('{"a": 1}'), calls('{\n "a":1}'))
+    assert [(d.rule, d.path) for d in respelled] == [("tool.stream-arguments-text", "tool_calls[0].function.arguments")]
+    assert [k.key for k, _ in split_known(respelled, KNOWN_VLLM_DEVIATIONS)[1]] == [
+        "required-call-arguments-reserialized"]
+    assert [d.rule for d in T.compare_streamed(calls('{"a": 1}'), calls('{"a": 2}'))] == ["tool.stream-differs"]
+    assert [d.rule for d in T.compare_streamed(calls("{}"), calls("{}", name="add"))] == ["tool.stream-differs"]
+    assert [d.rule for d in T.compare_streamed(calls("{}"), calls("{}", "{}"))] == ["tool.stream-differs"]
