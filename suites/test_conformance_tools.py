@@ -33,8 +33,9 @@ from pytest_vllm.session import SESSION_KEY
 # does not have. README "Tool calling and the Responses API" says what each path gave.
 # disable_any_whitespace: guided JSON without free whitespace, which SmolLM2 at temperature 0 can
 # repeat until max_tokens (seen: a '{}' call cut at 96 tokens on both servers); calls are also shorter.
+# It needs the xgrammar backend named: vLLM 0.32 refuses it with backend "auto".
 pytestmark = pytest.mark.vllm_server(tool_call_parser="hermes", enable_auto_tool_choice=True,
-                                     structured_outputs_config={"disable_any_whitespace": True},
+                                     structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True},
                                      env={"VLLM_ENFORCE_STRICT_TOOL_CALLING": "0"})
 FLAGS_HINT = ("--tool-call-parser <parser> (hermes for ChatML models such as SmolLM2), and --enable-auto-tool-choice "
               "for 'auto'")
