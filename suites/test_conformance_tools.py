@@ -9,7 +9,7 @@ a server that refuses a choice for want of these flags skips the properties that
 
 Budgets: the examples below are small (every forced call is up to ``TOOL_MAX_TOKENS`` guided
 tokens on a CPU server); ``--vllm-conformance-profile nightly`` runs ten times as many. The compressed
-server's valid-call rate must be at least ``--vllm-tool-call-budget`` (default 0.9) times the base's.
+server's valid-call rate must be at least ``--vllm-tool-call-budget`` (default 0.8) times the base's.
 """
 
 from __future__ import annotations
