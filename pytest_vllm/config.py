@@ -116,6 +116,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("conformance_profile", "--vllm-conformance-profile", "hypothesis profile of the OpenAI conformance "
            "properties: ci (bounded examples, derandomized, no shrinking) or nightly (10x examples, random, "
            "shrinking)", default="ci", metavar="ci|nightly", choices=("ci", "nightly")),
+    Option("tool_call_budget", "--vllm-tool-call-budget", "the compressed server's rate of valid tool calls over "
+           "the conformance suite's forced tool requests must be at least this fraction of the base server's",
+           kind="float", default=0.8, metavar="FRACTION", bounds=(0.0, 1.0)),
 )
 
 # Sub-tables [tool.pytest_vllm.<name>] beside the options.
@@ -166,6 +169,7 @@ class RunConfig:
     max_tolerance: float = 0.25
     report_dir: Path = Path(".pytest_vllm/reports")
     conformance_profile: str = "ci"
+    tool_call_budget: float = 0.8
     budgets: Mapping[str, Any] = field(default_factory=dict)  # [tool.pytest_vllm.budgets]
     accuracy: Mapping[str, Any] = field(default_factory=dict)  # [tool.pytest_vllm.accuracy]
 
@@ -227,6 +231,7 @@ class RunConfig:
             max_tolerance=max_tolerance,
             report_dir=under_root(Path(str(get("report_dir")))),
             conformance_profile=conformance_profile,
+            tool_call_budget=float(get("tool_call_budget")),
             budgets=dict(budgets),
             accuracy=dict(accuracy),
         )

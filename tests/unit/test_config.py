@@ -96,3 +96,14 @@ def test_startup_timeout_bounds_allow_a_long_boot_but_not_forever() -> None:
 def test_out_of_range_timeout_from_pyproject_is_refused_by_run_config(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="'inf' is out of range"):
         RunConfig.from_values(tmp_path, {"stop_timeout": "inf"}, environ={})
+
+
+@pytest.mark.parametrize("raw", ["0", "1.5", "-0.2", "nan", "90"])
+def test_tool_call_budget_is_a_fraction(raw: str) -> None:
+    with pytest.raises(UsageError, match=r"--vllm-tool-call-budget .* above 0 and at most 1 \(default 0.8\)"):
+        coerce(OPTIONS_BY_NAME["tool_call_budget"], raw)
+
+
+def test_tool_call_budget_reaches_the_run_config(tmp_path: Path) -> None:
+    assert RunConfig.from_values(tmp_path, {}, environ={}).tool_call_budget == 0.8
+    assert RunConfig.from_values(tmp_path, {"tool_call_budget": "0.75"}, environ={}).tool_call_budget == 0.75
