@@ -101,6 +101,7 @@ class PropertyRun:
         """Run ``check`` on examples of ``strategy`` (``examples`` is the CI budget; the profile
         scales it), then report the known deviations seen, if any, as an xfail."""
         from hypothesis import given
+        from hypothesis.errors import FlakyStrategyDefinition
 
         # wraps: hypothesis reads the check's signature (it passes the value by the check's parameter
         # name) and keys its database and derandomized seed on the check's own source.
@@ -117,6 +118,11 @@ class PropertyRun:
         self._generated = True
         try:
             self.profile.settings(examples)(given(strategy)(one_example))()
+        except FlakyStrategyDefinition as exc:
+            raise ConformanceFailure(
+                "a failing example could not be replayed: what it draws depends on the server's answers (a greedy "
+                "reference output), and the server answered the same request differently when hypothesis sent it "
+                "again; the server is not deterministic (see test_temperature_zero_is_deterministic)") from exc
         finally:
             self._generated = False
         self.finish()

@@ -132,3 +132,19 @@ def test_a_known_deviation_is_listed_as_known_and_a_clean_run_says_so() -> None:
     assert section is not None and section.tables[0].rows[0][-1] == "XFAIL (known: error-code-integer)"
     assert not section.failed and run.record.excused == {"error-code-integer": 1}
     assert Ledger().section() is None
+
+
+def test_a_failing_example_that_cannot_be_replayed_names_the_servers_nondeterminism() -> None:
+    from hypothesis import strategies as st
+
+    answers = iter(range(1, 1000))  # a server that answers the same request differently each time
+    run = run_for(Ledger(), "test_stop_sequences_end_the_output_before_them", ())
+
+    def check(data: st.DataObject) -> None:
+        reference = "x" * next(answers)
+        data.draw(st.integers(0, len(reference) - 1), label="stop starts at")
+        data.draw(st.sampled_from(list(reference)), label="stop")
+        raise AssertionError("the stop sequence is in the output")
+
+    with pytest.raises(ConformanceFailure, match="not deterministic"):
+        run.run(check, st.data(), examples=3)
