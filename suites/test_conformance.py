@@ -40,7 +40,7 @@ from hypothesis import strategies as st
 
 from pytest_vllm.conformance import strategies as S
 from pytest_vllm.conformance.deviations import Deviation
-from pytest_vllm.conformance.findings import MARKER
+from pytest_vllm.conformance.plugin import MARKER
 from pytest_vllm.conformance.runner import NotJudged, PropertyRun
 from pytest_vllm.conformance.tokens import detokenize, tokenize
 from pytest_vllm.conformance.validators import CHAT, COMPLETIONS, Outcome, check_forced_text, check_model_list

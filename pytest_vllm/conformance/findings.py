@@ -26,10 +26,6 @@ from pytest_vllm.conformance.replay import curl_line
 if TYPE_CHECKING:
     from pytest_vllm.conformance.probe import Exchange
 
-MARKER = "vllm_conformance_rules"
-MARKER_HELP = (f"{MARKER}(*patterns): the deviation rules (rule or rule@path, shell-style) this conformance "
-               "property exists to check; a deviation of another rule it meets is recorded as a finding of the "
-               "run instead of failing it. No marker: every rule no selected property declares.")
 UNCLAIMED = "*"  # the patterns of a property without the marker: rules nobody else claims
 
 RESPONSE_EXCERPT = 400

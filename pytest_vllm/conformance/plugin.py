@@ -28,9 +28,15 @@ if TYPE_CHECKING:
 LEDGER_KEY = pytest.StashKey["Ledger"]()
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    from pytest_vllm.conformance.findings import MARKER_HELP
+# The marker a conformance test names its rules with (``findings``); here so that registering it
+# loads nothing of the conformance machinery.
+MARKER = "vllm_conformance_rules"
+MARKER_HELP = (f"{MARKER}(*patterns): the deviation rules (rule or rule@path, shell-style) this conformance "
+               "property exists to check; a deviation of another rule it meets is recorded as a finding of the "
+               "run instead of failing it. No marker: every rule no selected property declares.")
 
+
+def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_HELP)
 
 
@@ -68,7 +74,7 @@ def property_run(request: pytest.FixtureRequest, server: ServerHandle, label: st
 
 
 def _rules_of(item: pytest.Item) -> tuple[str, ...]:
-    from pytest_vllm.conformance.findings import MARKER, UNCLAIMED
+    from pytest_vllm.conformance.findings import UNCLAIMED
 
     marker = item.get_closest_marker(MARKER)
     return (UNCLAIMED,) if marker is None else tuple(str(pattern) for pattern in marker.args)
