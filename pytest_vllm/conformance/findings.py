@@ -66,13 +66,16 @@ class Example:
 
 @dataclass
 class Finding:
-    """One distinct deviation: a rule at a generic path (and, when known, the allowance it matches)."""
+    """One distinct deviation: a rule (a schema rule: at one generic path, the field being the
+    deviation; any other rule wherever it occurs, its paths listed) and, when known, the allowance
+    it matches."""
 
     rule: str
-    path: str  # generic path ("" for the whole exchange)
-    message: str  # the first occurrence's message
+    path: str  # generic path of a schema rule; "" for any other rule (see ``paths``)
+    message: str  # the smallest example's message
     known: str = ""  # the KnownDeviation's key when the server's family is known to have it
     occurrences: int = 0
+    paths: dict[str, int] = field(default_factory=dict)  # generic path ("" the whole exchange) -> occurrences
     where: dict[str, int] = field(default_factory=dict)  # "POST /v1/chat/completions" -> occurrences
     servers: dict[str, int] = field(default_factory=dict)
     met_in: dict[str, int] = field(default_factory=dict)  # property -> occurrences
@@ -85,7 +88,9 @@ class Finding:
 
 
 def finding_key(deviation: Deviation, known: str = "") -> tuple[str, str, str]:
-    return deviation.rule, generic_path(deviation.path), known
+    """What makes a deviation distinct: its rule, and for a schema rule the field. An invalid request
+    accepted is one deviation whichever parameter was wrong (its paths list them)."""
+    return deviation.rule, generic_path(deviation.path) if deviation.rule.startswith("schema.") else "", known
 
 
 def endpoint_of(exchange: Exchange | None) -> str:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_vllm.conformance.deviations import Deviation
+from pytest_vllm.conformance.deviations import Deviation, generic_path
 from pytest_vllm.conformance.findings import Finding, Ownership, endpoint_of, example_of, finding_key
 
 if TYPE_CHECKING:
@@ -70,6 +70,8 @@ class Ledger:
         if finding is None:
             finding = self.findings[key] = Finding(key[0], key[1], deviation.message, known=known)
         finding.occurrences += 1
+        path = generic_path(deviation.path)
+        finding.paths[path] = finding.paths.get(path, 0) + 1
         where = endpoint_of(exchange)
         finding.where[where] = finding.where.get(where, 0) + 1
         finding.servers[server] = finding.servers.get(server, 0) + 1
@@ -92,7 +94,7 @@ class Ledger:
         if failed:
             return "FAIL: " + _names(failed)
         owners = [self.records[n] for n, ownership in self.ownerships.items()
-                  if ownership.owns(Deviation(finding.rule, finding.path, finding.message))]
+                  if any(ownership.owns(Deviation(finding.rule, path, finding.message)) for path in finding.paths)]
         if not owners:
             return "FAIL (session): no selected property owns its rule"
         stopped = [r for r in owners if r.verdict in (FAIL, ERROR)]
@@ -176,7 +178,8 @@ class Ledger:
         table = Table(f"OpenAI API deviations: {new} distinct found, {len(findings) - new} known",
                       ["#", "rule", "where", "occurrences", "servers", "met in", "verdict"])
         for i, finding in enumerate(findings, 1):
-            where = f"{finding.path or '(whole exchange)'} in {', '.join(finding.where)}"
+            paths = ", ".join(p or "(whole exchange)" for p in finding.paths)
+            where = f"{paths if len(paths) <= 80 else paths[:77] + '...'} in {', '.join(finding.where)}"
             met_in = [f"{p} ({n})" for p, n in finding.met_in.items()]
             shown = ", ".join(met_in[:3]) + (f" and {len(met_in) - 3} more" if len(met_in) > 3 else "")
             table.add(i, finding.rule, where, finding.occurrences, ", ".join(finding.servers), shown,

@@ -57,10 +57,10 @@ def test_a_deviation_of_another_rule_is_recorded_once_and_does_not_fail_the_prop
     greedy.finish()  # no xfail, no skip: the property judged both examples itself
     (finding,) = ledger.findings.values()
     assert (finding.key, finding.occurrences, finding.met_in) == (
-        "usage.max_tokens@usage", 2, {"test_temperature_zero_is_deterministic": 2})
+        "usage.max_tokens", 2, {"test_temperature_zero_is_deterministic": 2})
     assert finding.where == {"POST /v1/chat/completions": 2}
     assert finding.example is not None and "--data-binary '{\"max_tokens\": 1}'" in finding.example.curl
-    assert greedy.record.findings == {"usage.max_tokens@usage": 2}
+    assert greedy.record.findings == {"usage.max_tokens": 2}
 
     owner = run_for(ledger, "test_max_tokens_is_respected", ("usage.max_tokens",))
     with pytest.raises(ConformanceFailure, match="completion_tokens 7 exceeds max_tokens 1"):
@@ -76,7 +76,7 @@ def test_the_owner_reports_a_finding_and_one_nobody_owned_fails_the_session() ->
     assert session.exitstatus == pytest.ExitCode.TESTS_FAILED
     section = ledger.section()
     assert section is not None and section.failed
-    assert section.data["unreported_deviations"] == ["usage.max_tokens@usage"]
+    assert section.data["unreported_deviations"] == ["usage.max_tokens"]
     assert section.tables[0].rows[0][-1] == "FAIL (session): no selected property owns its rule"
 
     owner = run_for(ledger, "test_max_tokens_is_respected", ("usage.max_tokens",))
@@ -106,6 +106,16 @@ def test_a_property_whose_every_example_a_finding_spoiled_is_skipped_naming_it()
     with pytest.raises(Skipped, match=r"not judged: .*http\.status"):
         run.once(check)
     assert run.record.not_judged == 1
+
+
+def test_an_accepted_invalid_request_is_one_finding_whichever_parameter_and_a_schema_rule_one_per_field() -> None:
+    ledger = Ledger()
+    run = run_for(ledger, "p", ())
+    run.expect([Deviation("error.accepted", "messages", "accepted"), Deviation("error.accepted", "logit_bias", "a"),
+                NO_CREATED, Deviation("schema.missing", "data[0].owned_by", "missing")], "x")
+    assert sorted(f.key for f in ledger.findings.values()) == [
+        "error.accepted", "schema.missing@data[*].created", "schema.missing@data[*].owned_by"]
+    assert ledger.findings[("error.accepted", "", "")].paths == {"messages": 1, "logit_bias": 1}
 
 
 def test_the_smallest_example_is_kept() -> None:
