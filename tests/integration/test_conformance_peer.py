@@ -46,8 +46,10 @@ EXPECTED_RULES = {
     "http.5xx",  # a malformed JSON body answered 500 Internal Server Error (text/plain)
     "echo.prompt",  # a streamed completion with echo does not start with the prompt
     "logprobs.top-count",  # more top_logprobs than asked
-    "http.connection-dropped",  # after a 500 the connection is closed without 'Connection: close'
 }
+# Seen in some runs only: whether the server has closed the pooled connection (without 'Connection:
+# close', after a 500) before the next request goes out is a matter of timing.
+OCCASIONAL_RULES = {"http.connection-dropped"}
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +98,8 @@ def test_a_peer_server_gets_one_finding_per_deviation(pytester: pytest.Pytester,
     conformance = results["conformance"]
     found = {d["key"]: d for d in conformance["deviations"] if not d["known"]}
     rules = {d["rule"] for d in found.values()}
-    assert rules == EXPECTED_RULES, f"deviations found: {sorted(found)}\n{terminal[-6000:]}"
+    assert EXPECTED_RULES <= rules <= EXPECTED_RULES | OCCASIONAL_RULES, (
+        f"deviations found: {sorted(found)}\n{terminal[-6000:]}")
     assert len(found) == len(rules), "one finding per rule (a schema rule per field: only data[*].created here)"
     assert "schema.missing@data[*].created" in found and "logit_bias" in found["error.accepted"]["paths"]
     assert not any(d["known"] for d in conformance["deviations"]), "llama-cpp-python has no known deviations"
