@@ -47,9 +47,11 @@ EXPECTED_RULES = {
     "echo.prompt",  # a streamed completion with echo does not start with the prompt
     "logprobs.top-count",  # more top_logprobs than asked
 }
-# Seen in some runs only: whether the server has closed the pooled connection (without 'Connection:
-# close', after a 500) before the next request goes out is a matter of timing.
-OCCASIONAL_RULES = {"http.connection-dropped"}
+# Seen in some runs only, a matter of timing: whether the server has closed the pooled connection
+# (without 'Connection: close', after a 500) before the next request goes out; whether a chat request
+# whose max_completion_tokens the server ignores (it generates to the end of its context) outlasts
+# the probe's timeout on a loaded machine.
+OCCASIONAL_RULES = {"http.connection-dropped", "http.no-response"}
 
 
 @pytest.fixture(scope="module")
