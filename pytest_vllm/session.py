@@ -303,7 +303,8 @@ class VLLMSession:
         sections = self.sections()
         if not sections:
             return [], []
-        info = {"verdict": "PASS" if exitstatus == 0 else "FAIL", "gpu": self.profile.name,
+        failed = exitstatus != 0 or any(section.failed for section in sections)
+        info = {"verdict": "FAIL" if failed else "PASS", "gpu": self.profile.name,
                 "host_class": self.host_class, "device": self.device.name, "vllm_version": self.vllm_version,
                 "exit_status": int(exitstatus)}
         report_dir = self.config.report_dir / self.worker.id if self.worker else self.config.report_dir

@@ -12,6 +12,13 @@ error body is validated strictly against openai-python's types and the API refer
 - Errors: invalid requests get a 4xx with an OpenAI error object; the server stays healthy and
   keeps answering the canary the same way; no request, however odd, gets a 5xx.
 
+One finding per deviation: each property names the rules it exists to check
+(``@rules(...)``, the ``vllm_conformance_rules`` marker; the contract properties carry none and so
+own every rule nobody claims). A deviation of another rule met on the way is recorded once in the
+run's list of deviations, under its rule, and the property goes on judging its own behaviour: a
+greedy-determinism property on a server whose usage counts are wrong still says whether greedy
+output is deterministic.
+
 The ``conformance`` and ``conformance_pair`` fixtures come with the plugin
 (``pytest_vllm.conformance.plugin``): a conformance test of your own needs nothing from this file.
 A failure prints every request of the failing example as JSON and as a curl line. vLLM's known
@@ -33,17 +40,23 @@ from hypothesis import strategies as st
 
 from pytest_vllm.conformance import strategies as S
 from pytest_vllm.conformance.deviations import Deviation
-from pytest_vllm.conformance.runner import PropertyRun
+from pytest_vllm.conformance.plugin import MARKER
+from pytest_vllm.conformance.runner import NotJudged, PropertyRun
 from pytest_vllm.conformance.tokens import detokenize, tokenize
 from pytest_vllm.conformance.validators import CHAT, COMPLETIONS, Outcome, check_forced_text, check_model_list
+
+rules = getattr(pytest.mark, MARKER)  # the deviation rules a property exists to check
 
 # Words whose first token is an ordinary one in any English vocabulary (for logit_bias).
 BIAS_WORDS = (" banana", " hello", " blue", " Paris", " yes", " cat", "!", " seven")
 
 
 def usage_tokens(outcome: Outcome) -> int:
+    """The completion's token count; without one (a schema or stream finding, recorded under its own
+    rule) the example has nothing to count."""
     tokens = outcome.completion_tokens
-    assert tokens is not None, "the response carries no usage.completion_tokens"
+    if tokens is None:
+        raise NotJudged("the response carries no usage.completion_tokens")
     return tokens
 
 
@@ -81,6 +94,7 @@ def test_completion_streams_conform(conformance: PropertyRun) -> None:
 
 
 # -- behaviour -----------------------------------------------------------------------------------------
+@rules()
 def test_temperature_zero_is_deterministic(conformance: PropertyRun) -> None:
     def check(request: tuple[str, dict[str, Any]]) -> None:
         endpoint, body = request
@@ -91,6 +105,7 @@ def test_temperature_zero_is_deterministic(conformance: PropertyRun) -> None:
     conformance.run(check, S.greedy_requests(extensions=conformance.extensions), examples=15)
 
 
+@rules()
 def test_seed_reproduces_sampled_output(conformance: PropertyRun) -> None:
     def check(request: tuple[str, dict[str, Any]]) -> None:
         endpoint, body = request
@@ -101,6 +116,7 @@ def test_seed_reproduces_sampled_output(conformance: PropertyRun) -> None:
     conformance.run(check, S.seeded_requests(extensions=conformance.extensions), examples=15)
 
 
+@rules()
 def test_stream_equals_non_stream_at_temperature_zero(conformance: PropertyRun) -> None:
     def check(request: tuple[str, dict[str, Any]]) -> None:
         endpoint, body = request
@@ -108,7 +124,7 @@ def test_stream_equals_non_stream_at_temperature_zero(conformance: PropertyRun) 
         pieces = conformance.send(endpoint, streamed(body))
         assert pieces.texts() == whole.texts(), f"streamed {pieces.texts()!r} != non-streamed {whole.texts()!r}"
         assert pieces.finish_reason() == whole.finish_reason()
-        if whole.completion_tokens is not None:
+        if whole.completion_tokens is not None and pieces.completion_tokens is not None:  # else: a finding
             assert pieces.completion_tokens == whole.completion_tokens
 
     conformance.run(check, S.greedy_requests(max_tokens=12, extensions=conformance.extensions), examples=15)
@@ -122,9 +138,10 @@ def limited_requests(draw: st.DrawFn, ignore_eos_allowed: bool) -> tuple[str, di
     ignore_eos = ignore_eos_allowed and draw(st.booleans())
     if ignore_eos:
         body["ignore_eos"] = True
-    return endpoint, streamed(body), ignore_eos
+    return endpoint, streamed(body) if draw(st.booleans()) else body, ignore_eos
 
 
+@rules("usage.max_tokens")
 def test_max_tokens_is_respected(conformance: PropertyRun) -> None:
     def check(request: tuple[str, dict[str, Any], bool]) -> None:
         endpoint, body, ignore_eos = request
@@ -141,6 +158,7 @@ def test_max_tokens_is_respected(conformance: PropertyRun) -> None:
     conformance.run(check, limited_requests("ignore_eos" in conformance.extensions), examples=15)
 
 
+@rules("stop.in-output")
 def test_stop_sequences_end_the_output_before_them(conformance: PropertyRun) -> None:
     def check(data: st.DataObject) -> None:
         endpoint, body = data.draw(S.prompts(), label="prompt")
@@ -172,6 +190,7 @@ def n_requests(draw: st.DrawFn) -> tuple[str, dict[str, Any], int]:
     return endpoint, body, n
 
 
+@rules("choices.index")
 def test_n_gives_n_choices_indexed_from_zero(conformance: PropertyRun) -> None:
     def check(request: tuple[str, dict[str, Any], int]) -> None:
         endpoint, body, n = request
@@ -193,6 +212,7 @@ def test_n_above_one_is_accepted_at_temperature_zero(conformance: PropertyRun) -
     conformance.once(check)
 
 
+@rules()
 def test_min_tokens_is_honoured(conformance: PropertyRun) -> None:
     """stop_token_ids set to the first greedy token ends generation at once; min_tokens holds it off."""
     conformance.require("min_tokens", "stop_token_ids")
@@ -229,6 +249,7 @@ def token_logprobs(outcome: Outcome) -> list[tuple[str, float, dict[str, float]]
                     [top or {} for top in logprobs.get("top_logprobs") or []], strict=False))
 
 
+@rules("sampling.top-k-one")
 def test_top_k_one_equals_greedy(conformance: PropertyRun) -> None:
     """top_k=1 at any temperature picks the most likely token, as greedy decoding does. Where two
     tokens tie exactly (common in bfloat16 logits on a GPU), either is the most likely one: the
@@ -256,6 +277,7 @@ def test_top_k_one_equals_greedy(conformance: PropertyRun) -> None:
     conformance.run(check, st.tuples(strategy, st.floats(0.5, 1.5), S.seeds), examples=15)
 
 
+@rules("logit_bias.*")
 def test_logit_bias_forces_its_token(conformance: PropertyRun) -> None:
     def check(request: tuple[tuple[str, dict[str, Any]], str, int, bool]) -> None:
         (endpoint, body), word, limit, stream = request
@@ -272,6 +294,7 @@ def test_logit_bias_forces_its_token(conformance: PropertyRun) -> None:
     conformance.run(check, strategy, examples=10)
 
 
+@rules("text.not-generated")
 def test_completion_text_holds_only_generated_tokens(conformance: PropertyRun) -> None:
     """A prompt ending in a character the tokenizer splits into byte tokens (a rare supplementary-plane
     code point): the completion's text must still be exactly the generated tokens' text."""
@@ -316,6 +339,7 @@ def structured_requests(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, Any]
     return body, schema
 
 
+@rules()
 def test_json_response_formats_yield_valid_json(conformance: PropertyRun) -> None:
     def check(request: tuple[dict[str, Any], dict[str, Any] | None]) -> None:
         body, schema = request
@@ -338,6 +362,7 @@ def echo_requests(draw: st.DrawFn) -> dict[str, Any]:
     return streamed(body) if draw(st.booleans()) else body
 
 
+@rules("echo.prompt")
 def test_echo_returns_the_prompt_first(conformance: PropertyRun) -> None:
     def check(body: dict[str, Any]) -> None:
         outcome = conformance.send(COMPLETIONS, body)  # the validator checks the prefix too
@@ -347,6 +372,7 @@ def test_echo_returns_the_prompt_first(conformance: PropertyRun) -> None:
 
 
 # -- errors --------------------------------------------------------------------------------------------
+@rules("error.accepted", "error.status")
 def test_invalid_requests_get_a_4xx_error_object_and_the_server_stays_healthy(conformance: PropertyRun) -> None:
     def check(invalid: S.Invalid) -> None:
         conformance.canary()  # the reference answer, taken before any bad request
@@ -361,6 +387,7 @@ def test_invalid_requests_get_a_4xx_error_object_and_the_server_stays_healthy(co
     conformance.run(check, strategy, examples=60)
 
 
+@rules("schema.*@error*", "error.content-type", "error.json")
 def test_error_bodies_follow_the_openai_error_schema(conformance: PropertyRun) -> None:
     """Every refusal is ``{"error": {"message", "type", "param", "code"}}`` with OpenAI's types."""
     def check(invalid: S.Invalid) -> None:
@@ -372,6 +399,7 @@ def test_error_bodies_follow_the_openai_error_schema(conformance: PropertyRun) -
     conformance.run(check, strategy, examples=15)
 
 
+@rules("http.5xx")
 def test_odd_requests_never_get_a_5xx(conformance: PropertyRun) -> None:
     def check(request: tuple[str, dict[str, Any]]) -> None:
         endpoint, body = request
@@ -383,6 +411,7 @@ def test_odd_requests_never_get_a_5xx(conformance: PropertyRun) -> None:
     conformance.run(check, S.hostile_requests(conformance.model), examples=50)
 
 
+@rules("error.accepted@logit_bias")
 def test_logit_bias_outside_the_documented_range_is_refused(conformance: PropertyRun) -> None:
     """The API reference allows -100..100; vLLM accepts more (a known deviation)."""
     def check() -> None:
@@ -396,6 +425,7 @@ def test_logit_bias_outside_the_documented_range_is_refused(conformance: Propert
 @pytest.mark.skipif(importlib.util.find_spec("schemathesis") is None,
                     reason="optional: pip install 'pytest-vllm[openapi]' (schemathesis) to fuzz the endpoints of the "
                            "server's /openapi.json")
+@rules("*@GET /*", "*@POST /*")  # openapi.check puts the request ("POST /tokenize") where a path goes
 def test_documented_endpoints_never_get_a_5xx(conformance: PropertyRun) -> None:
     """Schemathesis over the server's /openapi.json: tokenizer, models, version and health endpoints."""
     from pytest_vllm.conformance import openapi
@@ -444,6 +474,7 @@ def any_requests(draw: st.DrawFn, model: str, extensions: frozenset[str]) -> tup
     return invalid.endpoint, invalid.body
 
 
+@rules()
 def test_compressed_server_keeps_the_base_servers_api_behaviour(conformance_pair: tuple[PropertyRun, PropertyRun]
                                                                 ) -> None:
     base, compressed = conformance_pair

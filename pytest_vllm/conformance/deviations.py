@@ -36,8 +36,9 @@ def generic_path(path: str) -> str:
 class KnownDeviation:
     """A deviation the server under test is known to have, reported as an expected failure.
 
-    ``server`` names the implementation it is known for: the allowance applies only to servers of
-    that kind, so the same finding on any other server is a plain failure. ``owner`` names the one
+    ``server`` names the server family it is known for (``families``: detected from what the server
+    reports about itself): the allowance applies only to servers of that family, so the same
+    finding on any other server is a plain failure. ``owner`` names the one
     property that reports it (as its xfail) when the deviation shows up everywhere, like the shape
     of every error body; other properties then go on judging the rest of the exchange.
     """
@@ -49,10 +50,10 @@ class KnownDeviation:
     message: str = ""  # a regular expression the deviation's message must match ("" matches any)
     server: str = "vllm"
     owner: str = ""  # the test function that reports it ("" : whichever property meets it)
-    before: str = ""  # the first vLLM version without it ("": every version has it)
+    before: str = ""  # the first version of the family without it ("": every version has it)
 
     def applies_to(self, version: str | None) -> bool:
-        """Whether a server of this vLLM version may have it (an unknown version: yes)."""
+        """Whether a server of this version (of its family) may have it (an unknown version: yes)."""
         if not self.before or version is None:
             return True
         try:
@@ -184,9 +185,22 @@ KNOWN_VLLM_DEVIATIONS: tuple[KnownDeviation, ...] = (
 )
 
 
+# Every family's known deviations. Another family's go here with ``server=`` its name
+# (``families.DETECTORS`` must recognise it); llama-cpp-python has none declared, so a run against it
+# reports everything it finds.
+KNOWN_DEVIATIONS: tuple[KnownDeviation, ...] = KNOWN_VLLM_DEVIATIONS
+
+
 def applicable(known: Sequence[KnownDeviation], version: str | None) -> tuple[KnownDeviation, ...]:
-    """The known deviations a server of this vLLM version may have."""
+    """The known deviations a server of this version (of their family) may have."""
     return tuple(k for k in known if k.applies_to(version))
+
+
+def known_for(family: str | None, version: str | None) -> tuple[KnownDeviation, ...]:
+    """The known deviations of a server of this family and version (none for an unknown family)."""
+    if family is None:
+        return ()
+    return applicable(tuple(k for k in KNOWN_DEVIATIONS if k.server == family), version)
 
 
 def split_known(found: Iterable[Deviation], known: Sequence[KnownDeviation]

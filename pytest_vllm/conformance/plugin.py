@@ -4,8 +4,9 @@ attached the way every gate attaches (``session.gate_state``).
 
 A conformance test of your own needs nothing else: take ``conformance`` (one property on one
 server, once per server) or ``conformance_pair`` (both servers at once) and call its
-``run``/``once``/``send``/``expect``. Validators, strategies and the openai SDK load on first use,
-so ``pytest --help`` stays fast.
+``run``/``once``/``send``/``expect``; the ``vllm_conformance_rules`` marker names the rules it
+exists to check (``findings``), without it a test judges every rule no other test claims.
+Validators, strategies and the openai SDK load on first use, so ``pytest --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -27,6 +28,18 @@ if TYPE_CHECKING:
 LEDGER_KEY = pytest.StashKey["Ledger"]()
 
 
+# The marker a conformance test names its rules with (``findings``); here so that registering it
+# loads nothing of the conformance machinery.
+MARKER = "vllm_conformance_rules"
+MARKER_HELP = (f"{MARKER}(*patterns): the deviation rules (rule or rule@path, shell-style) this conformance "
+               "property exists to check; a deviation of another rule it meets is recorded as a finding of the "
+               "run instead of failing it. No marker: every rule no selected property declares.")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", MARKER_HELP)
+
+
 def _make_ledger(config: pytest.Config, session: VLLMSession) -> tuple[Ledger, SectionProvider]:
     from pytest_vllm.conformance.ledger import Ledger
 
@@ -42,20 +55,39 @@ def ledger(config: pytest.Config) -> Ledger:
 
 def property_run(request: pytest.FixtureRequest, server: ServerHandle, label: str, probe: Probe,
                  peers: tuple[PropertyRun, ...] = ()) -> PropertyRun:
-    """One property on one server: its ledger row, the known deviations of its vLLM version and
-    the extensions it serves."""
-    from pytest_vllm.conformance import extensions
-    from pytest_vllm.conformance.deviations import KNOWN_VLLM_DEVIATIONS, applicable
-    from pytest_vllm.conformance.runner import PropertyRun, vllm_version
+    """One property on one server: its ledger row, the rules it owns, the server's family (and the
+    known deviations of its version) and the extensions it serves."""
+    from pytest_vllm.conformance import extensions, families
+    from pytest_vllm.conformance.deviations import known_for
+    from pytest_vllm.conformance.findings import Ownership
+    from pytest_vllm.conformance.runner import PropertyRun
 
     session = request.config.stash[SESSION_KEY]
     profile = get_profile(session.config.conformance_profile)
-    record = ledger(request.config).record(request.node.nodeid, request.node.originalname, label)
-    version = vllm_version(probe, booted_version=None if server.is_remote else session.vllm_version)
-    vllm = version is not None
+    run_ledger = ledger(request.config)
+    record = run_ledger.record(request.node.nodeid, request.node.originalname, label)
+    family = families.identify(probe, booted_vllm_version=None if server.is_remote else session.vllm_version)
     return PropertyRun(model=server.model, probe=probe, record=record, profile=profile, peers=peers,
-                       known=applicable(KNOWN_VLLM_DEVIATIONS, version) if vllm else (),
-                       extensions=extensions.supported(probe, server.model, vllm=vllm))
+                       known=known_for(family.name, family.version), family=family, ledger=run_ledger,
+                       ownership=Ownership(own=_rules_of(request.node), claimed=_claimed(request.session, run_ledger)),
+                       extensions=extensions.supported(probe, server.model, vllm=family.name == families.VLLM))
+
+
+def _rules_of(item: pytest.Item) -> tuple[str, ...]:
+    from pytest_vllm.conformance.findings import UNCLAIMED
+
+    marker = item.get_closest_marker(MARKER)
+    return (UNCLAIMED,) if marker is None else tuple(str(pattern) for pattern in marker.args)
+
+
+def _claimed(session: pytest.Session, run_ledger: Ledger) -> tuple[str, ...]:
+    """Every rule pattern a selected test declares (asked once): what the unmarked tests do not own."""
+    from pytest_vllm.conformance.findings import UNCLAIMED
+
+    if run_ledger.claimed is None:
+        patterns = (p for item in session.items for p in _rules_of(item) if p != UNCLAIMED)
+        run_ledger.claimed = tuple(dict.fromkeys(patterns))
+    return run_ledger.claimed
 
 
 @pytest.fixture

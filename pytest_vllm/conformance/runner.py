@@ -2,8 +2,14 @@
 
 It applies the hypothesis profile, counts examples into the ledger, attaches the requests of a
 failing example (JSON and curl) to the failure, separates the server's known deviations (an
-xfail naming them at the end, never a silent pass) from new ones (a failure), and checks that
-the server is still healthy and still answers correctly after rejected requests.
+xfail naming them at the end, never a silent pass) from new ones, and checks that the server is
+still healthy and still answers correctly after rejected requests.
+
+A new deviation fails the property only when the property owns its rule (``findings.Ownership``);
+one of another rule is recorded in the ledger as a finding and the property goes on judging its
+own behaviour. An example that a finding leaves nothing to judge on (a valid request refused, an
+unreadable body) is not judged; a property that could judge none of its examples is skipped with
+the findings named, which the ledger reports under their own rules.
 """
 
 from __future__ import annotations
@@ -16,6 +22,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_vllm.conformance.deviations import Deviation, KnownDeviation, split_known
+from pytest_vllm.conformance.families import VLLM, ServerFamily
+from pytest_vllm.conformance.findings import EVERY_RULE, Ownership
+from pytest_vllm.conformance.ledger import Ledger
 from pytest_vllm.conformance.validators import (
     CHAT,
     ENDPOINTS,
@@ -42,6 +51,11 @@ class ConformanceFailure(AssertionError):
     """A server broke the OpenAI contract; the message lists every deviation found."""
 
 
+class NotJudged(Exception):  # noqa: N818 - an outcome, not an error
+    """This example leaves the property nothing to judge: a deviation of another rule (a finding,
+    recorded in the ledger) took away what the property checks, e.g. a valid request refused."""
+
+
 def add_note(exc: BaseException, note: str) -> None:
     """Attach ``note`` to the exception (PEP 678); pytest and hypothesis print it with the failure."""
     if hasattr(exc, "add_note"):
@@ -56,15 +70,21 @@ class PropertyRun:
 
     def __init__(self, *, model: str, probe: Probe, record: PropertyRecord, profile: Profile,
                  known: Sequence[KnownDeviation] = (), peers: Sequence[PropertyRun] = (),
-                 extensions: frozenset[str] = frozenset()) -> None:
+                 extensions: frozenset[str] = frozenset(), family: ServerFamily | None = None,
+                 ownership: Ownership = EVERY_RULE, ledger: Ledger | None = None) -> None:
         self.model = model
         self.probe = probe
         self.record = record
         self.profile = profile
         self.known = tuple(known)
         self.peers = tuple(peers)  # other servers the same property talks to (base vs compressed)
-        self.vllm = bool(self.known)  # vLLM's extensions (return_token_ids, ...) may be used
+        self.family = family or ServerFamily(VLLM if self.known else None)
+        self.vllm = self.family.name == VLLM  # vLLM's extensions (return_token_ids, ...) may be used
         self.extensions = extensions  # vLLM's sampling extensions the server accepts
+        self.ownership = ownership
+        self.ledger = ledger if ledger is not None else Ledger()
+        self.ledger.ownerships[record.nodeid] = ownership
+        self.server = f"{record.server} ({self.family.describe()})"  # as findings name it
         self.expected: list[tuple[KnownDeviation, Deviation]] = []
         self._canary: str | None = None
         self._liveness: str | None = None
@@ -81,17 +101,28 @@ class PropertyRun:
         """Run ``check`` on examples of ``strategy`` (``examples`` is the CI budget; the profile
         scales it), then report the known deviations seen, if any, as an xfail."""
         from hypothesis import given
+        from hypothesis.errors import FlakyStrategyDefinition
 
         # wraps: hypothesis reads the check's signature (it passes the value by the check's parameter
         # name) and keys its database and derandomized seed on the check's own source.
         @functools.wraps(check)
         def one_example(*args: Any, **kwargs: Any) -> None:
             with self.example():
-                check(*args, **kwargs)
+                try:
+                    check(*args, **kwargs)
+                except NotJudged:
+                    # counted, not replaced by another example (hypothesis' assume): a server that
+                    # refuses every request of a kind would cost ten times the budget
+                    self.record.not_judged += 1
 
         self._generated = True
         try:
             self.profile.settings(examples)(given(strategy)(one_example))()
+        except FlakyStrategyDefinition as exc:
+            raise ConformanceFailure(
+                "a failing example could not be replayed: what it draws depends on the server's answers (a greedy "
+                "reference output), and the server answered the same request differently when hypothesis sent it "
+                "again; the server is not deterministic (see test_temperature_zero_is_deterministic)") from exc
         finally:
             self._generated = False
         self.finish()
@@ -99,7 +130,10 @@ class PropertyRun:
     def once(self, check: Callable[[], None]) -> None:
         """A check that needs no generated input: one example, then the same verdict rules."""
         with self.example():
-            check()
+            try:
+                check()
+            except NotJudged:
+                self.record.not_judged += 1
         self.finish()
 
     @contextmanager
@@ -124,31 +158,46 @@ class PropertyRun:
     def finish(self) -> None:
         """After all examples: an xfail naming the known deviations seen, if any."""
         expected = [*self.expected, *(pair for peer in self.peers for pair in peer.expected)]
-        if not expected:
-            return
-        self.expected = expected
-        keys = list(dict.fromkeys(k.key for k, _ in self.expected))
-        self.record.known_deviations = keys
-        reasons = list(dict.fromkeys(k.reason for k, _ in self.expected))
-        pytest.xfail(f"known deviation ({', '.join(keys)}): " + "; ".join(reasons)
-                     + f" [{len(self.expected)} occurrence(s) in {self.record.examples} example(s); every other "
-                       "check passed]")
+        if expected:
+            self.expected = expected
+            keys = list(dict.fromkeys(k.key for k, _ in self.expected))
+            self.record.known_deviations = keys
+            reasons = list(dict.fromkeys(k.reason for k, _ in self.expected))
+            pytest.xfail(f"known deviation ({', '.join(keys)}): " + "; ".join(reasons)
+                         + f" [{len(self.expected)} occurrence(s) in {self.record.examples} example(s); every other "
+                           "check passed]")
+        if self.record.not_judged and self.record.not_judged >= self.record.examples:
+            pytest.skip(f"not judged: each of its {self.record.examples} example(s) met a deviation of another "
+                        f"rule that left nothing to check ({', '.join(self.record.findings)}); the ledger reports "
+                        "those findings under their own rules")
 
     # -- checking ---------------------------------------------------------------------------------
-    def expect(self, deviations: Sequence[Deviation], what: str) -> None:
-        """Fail on any deviation that is not a known one of this server.
+    def expect(self, deviations: Sequence[Deviation], what: str, exchange: Exchange | None = None) -> list[Deviation]:
+        """Fail on any deviation that is not a known one of this server and whose rule this property owns.
 
         A known deviation owned by another property is counted in the ledger (that property's xfail
         reports it) and does not hide what this property checks; any other known one makes this
-        property an xfail at the end."""
+        property an xfail at the end. A new deviation of a rule another property owns is recorded
+        in the ledger as a finding, not raised: returned, so that the caller knows what it met.
+        ``exchange`` (default: the last request of this example) is the finding's example."""
+        if exchange is None and self.probe.history:
+            exchange = self.probe.history[-1]
         new, known = split_known(deviations, self.known)
         for deviation, found in known:
+            self.ledger.note(found, exchange, server=self.server, record=self.record, owned=False,
+                             known=deviation.key)
             if deviation.owner and deviation.owner != self.record.property:
                 self.record.excused[deviation.key] = self.record.excused.get(deviation.key, 0) + 1
             else:
                 self.expected.append((deviation, found))
-        if new:
-            raise ConformanceFailure(f"{what}: {len(new)} deviation(s) from the OpenAI API\n{summarize(new)}")
+        own = [d for d in new if self.ownership.owns(d)]
+        foreign = [d for d in new if not self.ownership.owns(d)]
+        for deviation in new:
+            self.ledger.note(deviation, exchange, server=self.server, record=self.record,
+                             owned=deviation in own)
+        if own:
+            raise ConformanceFailure(f"{what}: {len(own)} deviation(s) from the OpenAI API\n{summarize(own)}")
+        return foreign
 
     def send(self, endpoint: str, body: dict[str, Any], what: str | None = None) -> Outcome:
         """A valid request: it must answer 200 with a conforming response (or stream).
@@ -158,7 +207,10 @@ class PropertyRun:
         ``assume``), the deviation being counted and reported as known."""
         exchange = self.probe.post(ENDPOINTS[endpoint], self.with_model(body))
         outcome = check_response(exchange, endpoint, exchange.body)
-        self.expect(outcome.deviations, what or f"valid {endpoint} request")
+        foreign = self.expect(outcome.deviations, what or f"valid {endpoint} request", exchange)
+        unusable = exchange.status != 200 or not outcome.documents
+        if unusable and foreign:
+            raise NotJudged(f"{what or endpoint}: {foreign[0]}")
         self.discard_if_refused(exchange)
         return outcome
 
@@ -177,13 +229,15 @@ class PropertyRun:
             exchange = self.probe.post_raw(ENDPOINTS[endpoint], payload, content_type)
         else:
             exchange = self.probe.post(ENDPOINTS[endpoint], body)
-        self.expect(check_rejection(exchange, param), what)
+        foreign = self.expect(check_rejection(exchange, param), what, exchange)
+        if foreign and 200 <= exchange.status < 300:
+            raise NotJudged(f"{what}: {foreign[0]}")  # accepted: no error answer to judge
         return exchange
 
     def send_any(self, endpoint: str, body: Any, what: str = "request") -> tuple[Exchange, Outcome | None]:
         """A request that may be valid or not: 200 and conforming, or a conforming 4xx; never a 5xx."""
         exchange, outcome, deviations = self.try_any(endpoint, body)
-        self.expect(deviations, what)
+        self.expect(deviations, what, exchange)
         return exchange, outcome
 
     def try_any(self, endpoint: str, body: Any) -> tuple[Exchange, Outcome | None, list[Deviation]]:
@@ -216,19 +270,3 @@ class PropertyRun:
         if answer != reference:
             raise ConformanceFailure(f"after {after}: the greedy canary answer changed from {reference!r} to "
                                      f"{answer!r}")
-
-
-def vllm_version(probe: Probe, booted_version: str | None) -> str | None:
-    """The server's vLLM version, or None when it is not vLLM (then vLLM's known deviations do not
-    apply): a server this plugin booted runs the installed vLLM (``booted_version``); a
-    ``--vllm-url`` server is vLLM when its ``GET /version`` answers ``{"version": ...}`` as vLLM's does."""
-    if booted_version is not None:
-        return booted_version
-    exchange = probe.get("/version")
-    probe.history.clear()
-    try:
-        document = exchange.json() if exchange.status == 200 else None
-    except ValueError:
-        return None
-    version = document.get("version") if isinstance(document, dict) else None
-    return version if isinstance(version, str) else None

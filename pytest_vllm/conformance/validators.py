@@ -16,7 +16,9 @@ rules of the API reference that no type can express:
   and the usage, and no other chunk carries usage; the stream ends with ``data: [DONE]``;
 - stop sequences never appear in the returned text (``stop``: "The returned text will not contain
   the stop sequence"), unless vLLM's ``min_tokens`` extension holds stop strings off;
-- an error answers 4xx with ``{"error": {message, type, param, code}}`` (openai-openapi Error).
+- an error answers 4xx with ``{"error": {message, type, param, code}}`` (openai-openapi Error); the
+  rules of an error answer's status, content type and JSON are ``error.*``, apart from those of a
+  response, so that the properties about errors own them (``findings``).
 
 Each function returns every deviation found; none raises on a malformed document.
 """
@@ -190,14 +192,16 @@ def check_error(exchange: Exchange) -> list[Deviation]:
     if exchange.transport_error:
         return [Deviation("http.no-response", "", exchange.transport_error)]
     if exchange.status >= 500:
-        out.append(Deviation("http.5xx", "", f"HTTP {exchange.status} for a client's request (a server error): "
-                                              f"{exchange.text[:300]}"))
-    elif not 400 <= exchange.status < 500:
-        out.append(Deviation("http.status", "", f"an error must be a 4xx, got HTTP {exchange.status}"))
+        # a crash, not an answer: the shape of its body (often a plain-text error page) is not
+        # judged apart, which would report one crash as three deviations
+        return [Deviation("http.5xx", "", f"HTTP {exchange.status} for a client's request (a server error): "
+                                          f"{exchange.text[:300]}")]
+    if not 400 <= exchange.status < 500:
+        out.append(Deviation("error.status", "", f"an error must be a 4xx, got HTTP {exchange.status}"))
     if "json" not in exchange.headers.get("content-type", ""):
-        out.append(Deviation("http.content-type", "", f"error body is {exchange.headers.get('content-type')!r}, "
-                                                      "not application/json"))
-    document = _parse(exchange.text, "", out, "error body")
+        out.append(Deviation("error.content-type", "", f"error body is {exchange.headers.get('content-type')!r}, "
+                                                       "not application/json"))
+    document = _parse(exchange.text, "", out, "error body", rule="error.json")
     if document is not _UNREADABLE:
         out += schemas.validate(document, schemas.error_response())
     return out
@@ -237,13 +241,13 @@ def check_model_list(exchange: Exchange, served: str) -> list[Deviation]:
 _UNREADABLE = object()
 
 
-def _parse(text: str, path: str, out: list[Deviation], what: str) -> Any:
+def _parse(text: str, path: str, out: list[Deviation], what: str, rule: str = "json.invalid") -> Any:
     try:
         return loads_strict(text)
     except StrictJSONError as exc:
-        out.append(Deviation("json.invalid", path, f"{what} is not strict JSON: {exc}"))
+        out.append(Deviation(rule, path, f"{what} is not strict JSON: {exc}"))
     except ValueError as exc:
-        out.append(Deviation("json.invalid", path, f"{what} is not JSON ({exc}): {text[:200]!r}"))
+        out.append(Deviation(rule, path, f"{what} is not JSON ({exc}): {text[:200]!r}"))
     return _UNREADABLE
 
 
@@ -524,7 +528,7 @@ def _check_stream_chunks(outcome: Outcome, chunks: list[tuple[int, dict[str, Any
                 else:
                     finished[index] = i
                     choice.finish_reason = reason
-    for index in (sorted(outcome.choices) if asked.lenient else range(asked.n)):
+    for index in sorted(outcome.choices):  # a choice that never appears is choices.index's finding
         if index not in finished:
             out.append(Deviation("stream.finish-missing", "", f"choice {index} never gets a finish_reason"))
     for index, choice in outcome.choices.items():

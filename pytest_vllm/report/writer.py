@@ -30,6 +30,7 @@ class Section:
     tables: list[Table]
     data: dict[str, Any]
     plots: dict[str, bytes] = field(default_factory=dict)
+    failed: bool = False  # the section fails the run by itself (a finding no test reported, say)
 
 
 def terminal_lines(sections: Sequence[Section]) -> list[str]:

@@ -44,6 +44,18 @@ def test_valid_marker_collects(pytester: pytest.Pytester) -> None:
     assert result.ret == pytest.ExitCode.OK
 
 
+def test_the_conformance_rules_marker_is_registered(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(textwrap.dedent("""
+        import pytest
+
+        @pytest.mark.vllm_conformance_rules("usage.max_tokens", "schema.*@error*")
+        def test_x():
+            pass
+    """))
+    result = pytester.runpytest("--gpu", "cpu", "-p", "no:cacheprovider", "--strict-markers")
+    assert result.ret == pytest.ExitCode.OK
+
+
 def test_the_option_is_in_help_and_heavy_modules_stay_unloaded(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess("--help")
     result.stdout.fnmatch_lines(["*--vllm-conformance-profile=ci|nightly*", "*vllm_conformance_profile (string)*"])

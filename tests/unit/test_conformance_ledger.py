@@ -54,7 +54,8 @@ def test_verdicts_come_from_pytest_reports() -> None:
 def test_section_lists_each_property_per_server() -> None:
     section = filled_ledger().section()
     assert section is not None and section.name == "conformance"
-    table = section.tables[0]
+    assert section.tables[0].title.startswith("OpenAI API deviations: 0 distinct found")
+    table = section.tables[1]
     assert table.columns == ["property", "base examples", "base verdict", "compressed examples",
                              "compressed verdict", "base vs compressed examples", "base vs compressed verdict"]
     assert table.rows[0] == ["test_chat", "12", PASS, "12", FAIL, "", "-"]

@@ -413,7 +413,7 @@ def test_each_error_field_is_required(field: str) -> None:
 def test_error_status_and_shape_are_checked() -> None:
     assert "http.5xx" in {d.rule for d in check_error(exchange(ERROR, status=500))}
     assert {d.rule for d in check_rejection(exchange(CHAT_COMPLETION, status=200))} == {"error.accepted"}
-    assert "json.invalid" in {d.rule for d in check_error(exchange(text="Bad Request", status=400,
+    assert "error.json" in {d.rule for d in check_error(exchange(text="Bad Request", status=400,
                                                                    content_type="text/plain"))}
     assert ("schema.missing", "error") in rules(check_error(exchange({"detail": "bad"}, status=422)))
     assert ("schema.type", "error") in rules(check_error(exchange({"error": "bad request"}, status=400)))
