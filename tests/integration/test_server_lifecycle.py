@@ -254,7 +254,11 @@ def test_an_engine_killed_mid_request_fails_that_test_fast_and_the_next_gets_a_r
     took = float(reported["test_crash.py::test_a_engine_dies"]) - killed
     print(f"the test failed {took:.2f}s after its engine was killed")
     assert took < 5
-    assert "died: its engine core process (pid " in out and "exited with exit code -9 (SIGKILL)" in out
+    # The exit code is read through a pidfd before vLLM reaps its engine: alone, this test read
+    # -9 (SIGKILL); under a full CI run's load vLLM reaped it first once, and the message says so.
+    assert "died: its engine core process (pid " in out
+    assert ("exited with exit code -9 (SIGKILL)" in out
+            or "unknown exit code (vLLM's API server reaped it before pytest could read it)" in out), out[-3000:]
     assert "--- last " in out
     logs = pytester.path / ".pytest_vllm" / "logs"
     (kept,) = logs.glob("base-*.1.log")
