@@ -15,7 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
+from pytest_vllm import redact
 from pytest_vllm.errors import UsageError
 from pytest_vllm.models.shapes import DEFAULT_SHAPE, SHAPES
 
@@ -62,7 +64,13 @@ OPTIONS: tuple[Option, ...] = (
            "--compressed-model, real weights) or embedded (the embedded pair)", default="auto",
            metavar="auto|SHAPE|user|embedded", choices=("auto", "user", "embedded", *SHAPES)),
     Option("url", "--vllm-url", "test a running server instead of booting one: [ROLE=]URL, ROLE is base "
-           "(the default) or compressed; repeat for both", kind="list", default=(), metavar="[ROLE=]URL"),
+           "(the default) or compressed; repeat for both. Several replicas of one role behind the tool's own "
+           "balancer: ROLE=URL1,URL2 (load spreads over them, conformance and smoke run on each)", kind="list",
+           default=(), metavar="[ROLE=]URL[,URL...]"),
+    Option("balance", "--vllm-balance", "how the load client spreads requests over a role's replicas: "
+           "round_robin (default: in turn) or least_outstanding (to the replica with the fewest requests in flight)",
+           default="round_robin", metavar="round_robin|least_outstanding",
+           choices=("round_robin", "least_outstanding")),
     Option("api_key", "--vllm-api-key", "API key: every client sends it, and booted servers are started with it "
            "(vLLM's --api-key, through the server's environment); default $VLLM_API_KEY, else none (an inherited "
            "VLLM_API_KEY is never passed to a server otherwise). Never printed or written",
@@ -132,11 +140,20 @@ OPTIONS_BY_NAME = {o.name: o for o in OPTIONS}
 
 @dataclass(frozen=True)
 class RemoteURLs:
+    """The --vllm-url servers: ``base``/``compressed`` is each role's first replica (what a
+    single-server code path talks to), ``replicas`` every replica of a role, in the order given."""
+
     base: str | None = None
     compressed: str | None = None
+    replicas: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def for_role(self, role: str) -> str | None:
         return getattr(self, role, None)
+
+    def replicas_of(self, role: str) -> tuple[str, ...]:
+        """Every replica of ``role`` (one for a plain ``--vllm-url``; none when the role has no URL)."""
+        first = self.for_role(role)
+        return tuple(self.replicas.get(role) or ((first,) if first else ()))
 
     @property
     def any(self) -> bool:
@@ -154,6 +171,7 @@ class RunConfig:
     compressed_model: str | None = None
     perf_model: str = "auto"
     urls: RemoteURLs = field(default_factory=RemoteURLs)
+    balance: str = "round_robin"
     api_key: str = "EMPTY"
     startup_timeout: float = 900.0
     stop_timeout: float = 15.0
@@ -216,6 +234,7 @@ class RunConfig:
             compressed_model=get("compressed_model"),
             perf_model=str(get("perf_model")),
             urls=parse_urls(get("url")),
+            balance=str(get("balance")),
             api_key=get("api_key") or environ.get("VLLM_API_KEY") or "EMPTY",
             startup_timeout=float(get("startup_timeout")),
             stop_timeout=float(get("stop_timeout")),
@@ -287,21 +306,54 @@ def _within_bounds(option: Option, raw: Any, value: float) -> Any:
 
 
 def parse_urls(entries: tuple[str, ...]) -> RemoteURLs:
-    """``--vllm-url http://h:8000`` (base) or ``--vllm-url compressed=http://h:8001``."""
-    found: dict[str, str] = {}
+    """``--vllm-url http://h:8000`` (base), ``--vllm-url compressed=http://h:8001``, or several
+    replicas of one role: ``--vllm-url base=http://a:8000,http://b:8000``.
+
+    A malformed replica list (an empty entry, a URL twice) is refused here, before any server is
+    asked; credentials in a URL (``http://user:pass@h``) are registered as secrets and masked."""
+    found: dict[str, tuple[str, ...]] = {}
     for entry in entries:
-        role, sep, url = entry.partition("=")
+        role, sep, urls = entry.partition("=")
         if not sep or "://" in role:
-            role, url = "base", entry
+            role, urls = "base", entry
         role = role.strip().lower()
         if role not in ("base", "compressed"):
-            raise UsageError(f"--vllm-url {entry!r}: the role must be base or compressed (ROLE=URL)")
-        if not url.startswith(("http://", "https://")):
-            raise UsageError(f"--vllm-url {entry!r}: give an http(s) URL such as http://localhost:8000")
+            raise UsageError(f"--vllm-url {redact.text(entry)!r}: the role must be base or compressed (ROLE=URL)")
         if role in found:
-            raise UsageError(f"--vllm-url names the {role} server twice")
-        found[role] = url.rstrip("/").removesuffix("/v1")
-    return RemoteURLs(**found)
+            raise UsageError(f"--vllm-url names the {role} server twice; give its replicas in one entry: "
+                             f"--vllm-url {role}=URL1,URL2")
+        found[role] = _replica_urls(entry, role, urls)
+    return RemoteURLs(base=found["base"][0] if "base" in found else None,
+                      compressed=found["compressed"][0] if "compressed" in found else None,
+                      replicas=found)
+
+
+def _replica_urls(entry: str, role: str, urls: str) -> tuple[str, ...]:
+    """The normalized URLs of one ``--vllm-url`` entry (comma-separated replicas)."""
+    shown = redact.text(entry)
+    parts = [part.strip() for part in urls.split(",")]
+    if len(parts) > 1 and not all(parts):
+        raise UsageError(f"--vllm-url {shown!r}: the replica list of the {role} server has an empty entry (a stray "
+                         f"comma?); give it as {role}=URL1,URL2 with no empty item")
+    replicas: list[str] = []
+    for url in parts:
+        if not url.startswith(("http://", "https://")):
+            raise UsageError(f"--vllm-url {shown!r}: give an http(s) URL such as http://localhost:8000")
+        _register_credentials(url)
+        url = url.rstrip("/").removesuffix("/v1")
+        if url in replicas:
+            raise UsageError(f"--vllm-url {shown!r}: the {role} server lists the replica {redact.text(url)} twice; "
+                             "name each replica once (its load would be counted twice otherwise)")
+        replicas.append(url)
+    return tuple(replicas)
+
+
+def _register_credentials(url: str) -> None:
+    """A URL's password is a secret: masked in everything printed or written, also where it appears
+    outside the URL (redact.text masks ``user:password@`` inside URLs already)."""
+    password = urlsplit(url).password
+    if password:
+        redact.register(password)
 
 
 def read_pyproject_table(rootdir: Path) -> dict[str, Any]:

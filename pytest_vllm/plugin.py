@@ -24,6 +24,7 @@ from pytest_vllm.errors import ServerDiedError, ServerStartError, UsageError
 from pytest_vllm.interrupt import DeathInterrupt
 from pytest_vllm.server.handle import ServerHandle, ServerPair
 from pytest_vllm.server.process import ServerDeath
+from pytest_vllm.server.replicas import replica_of
 from pytest_vllm.server.spec import BASE, COMPRESSED, MARKER, MARKER_HELP, PAIR_ROLES, MarkerFlags
 from pytest_vllm.session import SESSION_KEY, VLLMSession
 
@@ -130,7 +131,8 @@ def _roles_of(item: pytest.Item) -> tuple[str, ...]:
     roles = [role for fixture, role in ROLE_FIXTURES.items() if fixture in names]
     callspec = getattr(item, "callspec", None)
     if EITHER_FIXTURE in names and callspec is not None and EITHER_FIXTURE in callspec.params:
-        roles.append(callspec.params[EITHER_FIXTURE])
+        param = callspec.params[EITHER_FIXTURE]
+        roles.append(param[0] if isinstance(param, tuple) else param)  # (role, replica) where a role has several
     return tuple(dict.fromkeys(roles))
 
 
@@ -151,6 +153,24 @@ def _plans_of(items: list[pytest.Item]) -> list[tuple[str, tuple[str, ...], list
     if problems:
         raise UsageError("\n".join(problems))
     return plans
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test of ``vllm_server`` runs once per server and, for a role of several replicas, once per
+    replica of it (ids ``base-replica1``...), so conformance and smoke cover every replica."""
+    if EITHER_FIXTURE not in metafunc.fixturenames:
+        return
+    session = metafunc.config.stash[SESSION_KEY]
+    try:
+        markers = _markers_of(metafunc.definition)
+    except UsageError:
+        return  # reported with every other bad marker at collection's end (_plans_of)
+    counts = {role: session.replicas_for(role, markers) for role in PAIR_ROLES}
+    if all(count <= 1 for count in counts.values()):
+        return  # the fixture's own params: one test per role, ids unchanged
+    params = [(role, index) for role in PAIR_ROLES for index in range(max(1, counts[role]))]
+    ids = [role if counts[role] <= 1 else f"{role}-replica{index + 1}" for role, index in params]
+    metafunc.parametrize(EITHER_FIXTURE, params, indirect=True, ids=ids)
 
 
 @pytest.hookimpl(trylast=True)
@@ -298,7 +318,11 @@ def compressed_server(request: pytest.FixtureRequest) -> ServerHandle:
 
 @pytest.fixture(params=PAIR_ROLES)
 def vllm_server(request: pytest.FixtureRequest) -> ServerHandle:
-    """Parametrized over both servers: the test runs once on the base and once on the compressed one."""
+    """Parametrized over both servers: the test runs once on the base and once on the compressed one,
+    and once on each replica of a role of several (pytest_generate_tests)."""
+    if isinstance(request.param, tuple):
+        role, index = request.param
+        return replica_of(_serve(request, role), index)
     return _serve(request, request.param)
 
 

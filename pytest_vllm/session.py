@@ -34,11 +34,12 @@ from pytest_vllm.models.pair import (
 from pytest_vllm.parallel import Worker, file_of
 from pytest_vllm.paths import cache_dir
 from pytest_vllm.server.flags import VLLMArgSchema, load_schema
-from pytest_vllm.server.handle import ServerHandle, connect_remote
+from pytest_vllm.server.handle import ServerHandle
 from pytest_vllm.server.launcher import Launcher
-from pytest_vllm.server.pool import DeathListener, ServerPool
+from pytest_vllm.server.pool import MAX_RESIDENT, DeathListener, ServerPool
 from pytest_vllm.server.process import ServerDeath, VLLMServer
-from pytest_vllm.server.spec import BASE, COMPRESSED, MarkerFlags, ServerSpec, marker_key
+from pytest_vllm.server.replicas import connect_remote_replicas, join_replicas
+from pytest_vllm.server.spec import BASE, COMPRESSED, MarkerFlags, ServerSpec, marker_key, replica_count
 
 if TYPE_CHECKING:
     from pytest_vllm.report.writer import Section
@@ -57,10 +58,15 @@ class ItemNeeds:
 
     roles: tuple[str, ...]
     markers: tuple[MarkerFlags, ...]
-    specs: tuple[ServerSpec, ...] = ()
+    specs: tuple[ServerSpec, ...] = ()  # every server: each role's replicas, role after role
+    role_specs: dict[str, tuple[ServerSpec, ...]] = field(default_factory=dict)  # a role's replicas, in order
     marker_key: str = ""  # the markers' flags as JSON: tests with equal keys share their servers
     skip_reason: str | None = None
     pair: str = DEFAULT_PAIR  # PERF_PAIR: the test serves the perf pair (marker vllm_perf_pair)
+
+    def specs_of(self, role: str) -> tuple[ServerSpec, ...]:
+        """The servers of ``role``: its replicas, or its one server (``specs`` aligned with ``roles``)."""
+        return self.role_specs.get(role) or (self.specs[self.roles.index(role)],)
 
 
 @dataclass
@@ -193,12 +199,15 @@ class VLLMSession:
                 need.skip_reason = self._remote_skip_reason(roles, markers)
             else:
                 try:
-                    need.specs = tuple(self.spec_for(role, markers, pair=need.pair) for role in roles)
+                    need.role_specs = self._booted_replicas(roles, markers, need.pair)
+                    need.specs = tuple(spec for role in roles for spec in need.role_specs[role])
                 except UsageError as exc:
                     problems.append(f"{nodeid}: {exc}")
             self.needs[nodeid] = need
         if problems:
             raise UsageError("\n".join(problems))
+        if self.remote:
+            self._check_remote_replicas()
         if not self.remote and self.needs:  # no pool (and no vLLM interpreter run) for a run without servers
             families = {spec: need.marker_key for need in self.needs.values() for spec in need.specs}
             # An xdist worker runs only the files it is sent, each whole (parallel/): it plans a
@@ -206,6 +215,34 @@ class VLLMSession:
             # kept for the worker's own tests only.
             planned = {} if self.worker else {nodeid: need.specs for nodeid, need in self.needs.items()}
             self.pool.plan(planned, families)
+
+    def _booted_replicas(self, roles: Sequence[str], markers: Sequence[MarkerFlags], pair: str
+                         ) -> dict[str, tuple[ServerSpec, ...]]:
+        """Each role's servers: one spec, or one per replica under vllm_server(replicas=N). More
+        servers than the pool runs at once would evict each other mid-test: a UsageError."""
+        found = {role: self.spec_for(role, markers, pair=pair).as_replicas(replica_count(role, markers))
+                 for role in roles}
+        total = sum(len(specs) for specs in found.values())
+        if total > MAX_RESIDENT and any(len(specs) > 1 for specs in found.values()):
+            counts = ", ".join(f"{role} {len(specs)}" for role, specs in found.items())
+            raise UsageError(f"vllm_server(replicas=...) asks for {total} servers at once ({counts}); at most "
+                             f"{MAX_RESIDENT} run at once: give replicas to one role only (vllm_server(replicas=2, "
+                             "role='base')) or use one role's fixture (base_server)")
+        return found
+
+    def replicas_for(self, role: str, markers: Sequence[MarkerFlags]) -> int:
+        """How many replicas ``role`` has for a test with ``markers``: --vllm-url's list, else the markers'."""
+        if self.remote:
+            return len(self.config.urls.replicas_of(role))
+        return replica_count(role, markers)
+
+    def _check_remote_replicas(self) -> None:
+        """At session start, every replica of each --vllm-url role with several is asked for its model:
+        a replica serving another model than its siblings is a UsageError before any test runs."""
+        wanted = {role for need in self.needs.values() if not need.skip_reason for role in need.roles}
+        for role in sorted(wanted):
+            if len(self.config.urls.replicas_of(role)) > 1:
+                self._remote_handle(role)
 
     def _remote_skip_reason(self, roles: Sequence[str], markers: Sequence[MarkerFlags]) -> str | None:
         for role in roles:
@@ -244,7 +281,7 @@ class VLLMSession:
         if self.worker:  # this test's group is this worker's: loadfile sends whole files
             self.pool.add_to_plan({other: n.specs for other, n in self.needs.items() if n.marker_key == need.marker_key
                                    and file_of(other) == file_of(nodeid) and not n.skip_reason})
-        return self._serve(need.specs[need.roles.index(role)], nodeid)
+        return join_replicas([self._serve(spec, nodeid) for spec in need.specs_of(role)])
 
     def handle_for_spec(self, spec: ServerSpec, nodeid: str) -> ServerHandle:
         if self.remote:
@@ -258,10 +295,10 @@ class VLLMSession:
 
     def _remote_handle(self, role: str) -> ServerHandle:
         if role not in self._remote:
-            url = self.config.urls.for_role(role)
-            if not url:
+            urls = self.config.urls.replicas_of(role)
+            if not urls:
                 raise UsageError(f"no {role} server: pass --vllm-url {role}=URL")
-            self._remote[role] = connect_remote(role, url, self.config.api_key)
+            self._remote[role] = connect_remote_replicas(role, urls, self.config.api_key)
         return self._remote[role]
 
     def servers_used_by(self, nodeid: str) -> list[VLLMServer]:
@@ -339,8 +376,8 @@ class VLLMSession:
         what = f"{device.count}x {device.name} (driver {device.driver})" if device.is_gpu else f"CPU {device.name}"
         lines.append(f"vllm: profile {profile}, device {what}, host class {self.host_class}")
         if self.remote:
-            lines.append(f"vllm: remote servers: base={self.config.urls.base} "
-                         f"compressed={self.config.urls.compressed}")
+            shown = {role: ",".join(self.config.urls.replicas_of(role)) or None for role in (BASE, COMPRESSED)}
+            lines.append(f"vllm: remote servers: base={shown[BASE]} compressed={shown[COMPRESSED]}")
         else:
             for role in (BASE, COMPRESSED):
                 try:

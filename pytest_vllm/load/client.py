@@ -60,6 +60,7 @@ class RequestRecord:
     error: str | None = None
     text: str = ""
     warmup: bool = False
+    replica: str = ""  # the URL of the replica that served it (load/balancer.py)
 
     @property
     def ok(self) -> bool:

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import aiohttp
 import httpx
 
+from pytest_vllm.load.balancer import ROUND_ROBIN, Balancer, make_balancer
 from pytest_vllm.load.client import HungServer, PreparedRequest, RequestRecord, new_session, prepare, send_streaming
 from pytest_vllm.load.host import HostCPUTimes, steal_share
 from pytest_vllm.load.prompts import Prompt, PromptFactory
@@ -103,20 +104,31 @@ class _LagProbe:
                 pass
 
 
-async def _closed_loop(session: aiohttp.ClientSession, url: str, requests: list[PreparedRequest], concurrency: int,
-                       records: list[RequestRecord], hung: HungServer | None = None) -> None:
+async def _send(session: aiohttp.ClientSession, balancer: Balancer, request: PreparedRequest, record: RequestRecord,
+                hung: HungServer | None = None) -> None:
+    """One request to the replica the balancer picks; the record remembers which."""
+    url = balancer.acquire()
+    record.replica = url
+    try:
+        await send_streaming(session, url, request, record, hung)
+    finally:
+        balancer.release(url)
+
+
+async def _closed_loop(session: aiohttp.ClientSession, balancer: Balancer, requests: list[PreparedRequest],
+                       concurrency: int, records: list[RequestRecord], hung: HungServer | None = None) -> None:
     queue = iter(range(len(requests)))
 
     async def worker() -> None:
         for index in queue:
             records[index].scheduled_at = time.perf_counter()
-            await send_streaming(session, url, requests[index], records[index], hung)
+            await _send(session, balancer, requests[index], records[index], hung)
 
     await asyncio.gather(*(worker() for _ in range(min(concurrency, len(requests)))))
 
 
-async def _open_loop(session: aiohttp.ClientSession, url: str, requests: list[PreparedRequest], offsets: list[float],
-                     max_concurrency: int | None, records: list[RequestRecord], start: float,
+async def _open_loop(session: aiohttp.ClientSession, balancer: Balancer, requests: list[PreparedRequest],
+                     offsets: list[float], max_concurrency: int | None, records: list[RequestRecord], start: float,
                      hung: HungServer | None = None) -> None:
     gate = asyncio.Semaphore(max_concurrency) if max_concurrency else None
 
@@ -127,10 +139,10 @@ async def _open_loop(session: aiohttp.ClientSession, url: str, requests: list[Pr
         if delay > 0:
             await asyncio.sleep(delay)
         if gate is None:
-            await send_streaming(session, url, requests[index], records[index], hung)
+            await _send(session, balancer, requests[index], records[index], hung)
         else:
             async with gate:
-                await send_streaming(session, url, requests[index], records[index], hung)
+                await _send(session, balancer, requests[index], records[index], hung)
 
     await asyncio.gather(*(one(i) for i in range(len(requests))))
 
@@ -224,13 +236,22 @@ async def build_prompt_sets(url: str, model: str, workload: Workload, api_key: s
 @dataclass(frozen=True)
 class Target:
     """Where a workload goes: a server's URL, the model name to request, its API key, and how often
-    to sample its /metrics during a repetition (seconds; None: not sampled)."""
+    to sample its /metrics during a repetition (seconds; None: not sampled). A role of several
+    replicas lists them all in ``replicas`` (``url`` is the first: prompts are built and /metrics
+    sampled there) and spreads requests over them by ``balance`` (load/balancer.py)."""
 
     url: str
     model: str
     api_key: str = "EMPTY"
     label: str = ""
     telemetry_interval: float | None = None
+    replicas: tuple[str, ...] = ()
+    balance: str = ROUND_ROBIN
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """Every replica the load goes to (the one ``url`` when no replicas are listed)."""
+        return self.replicas or (self.url,)
 
     def sampler(self) -> TelemetrySampler | None:
         """A started /metrics sampler for one repetition (None when telemetry is off)."""
@@ -255,7 +276,8 @@ class WorkloadSession:
         self._requests: list[list[PreparedRequest]] = []
         self._stack = contextlib.AsyncExitStack()
         self._session: aiohttp.ClientSession | None = None
-        self._metrics: httpx.AsyncClient | None = None
+        self._metrics: list[httpx.AsyncClient] = []  # one per replica
+        self.balancer = make_balancer(target.balance, target.urls)  # one for the session: turns run on across runs
         self.hung = HungServer()  # once one request passes its deadline, the rest fail at once
 
     async def __aenter__(self) -> WorkloadSession:
@@ -264,8 +286,8 @@ class WorkloadSession:
                                           build_prompt_sets(target.url, target.model, workload, target.api_key))
         self._requests = [[prepare(workload, target.model, p) for p in run] for run in self.sets.runs]
         self._session = await self._stack.enter_async_context(new_session(target.api_key))
-        self._metrics = await self._stack.enter_async_context(httpx.AsyncClient(
-            base_url=target.url, timeout=30, headers={"Authorization": f"Bearer {target.api_key}"}))
+        self._metrics = [await self._stack.enter_async_context(httpx.AsyncClient(
+            base_url=url, timeout=30, headers={"Authorization": f"Bearer {target.api_key}"})) for url in target.urls]
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -276,7 +298,7 @@ class WorkloadSession:
         workload, target = self.workload, self.target
         records = [RequestRecord(i, warmup=True) for i in range(len(self.sets.warmup))]
         await _with_heartbeat(f"{self.label} warmup", self._say,
-                              _closed_loop(self._session, target.url,
+                              _closed_loop(self._session, self.balancer,
                                            [prepare(workload, target.model, p) for p in self.sets.warmup],
                                            workload.concurrency or 1, records, self.hung))
         errors = [r.error for r in records if r.error]
@@ -284,13 +306,16 @@ class WorkloadSession:
             self._say(f"{self.label}: {len(errors)} warmup request(s) failed: {errors[0]}")
 
     async def prefix_cache(self) -> PrefixCacheCounts | None:
-        assert self._metrics is not None
-        return await read_prefix_cache(self._metrics)
+        """The prefix cache counters summed over the replicas (None when one does not export them)."""
+        found = [await read_prefix_cache(http) for http in self._metrics]
+        if not found or any(counts is None for counts in found):
+            return None
+        return PrefixCacheCounts(sum(c.hits for c in found if c), sum(c.queries for c in found if c))
 
     async def repetition(self, index: int) -> RunResult:
         """Measured repetition ``index`` (0-based) on its own prompt set."""
         assert self._session is not None
-        workload, url = self.workload, self.target.url
+        workload = self.workload
         requests = self._requests[index]
         records = [RequestRecord(i) for i in range(len(requests))]
         cache_before = await self.prefix_cache()
@@ -304,11 +329,12 @@ class WorkloadSession:
         progress = asyncio.create_task(_progress(run_label, records, self._say, start))
         try:
             if workload.closed_loop:
-                await _closed_loop(self._session, url, requests, workload.concurrency or 1, records, self.hung)
+                await _closed_loop(self._session, self.balancer, requests, workload.concurrency or 1, records,
+                                   self.hung)
             else:
                 offsets = arrival_offsets(workload, len(requests), index)
-                await _open_loop(self._session, url, requests, offsets, workload.concurrency, records, start,
-                                 self.hung)
+                await _open_loop(self._session, self.balancer, requests, offsets, workload.concurrency, records,
+                                 start, self.hung)
         finally:
             progress.cancel()
             await probe.stop()
@@ -327,7 +353,7 @@ class WorkloadSession:
         """One request of repetition ``index``, on its own (single-stream measurements)."""
         assert self._session is not None
         record.scheduled_at = time.perf_counter()
-        await send_streaming(self._session, self.target.url, self._requests[index][request], record, self.hung)
+        await _send(self._session, self.balancer, self._requests[index][request], record, self.hung)
 
     def runs(self, results: list[RunResult]) -> WorkloadRuns:
         assert self.sets is not None

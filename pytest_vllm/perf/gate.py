@@ -201,7 +201,8 @@ class Bench:
 
     def _target(self, server: ServerHandle, workload: Workload) -> Target:
         return Target(server.url, server.model, server.api_key, f"{server.role}/{workload.name}",
-                      self.settings.profile.telemetry_interval_s)
+                      self.settings.profile.telemetry_interval_s, replicas=server.replica_urls,
+                      balance=self.settings.balance)
 
     def _roofline(self, server: ServerHandle, measurement: Measurement) -> Roofline | None:
         """On a GPU, one request at a time: TPOT against weight bytes / the device's bandwidth."""
@@ -378,6 +379,6 @@ def settings_for(config: Any, profile: GPUProfile, host_class: str, environment:
                          policy=GatePolicy(config.false_alarm_rate, config.max_tolerance),
                          default_budgets=default_budgets(config.budgets, gpu=profile.is_gpu), environment=environment,
                          repeats=config.repeats,
-                         add_recording=config.add_baselines, prompt_seed=config.prompt_seed,
+                         add_recording=config.add_baselines, prompt_seed=config.prompt_seed, balance=config.balance,
                          baseline_gate_fails=(profile.baseline_gate_fails if config.baseline_gate == "auto"
                                               else config.baseline_gate == "fail"))

@@ -119,6 +119,9 @@ def tables(state: BenchState) -> list[Table]:
             overview.notes.append(f"{measurement_label(m)} [{m.role}]: the load client was saturated")
     out.append(overview)
 
+    if split := [m for m in state.measurements if m.replica_shares]:
+        out.append(replicas_table(split))
+
     if rooflines := [m for m in state.measurements if m.roofline is not None]:
         out.append(roofline_table(rooflines))
 
@@ -140,6 +143,21 @@ def tables(state: BenchState) -> list[Table]:
                 pairs.notes.append(f"{measurement_label(p)} [{p.role}]: {p.baseline_note}")
         out.append(pairs)
     return out
+
+
+def replicas_table(measurements: list[Measurement]) -> Table:
+    """Each replica's share of a measurement on a role of several, and the combined figures."""
+    table = Table("vllm performance: replicas (requests spread by the load client; throughput = median over "
+                  "repetitions)", ["measurement", "server", "replica", "requests", "completed",
+                                   "output tok/s", "requests/s"])
+    for m in measurements:
+        for share in m.replica_shares:
+            table.add(measurement_label(m), m.role, share.replica, str(share.requests), str(share.completed),
+                      fmt(share.output_throughput), fmt(share.request_throughput))
+        table.add(measurement_label(m), m.role, "combined", str(sum(s.requests for s in m.replica_shares)),
+                  str(sum(s.completed for s in m.replica_shares)), fmt(m.value("output_throughput")),
+                  fmt(m.value("request_throughput")))
+    return table
 
 
 def roofline_table(measurements: list[Measurement]) -> Table:
@@ -207,6 +225,7 @@ def to_json(state: BenchState) -> dict[str, Any]:
             "checks": [_check_json(c) for c in m.checks], "client_saturated": m.result.client_saturated,
             "first_attempt": _first_attempt(m),
             "roofline": m.roofline.to_json() if m.roofline is not None else None,
+            "replicas": [share.to_json() for share in m.replica_shares],
         }
 
     def pair(p: PairComparison) -> dict[str, Any]:

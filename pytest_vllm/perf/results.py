@@ -10,10 +10,12 @@ from typing import Any
 
 from pytest_vllm import baselines
 from pytest_vllm.gpu import GPUProfile
+from pytest_vllm.load.balancer import ROUND_ROBIN
 from pytest_vllm.load.client import RequestRecord
 from pytest_vllm.load.workload import Workload
 from pytest_vllm.perf.budgets import Budget, Check, GatePolicy
 from pytest_vllm.perf.metrics import METRIC_DEFINITIONS, BenchResult, RepeatedResult
+from pytest_vllm.perf.replicas import ReplicaShare, replica_shares
 from pytest_vllm.perf.roofline import Roofline
 from pytest_vllm.server.kv_capacity import Capacity
 
@@ -78,6 +80,11 @@ class Measurement:
 
     def runs_of(self, metric: str) -> list[float]:
         return self.result.values(metric)
+
+    @property
+    def replica_shares(self) -> list[ReplicaShare]:
+        """Per replica of a role of several (empty for one server): its requests and throughput."""
+        return replica_shares(self.records, self.runs_of("duration") if self.result.has("duration") else [])
 
     def server_summary(self) -> str:
         """What the server's /metrics said over the repetitions (server/telemetry.py): the fullest KV
@@ -196,6 +203,7 @@ class BenchSettings:
     add_recording: bool = False  # --add-baselines: a recording joins the stored ones instead of replacing them
     prompt_seed: int = 0  # --vllm-prompt-seed
     baseline_gate_fails: bool = True  # False: single-server baseline budgets report, they do not fail
+    balance: str = ROUND_ROBIN  # --vllm-balance: how a role's replicas share the load
 
     @property
     def gpu(self) -> str:

@@ -50,6 +50,18 @@ class ServerHandle:
     spec: ServerSpec | None = None  # None for a --vllm-url server (its flags are unknown)
     log_path: Path | None = None  # None for a --vllm-url server
     api_key: str = field(default="EMPTY", repr=False)  # never shown: a failing assert prints the handle
+    # A role of several replicas (server/replicas.py): every replica's handle, this one's fields being
+    # the first's, so single-server code paths talk to replica 1 unchanged; () for a single server.
+    replicas: tuple[ServerHandle, ...] = field(default=(), repr=False, compare=False)
+
+    @property
+    def members(self) -> tuple[ServerHandle, ...]:
+        """The role's replicas, each a single-server handle (just this one for a single server)."""
+        return self.replicas or (self,)
+
+    @property
+    def replica_urls(self) -> tuple[str, ...]:
+        return tuple(member.url for member in self.members)
 
     @property
     def api_base(self) -> str:
@@ -105,6 +117,9 @@ class ServerHandle:
 
     def describe(self) -> str:
         where = "remote " if self.is_remote else ""
+        if len(self.members) > 1:
+            urls = ", ".join(self.replica_urls)
+            return f"{where}{self.role} server {self.model} at {len(self.members)} replicas ({urls})"
         return f"{where}{self.role} server {self.model} at {self.url}"
 
 

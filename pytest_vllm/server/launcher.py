@@ -92,6 +92,9 @@ class Launcher:
                 binding = cpu_binding(cores, slot, slots)
                 if binding:
                     env["VLLM_CPU_OMP_THREADS_BIND"] = binding
+        if self.profile.is_gpu and spec.replica is not None and self.device.count > 1:
+            # One device per replica where the machine has several (wrapping round past the last).
+            env.setdefault("CUDA_VISIBLE_DEVICES", str(spec.replica % self.device.count))
         if Path(spec.model).expanduser().exists():
             env.setdefault("HF_HUB_OFFLINE", "1")  # a local checkpoint needs no hub; fail fast without one
         return LaunchPlan(argv=argv, env=env, boots_beside_others=beside_others, note=note, api_key=self.api_key)

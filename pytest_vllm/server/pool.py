@@ -33,6 +33,7 @@ from pytest_vllm.server.spec import ServerSpec
 
 PROGRESS_EVERY = 30.0  # seconds between "still booting" lines
 DEATH_POLL_S = 0.5  # seconds between the watcher's looks at the running servers
+MAX_RESIDENT = 2  # servers running at once per pool (the pair; or a role's two replicas)
 # Told of each death: how it died, and the node ids of the tests that were using the server.
 DeathListener = Callable[[ServerDeath, frozenset[str]], None]
 
@@ -51,7 +52,7 @@ class LaunchPolicy(Protocol):
 
 class ServerPool:
     def __init__(self, *, launcher: LaunchPolicy, log_dir: Path, startup_timeout: float, stop_grace: float,
-                 max_resident: int = 2, say: Callable[[str], None] = lambda _: None,
+                 max_resident: int = MAX_RESIDENT, say: Callable[[str], None] = lambda _: None,
                  on_death: DeathListener = lambda *_: None, log_tag: str = "",
                  worker_slots: tuple[int, int] = (0, 1)) -> None:
         """``log_tag`` ends every log name (an xdist worker's ``-gw0``); ``worker_slots``: (this

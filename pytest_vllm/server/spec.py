@@ -8,6 +8,7 @@ function (the closest marker wins per flag).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
@@ -24,14 +25,15 @@ PAIR_ROLES = (BASE, COMPRESSED)
 
 MARKER = "vllm_server"
 MARKER_HELP = (
-    "vllm_server(role=None, env=None, **flags): boot the server(s) this test uses with these vLLM "
+    "vllm_server(role=None, env=None, replicas=1, **flags): boot the server(s) this test uses with these vLLM "
     "flags, named as in `vllm serve --help` with underscores (max_num_seqs=8, "
     "enable_prefix_caching=True). role='base' or 'compressed' limits the flags to that server; env "
-    "adds environment variables. Applies on functions, classes and modules (pytestmark); the closest "
-    "marker wins per flag. Flags are checked against vLLM's parser before any boot."
+    "adds environment variables; replicas=N boots the role as N servers (each on its own CPU cores, or its own "
+    "GPU where there are several) with the load spread over them. Applies on functions, classes and modules "
+    "(pytestmark); the closest marker wins per flag. Flags are checked against vLLM's parser before any boot."
 )
 # Marker keywords that are not vLLM flags.
-_MARKER_KEYWORDS = frozenset({"role", "env"})
+_MARKER_KEYWORDS = frozenset({"role", "env", "replicas"})
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class ServerSpec:
     model: str
     flags: tuple[tuple[str, str], ...] = ()  # (name, JSON-encoded value), sorted
     env: tuple[tuple[str, str], ...] = ()
+    replica: int | None = None  # 0-based index within a role of several replicas; None: a lone server
 
     @classmethod
     def create(cls, role: str, model: str, flags: Mapping[str, Any] | None = None,
@@ -68,15 +71,20 @@ class ServerSpec:
     @property
     def key(self) -> str:
         """A short stable id: the same spec gets the same key in every run (baselines use it)."""
-        blob = json.dumps([self.role, self.model, self.flags, self.env])
+        blob = json.dumps([self.role, self.model, self.flags, self.env, *self._replica_part])
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    @property
+    def _replica_part(self) -> list[int]:
+        """What a replica adds to the keys: nothing for a lone server, so its keys stay as they were."""
+        return [] if self.replica is None else [self.replica]
 
     @property
     def portable_key(self) -> str:
         """Like ``key`` but equal on every machine: the served model name stands for the model path
         (baselines compare runs across checkouts and caches)."""
         flags = [f for f in self.flags if f[0] != "served_model_name"]
-        blob = json.dumps([self.role, self.served_model_name, flags, self.env])
+        blob = json.dumps([self.role, self.served_model_name, flags, self.env, *self._replica_part])
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     @property
@@ -87,10 +95,17 @@ class ServerSpec:
         """The server in words, secret flags masked (it is printed and written)."""
         shown = redact.mapping({k: json.loads(v) for k, v in self.flags if k != "served_model_name"})
         flags = ", ".join(f"{k}={v!r}" for k, v in shown.items())
-        return f"{self.role} server: {self.model}" + (f" ({flags})" if flags else "")
+        which = "" if self.replica is None else f" replica {self.replica + 1}"
+        return f"{self.role} server{which}: {self.model}" + (f" ({flags})" if flags else "")
 
     def with_flags(self, **flags: Any) -> ServerSpec:
         return ServerSpec.create(self.role, self.model, {**self.flag_dict, **flags}, self.env_dict)
+
+    def as_replicas(self, count: int) -> tuple[ServerSpec, ...]:
+        """This server as ``count`` replicas (distinct specs, so the pool boots each); itself for one."""
+        if count == 1:
+            return (self,)
+        return tuple(dataclasses.replace(self, replica=index) for index in range(count))
 
 
 def _normal_key(key: str) -> str:
@@ -112,6 +127,7 @@ class MarkerFlags:
     flags: Mapping[str, Any] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict)
     roles: frozenset[str] | None = None  # None: every role
+    replicas: int | None = None  # vllm_server(replicas=N); None: not said by this marker
 
     @classmethod
     def from_kwargs(cls, kwargs: Mapping[str, Any], where: str) -> MarkerFlags:
@@ -124,6 +140,11 @@ class MarkerFlags:
             env = {}
         elif bad := [f"{k}={v!r}" for k, v in env.items() if not isinstance(v, (str, int, float))]:
             problems.append(f"vllm_server(env=...): {', '.join(bad)}: give each variable a string or number")
+        replicas = kwargs.get("replicas")
+        if replicas is not None and (isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1):
+            problems.append(f"vllm_server(replicas={replicas!r}): give a whole number of replicas, at least 1 "
+                            "(replicas=2 boots the role as two servers and spreads the load over them)")
+            replicas = None
         flags = {k: v for k, v in kwargs.items() if k not in _MARKER_KEYWORDS}
         for key, value in flags.items():
             if not _is_flag_value(value):
@@ -131,7 +152,7 @@ class MarkerFlags:
                                 "a list or dict of those (JSON flags such as speculative_config take a dict)")
         if problems:
             raise UsageError(f"{where}: " + f"\n{where}: ".join(problems))
-        return cls(flags=flags, env={str(k): str(v) for k, v in env.items()}, roles=roles)
+        return cls(flags=flags, env={str(k): str(v) for k, v in env.items()}, roles=roles, replicas=replicas)
 
     def applies_to(self, role: str) -> bool:
         return self.roles is None or role in self.roles
@@ -169,7 +190,15 @@ def _is_flag_value(value: object) -> bool:
 
 def marker_key(markers: Sequence[MarkerFlags]) -> str:
     """The markers' flags as JSON: tests with equal keys share their servers (and run together)."""
-    return json.dumps([sorted(m.flags.items(), key=str) for m in markers], default=str)
+    return json.dumps([sorted(m.flags.items(), key=str) + ([("replicas", m.replicas)] if m.replicas else [])
+                       for m in markers], default=str)
+
+
+def replica_count(role: str, markers: Sequence[MarkerFlags]) -> int:
+    """How many replicas ``role`` boots as under ``markers`` (farthest first): the closest marker that
+    says so for the role wins; 1 when none does."""
+    counts = [m.replicas for m in markers if m.replicas is not None and m.applies_to(role)]
+    return counts[-1] if counts else 1
 
 
 def merge_flags(role: str, layers: Iterable[Mapping[str, Any]], markers: Iterable[MarkerFlags]
