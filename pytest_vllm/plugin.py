@@ -156,18 +156,22 @@ def _plans_of(items: list[pytest.Item]) -> list[tuple[str, tuple[str, ...], list
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """A test of ``vllm_server`` runs once per server and, for a role of several replicas, once per
-    replica of it (ids ``base-replica1``...), so conformance and smoke cover every replica."""
-    if EITHER_FIXTURE not in metafunc.fixturenames:
-        return
+    """A test of ``vllm_server`` runs once per server (ids ``base``, ``compressed``) and, for a role
+    of several replicas, once per replica of it (``base-replica1``...), so conformance and smoke
+    cover every replica. (Here, not as the fixture's params: those cannot depend on the run.)"""
+    if EITHER_FIXTURE not in metafunc.fixturenames or any(
+            EITHER_FIXTURE in str(mark.args[0] if mark.args else "")
+            for mark in metafunc.definition.iter_markers("parametrize")):
+        return  # the test parametrizes vllm_server itself
     session = metafunc.config.stash[SESSION_KEY]
     try:
         markers = _markers_of(metafunc.definition)
     except UsageError:
-        return  # reported with every other bad marker at collection's end (_plans_of)
+        markers = []  # reported with every other bad marker at collection's end (_plans_of)
     counts = {role: session.replicas_for(role, markers) for role in PAIR_ROLES}
     if all(count <= 1 for count in counts.values()):
-        return  # the fixture's own params: one test per role, ids unchanged
+        metafunc.parametrize(EITHER_FIXTURE, PAIR_ROLES, indirect=True)
+        return
     params = [(role, index) for role in PAIR_ROLES for index in range(max(1, counts[role]))]
     ids = [role if counts[role] <= 1 else f"{role}-replica{index + 1}" for role, index in params]
     metafunc.parametrize(EITHER_FIXTURE, params, indirect=True, ids=ids)
@@ -316,7 +320,7 @@ def compressed_server(request: pytest.FixtureRequest) -> ServerHandle:
     return _serve(request, COMPRESSED)
 
 
-@pytest.fixture(params=PAIR_ROLES)
+@pytest.fixture
 def vllm_server(request: pytest.FixtureRequest) -> ServerHandle:
     """Parametrized over both servers: the test runs once on the base and once on the compressed one,
     and once on each replica of a role of several (pytest_generate_tests)."""

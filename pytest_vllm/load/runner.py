@@ -362,10 +362,13 @@ class WorkloadSession:
 
 async def run_workload_async(url: str, model: str, workload: Workload, api_key: str = "EMPTY",
                              say: Callable[[str], None] = lambda _: None, label: str = "",
-                             telemetry_interval: float | None = None) -> WorkloadRuns:
+                             telemetry_interval: float | None = None, replicas: tuple[str, ...] = (),
+                             balance: str = ROUND_ROBIN) -> WorkloadRuns:
     """Warm up, then run ``workload.repeats`` measured repetitions, each on its own prompts
-    (``telemetry_interval``: sample the server's /metrics this often during each)."""
-    async with WorkloadSession(Target(url, model, api_key, label, telemetry_interval), workload, say) as session:
+    (``telemetry_interval``: sample the server's /metrics this often during each; ``replicas``: spread
+    the requests over these servers by ``balance``)."""
+    target = Target(url, model, api_key, label, telemetry_interval, replicas=replicas, balance=balance)
+    async with WorkloadSession(target, workload, say) as session:
         await session.warm_up()
         return session.runs([await session.repetition(r) for r in range(workload.repeats)])
 
@@ -474,7 +477,8 @@ def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
 
 def run_workload(url: str, model: str, workload: Workload, api_key: str = "EMPTY",
                  say: Callable[[str], None] = lambda _: None, label: str = "",
-                 telemetry_interval: float | None = None) -> WorkloadRuns:
+                 telemetry_interval: float | None = None, replicas: tuple[str, ...] = (),
+                 balance: str = ROUND_ROBIN) -> WorkloadRuns:
     """Synchronous entry point (for plain test functions)."""
     return run_async(run_workload_async(url, model, workload, api_key=api_key, say=say, label=label,
-                                        telemetry_interval=telemetry_interval))
+                                        telemetry_interval=telemetry_interval, replicas=replicas, balance=balance))

@@ -1,6 +1,6 @@
 """Several replicas per role: --vllm-url lists, the balancer, the marker's replicas=N, the role's
 handle over its replicas and the per-replica figures. Nothing boots (specs are checked against the
-installed vLLM's parser); the integration test tests/integration/test_replicas.py serves real ones."""
+installed vLLM's parser); the integration test tests/integration/test_replica_servers.py serves real ones."""
 
 from __future__ import annotations
 
