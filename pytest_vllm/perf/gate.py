@@ -81,7 +81,8 @@ class Bench:
             self._say(f"measuring {attempt.name} on the {server.role} server: {attempt.describe()}")
             runs = run_workload(server.url, server.model, attempt, api_key=server.api_key, say=self._say,
                                 label=f"{server.role}/{attempt.name}",
-                                telemetry_interval=self.settings.profile.telemetry_interval_s)
+                                telemetry_interval=self.settings.profile.telemetry_interval_s,
+                                replicas=server.replica_urls, balance=self.settings.balance)
             return self._evaluated(self._measurement(server, runs), wanted)
 
         measurement = self._confirmed(measure, self._prepared(workload), gate)
