@@ -192,3 +192,17 @@ def test_replica_shares_count_each_replicas_requests_and_throughput() -> None:
 
 def test_one_server_has_no_replica_split() -> None:
     assert replica_shares([[record(0, "http://a"), record(1, "http://a")]], [1.0]) == []
+
+
+@pytest.mark.parametrize(("devices", "expected"), [(2, ["0", "1"]), (1, [None, None])])
+def test_gpu_replicas_get_a_device_each_where_the_machine_has_several(tmp_path: Path, devices: int,
+                                                                      expected: list[str | None]) -> None:
+    """Planned only (nothing boots; the lent machines have one GPU): on two devices each replica sees
+    its own, on one they share it as any two servers do."""
+    from pytest_vllm.gpu import DeviceInfo
+
+    session = VLLMSession(RunConfig(rootdir=tmp_path, gpu="h100", gpu_force=True))
+    session.__dict__["device"] = DeviceInfo(name="NVIDIA H100 80GB HBM3", count=devices, memory_mib=81559)
+    replicas = session.spec_for("base", [], model="some-org/some-model").as_replicas(2)
+    plans = [session.launcher.plan(spec, port=8000 + i, slot=i, slots=2) for i, spec in enumerate(replicas)]
+    assert [plan.env.get("CUDA_VISIBLE_DEVICES") for plan in plans] == expected
