@@ -155,10 +155,13 @@ def _plans_of(items: list[pytest.Item]) -> list[tuple[str, tuple[str, ...], list
     return plans
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """A test of ``vllm_server`` runs once per server (ids ``base``, ``compressed``) and, for a role
     of several replicas, once per replica of it (``base-replica1``...), so conformance and smoke
-    cover every replica. (Here, not as the fixture's params: those cannot depend on the run.)"""
+    cover every replica. (Here, not as the fixture's params: those cannot depend on the run.) First,
+    before the test's own parametrize marks, so its ids read as they did as fixture params
+    (``[base-c1]``): baselines are filed by node id."""
     if EITHER_FIXTURE not in metafunc.fixturenames or any(
             EITHER_FIXTURE in str(mark.args[0] if mark.args else "")
             for mark in metafunc.definition.iter_markers("parametrize")):

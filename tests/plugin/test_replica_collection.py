@@ -18,6 +18,10 @@ def test_plain(vllm_server):
 @pytest.mark.parametrize("vllm_server", ["compressed"], indirect=True)
 def test_own_parametrization(vllm_server):
     pass
+
+@pytest.mark.parametrize("c", [1])
+def test_ids_keep_the_role_first(vllm_server, c):
+    "Baselines are filed by node id: [base-1] as when the roles were the fixture's params."
 """
 
 
@@ -28,7 +32,9 @@ def test_vllm_server_tests_run_once_per_replica_of_a_booted_role(pytester: pytes
     collected = [line for line in result.stdout.lines if "::" in line]
     assert collected == ["test_inner.py::test_each[base-replica1]", "test_inner.py::test_each[base-replica2]",
                          "test_inner.py::test_each[compressed]", "test_inner.py::test_plain[base]",
-                         "test_inner.py::test_plain[compressed]", "test_inner.py::test_own_parametrization[compressed]"]
+                         "test_inner.py::test_plain[compressed]", "test_inner.py::test_own_parametrization[compressed]",
+                         "test_inner.py::test_ids_keep_the_role_first[base-1]",
+                         "test_inner.py::test_ids_keep_the_role_first[compressed-1]"]
     result.stdout.fnmatch_lines(["*base server replica 1: *", "*base server replica 2: *"])
 
 
