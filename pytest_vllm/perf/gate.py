@@ -324,7 +324,10 @@ class Bench:
         missing = missing_baseline(self.settings, judged, budgets)
         if missing.action == "not judged":
             judged.judged = False
-            self._state.unjudged_classes[judged.model_of_record] = list(missing.recorded_classes)
+            if missing.new_test:
+                judged.baseline_note = "; ".join(filter(None, [judged.baseline_note, missing.message]))
+            else:
+                self._state.unjudged_classes[judged.model_of_record] = list(missing.recorded_classes)
             self._say_once(missing.message)
         elif missing.action == "skip":
             pytest.skip(missing.message)

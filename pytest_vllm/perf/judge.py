@@ -100,12 +100,13 @@ class MissingBaseline:
     action: Literal["none", "not judged", "skip", "fail"]
     message: str = ""
     recorded_classes: tuple[str, ...] = ()
+    new_test: bool = False  # not judged because the class has baselines, only none of this test
 
 
 def missing_baseline(settings: BenchSettings, judged: Judged, budgets: Mapping[str, Budget]) -> MissingBaseline:
     """A measurement with relative budgets but no baseline never passes silently: on a host class
-    with no baselines for the model (``auto``) it is reported as not judged; otherwise it fails
-    (or skips, by --vllm-missing-baseline)."""
+    with no baselines for the model, or none of this test (``auto``), it is reported as not judged;
+    an entry missing from the test's baseline file fails (or skips, by --vllm-missing-baseline)."""
     relative = any(b.kind == "relative" for b in budgets.values())
     if judged.baseline is not None or settings.record or not relative:
         return MissingBaseline("none")
@@ -119,6 +120,14 @@ def missing_baseline(settings: BenchSettings, judged: Judged, budgets: Mapping[s
             f"counter checks are. Record its own baselines with --update-baselines (then --add-baselines on more "
             "runs of the class), or `pytest-vllm baselines add` the results.json of its runs"), classes)
     key = judged.baseline_key(settings.host_class)
+    if settings.missing == "auto" and not key.path(settings.baseline_dir).exists():
+        # A test newer than the class's recordings has no file of its own there: say so and judge its
+        # absolute budgets only. An entry missing from a file that exists is a gap, and fails below.
+        return MissingBaseline("not judged", (
+            f"{key.entry_name}: no baselines of this test for host class {settings.host_class} "
+            f"({key.path(settings.baseline_dir)} does not exist: the test is newer than the class's recordings). "
+            "Its relative budgets are not judged; record them with --update-baselines on this class"), classes,
+            new_test=True)
     message = judged.baseline_note or (
         f"no baseline for {key.entry_name} of host class {settings.host_class} in "
         f"{key.path(settings.baseline_dir)} (classes with baselines of {model}: {recorded}); record one with "

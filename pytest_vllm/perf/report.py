@@ -119,6 +119,9 @@ def tables(state: BenchState) -> list[Table]:
             overview.notes.append(f"{measurement_label(m)} [{m.role}]: the load client was saturated")
     out.append(overview)
 
+    if interfered := [m for m in state.measurements if m.result.has("prefill_overlapped_gaps")]:
+        out.append(prefill_interference_table(interfered))
+
     if rooflines := [m for m in state.measurements if m.roofline is not None]:
         out.append(roofline_table(rooflines))
 
@@ -140,6 +143,21 @@ def tables(state: BenchState) -> list[Table]:
                 pairs.notes.append(f"{measurement_label(p)} [{p.role}]: {p.baseline_note}")
         out.append(pairs)
     return out
+
+
+def prefill_interference_table(measurements: list[Measurement]) -> Table:
+    """What long prefills cost the streams beside them: their inter-token gaps clear of and during a
+    long prompt's prefill (medians over the repetitions), beside the long prompts' own prefill."""
+    names = ("itl_p99_outside_prefill", "itl_p99_during_prefill", "itl_max_during_prefill", "long_prompt_ttft_p50",
+             "long_prompt_prefill_throughput")
+    table = Table("vllm performance: long prompts beside streaming requests (median of repetitions)",
+                  ["measurement", "server", *[f"{n} ({METRICS[n].unit})" for n in names], "gaps during prefill"])
+    for m in measurements:
+        table.add(measurement_label(m), m.role, *[fmt(m.value(n)) if m.result.has(n) else "-" for n in names],
+                  fmt(m.value("prefill_overlapped_gaps"), 0))
+    table.notes.append("a gap is 'during prefill' when it overlaps a long prompt's send-to-first-token window; "
+                       "chunked prefill (a small --max-num-batched-tokens) should keep it near the gaps outside")
+    return table
 
 
 def roofline_table(measurements: list[Measurement]) -> Table:
