@@ -350,12 +350,13 @@ class Bench:
 
 def foreign_load(result: RepeatedResult, workload: Workload) -> float | None:
     """The most requests the server ran, or queued, at once when that is more than a closed-loop
-    workload sends (another client's load), else None."""
+    workload sends (another client's load; its long prompts count as its own), else None."""
     if workload.concurrency is None:
         return None
     held = max((v for name in ("requests_running_peak", "requests_waiting_peak") if result.has(name)
                 for v in result.values(name)), default=0.0)
-    return held if held > workload.concurrency else None
+    sent = workload.concurrency + (workload.long_prompts.count if workload.long_prompts else 0)
+    return held if held > sent else None
 
 
 def _failing(judged: Judged) -> str:
