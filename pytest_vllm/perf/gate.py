@@ -41,13 +41,14 @@ from pytest_vllm.perf.results import (
     BenchState,
     Judged,
     KVCacheCheck,
+    KVCachePair,
     Measurement,
     PairComparison,
     pair_ratios,
 )
 from pytest_vllm.perf.roofline import Roofline, roofline
 from pytest_vllm.server.handle import ServerHandle
-from pytest_vllm.server.kv_capacity import CACHE_CONFIG_INFO, capacity_of, shortfall
+from pytest_vllm.server.kv_capacity import CACHE_CONFIG_INFO, Capacity, capacity_of, capacity_ratio, shortfall
 
 J = TypeVar("J", Measurement, PairComparison)
 # Offsets the prompt seed of a confirming second measurement: its prompts are none of the first's.
@@ -157,15 +158,8 @@ class Bench:
         when it cannot hold a workload's concurrency at the workload's lengths without preempting,
         or when the cost per token computed from the model's shape does not explain what vLLM
         allocated (its own max concurrency included)."""
-        try:
-            text = httpx.get(f"{server.url}/metrics", timeout=30,
-                             headers={"Authorization": f"Bearer {server.api_key}"}).text
-        except httpx.HTTPError as exc:
-            pytest.fail(f"the {server.role} server's /metrics could not be read: {exc}", pytrace=False)
+        capacity = self._kv_capacity(server)
         flags = server.spec.flag_dict if server.spec else {}
-        capacity = capacity_of(text, server.spec.model if server.spec else server.model, flags)
-        if capacity is None:
-            pytest.skip(f"the {server.role} server exports no {CACHE_CONFIG_INFO}: its KV cache size is unknown")
         max_len = flags.get("max_model_len")
         if max_len is None and capacity.allocated.max_concurrency:
             max_len = round(capacity.tokens / capacity.allocated.max_concurrency)
@@ -192,7 +186,34 @@ class Bench:
                         pytrace=False)
         return check
 
+    def kv_cache_pair(self, reference: ServerHandle, candidate: ServerHandle,
+                      floor: float | None = None) -> KVCachePair:
+        """The candidate's KV cache against the reference's, before any load: the tokens it holds
+        must grow at least as its cost per token shrinks (an fp8 cache, a smaller serving dtype),
+        and reach ``floor`` times the reference's where one is asked."""
+        ratio = capacity_ratio(self._kv_capacity(reference), self._kv_capacity(candidate))
+        pair = KVCachePair(self._item.nodeid, reference.role, candidate.role, ratio, floor, ratio.shortfall(floor))
+        self._state.kv_pairs.append(pair)
+        self._say(pair.describe())
+        if pair.problem:
+            pytest.fail(f"the {candidate.role} server's KV cache against the {reference.role} server's: "
+                        f"{pair.describe()}: {pair.problem}", pytrace=False)
+        return pair
+
     # -- internals -----------------------------------------------------------------------------
+    def _kv_capacity(self, server: ServerHandle) -> Capacity:
+        """What the server's /metrics say it allocated, with the cost per token from its model's shape."""
+        try:
+            text = httpx.get(f"{server.url}/metrics", timeout=30,
+                             headers={"Authorization": f"Bearer {server.api_key}"}).text
+        except httpx.HTTPError as exc:
+            pytest.fail(f"the {server.role} server's /metrics could not be read: {exc}", pytrace=False)
+        flags = server.spec.flag_dict if server.spec else {}
+        capacity = capacity_of(text, server.spec.model if server.spec else server.model, flags)
+        if capacity is None:
+            pytest.skip(f"the {server.role} server exports no {CACHE_CONFIG_INFO}: its KV cache size is unknown")
+        return capacity
+
     def _prepared(self, workload: Workload) -> Workload:
         """The workload with the run's --vllm-repeats and --vllm-prompt-seed."""
         settings = self.settings

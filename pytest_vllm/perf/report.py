@@ -44,7 +44,7 @@ def _unchecked_verdict(state: BenchState, judged: Judged) -> Verdict:
 
 def section(state: BenchState, say: Callable[[str], None]) -> Section | None:
     """The report section, or None when nothing was measured."""
-    if not state.measurements and not state.kv_caches:
+    if not state.measurements and not state.kv_caches and not state.kv_pairs:
         return None
     from pytest_vllm.perf import plots
 
@@ -74,12 +74,14 @@ def kv_cache_table(state: BenchState) -> Table:
                   Verdict(Outcome.PASS if check.passed else Outcome.FAIL))
         table.notes += [f"{check.role}: {problem}" for problem in check.problems]
     table.notes.append("workloads held: requests the cache holds at once / the workload's concurrency")
+    table.notes += [f"{pair.describe()}: {'PASS' if pair.passed else 'FAIL: ' + str(pair.problem)}"
+                    for pair in state.kv_pairs]
     return table
 
 
 def tables(state: BenchState) -> list[Table]:
     settings = state.settings
-    out = [kv_cache_table(state)] if state.kv_caches else []
+    out = [kv_cache_table(state)] if state.kv_caches or state.kv_pairs else []
     if not state.measurements:
         return out
     checks = Table(f"vllm performance: budgets (current = median of repetitions; host class {settings.host_class}; "
@@ -246,4 +248,9 @@ def to_json(state: BenchState) -> dict[str, Any]:
             "measurements": [measurement(m) for m in state.measurements],
             "pairs": [pair(p) for p in state.pairs],
             "kv_caches": [kv_cache_json(c) for c in state.kv_caches],
+            "kv_cache_pairs": [{"test": p.nodeid, "reference": p.reference_role, "candidate": p.candidate_role,
+                                "reference_tokens": p.capacity.reference_tokens,
+                                "candidate_tokens": p.capacity.candidate_tokens, "ratio": p.capacity.ratio,
+                                "cost_ratio": p.capacity.cost_ratio, "floor": p.floor, "passed": p.passed,
+                                "problem": p.problem} for p in state.kv_pairs],
             "baselines_written": [str(p) for p in state.written]}
