@@ -9,6 +9,7 @@ from pytest_vllm.gating import Outcome, Verdict
 from pytest_vllm.perf.budgets import Check
 from pytest_vllm.perf.metrics import METRIC_DEFINITIONS, METRICS
 from pytest_vllm.perf.results import PAIR_METRICS, BenchState, Judged, KVCacheCheck, Measurement, PairComparison
+from pytest_vllm.perf.turns import turns_table
 from pytest_vllm.report.tables import Table, fmt, pct
 from pytest_vllm.report.writer import Section
 
@@ -118,6 +119,8 @@ def tables(state: BenchState) -> list[Table]:
         if m.result.client_saturated:
             overview.notes.append(f"{measurement_label(m)} [{m.role}]: the load client was saturated")
     out.append(overview)
+    if per_turn := turns_table(state.measurements):
+        out.append(per_turn)
 
     if rooflines := [m for m in state.measurements if m.roofline is not None]:
         out.append(roofline_table(rooflines))

@@ -12,7 +12,7 @@ import pytest
 
 from pytest_vllm.load.client import RequestRecord
 from pytest_vllm.load.runner import RunResult
-from pytest_vllm.perf.metrics import METRICS, RepeatedResult, compute, compute_records
+from pytest_vllm.perf.metrics import METRICS, MULTI_TURN_METRICS, RepeatedResult, compute, compute_records
 from pytest_vllm.server.counters import PrefixCacheCounts
 
 
@@ -77,7 +77,8 @@ def test_every_value_is_a_declared_metric() -> None:
     from pytest_vllm.server.telemetry import ServerTelemetry
 
     server_side = {"prefix_cache_hit_rate", *ServerTelemetry(samples=1).__dataclass_fields__} - {"samples"}
-    assert set(result.values) == set(METRICS) - server_side  # those only from a server's /metrics
+    # Not here: those only from a server's /metrics, and a multi-turn run's (tests/unit/test_conversations.py)
+    assert set(result.values) == set(METRICS) - server_side - MULTI_TURN_METRICS
 
 
 def test_a_run_records_its_prefix_cache_hit_share_only_where_counted() -> None:
