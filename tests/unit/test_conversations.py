@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from pytest_vllm import baselines
 from pytest_vllm.errors import UsageError
+from pytest_vllm.gpu import PROFILES
 from pytest_vllm.load.client import RequestRecord, StreamParser
+from pytest_vllm.load.runner import WorkloadRuns
 from pytest_vllm.load.sessions import (
     MAX_TURNS,
     Conversation,
@@ -21,7 +24,10 @@ from pytest_vllm.load.sessions import (
     converse_all,
     load_conversations,
 )
-from pytest_vllm.perf.budgets import parse_budget
+from pytest_vllm.perf.budgets import GatePolicy, parse_budget, parse_budgets
+from pytest_vllm.perf.judge import cold_cache_problem, judge, stored_baseline
+from pytest_vllm.perf.metrics import RepeatedResult
+from pytest_vllm.perf.results import BenchSettings, Measurement
 from pytest_vllm.perf.turns import compute_run, turn_values
 from pytest_vllm.server.counters import PrefixCacheCounts
 
@@ -206,3 +212,38 @@ def test_the_stream_parser_reads_the_cached_tokens_of_the_usage() -> None:
     parser = StreamParser(plain, chat=True)
     parser.feed(b'data: {"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 1}}\n', 1.0)
     assert plain.cached_tokens is None, "not reported is not 0"
+
+
+CLASS = "cpu-test-2c"
+CHAT = MultiTurnWorkload(name="chat", num_requests=2, turns=2, repeats=3)
+
+
+def chat_measurement(turn2_ttft: float = 0.2, turn1_cached: int = 0) -> Measurement:
+    runs = []
+    for jitter in (0.0, 0.01, -0.01):
+        run = conversation_run([turn1_cached, 112, turn1_cached, 128])
+        run.records[1].first_token_at = run.records[3].first_token_at = turn2_ttft + jitter
+        runs.append(compute_run(run))
+    return Measurement("suites/test_multiturn.py::test_t", "base", "m", CHAT, RepeatedResult(runs), "srv", {})
+
+
+def test_per_turn_metrics_are_judged_against_their_baseline_like_any_other(tmp_path: Path) -> None:
+    settings = BenchSettings(profile=PROFILES["cpu"], host_class=CLASS, baseline_dir=tmp_path, record=False,
+                             missing="auto", policy=GatePolicy(), default_budgets={}, environment={})
+    recorded = chat_measurement()
+    baselines.write(tmp_path, recorded.baseline_key(CLASS), recorded.entry({}))
+    budgets = parse_budgets({"turn2_ttft_p50": "<= baseline * 1.10", "turn2_cached_share": ">= 0.5"})
+    for turn2_ttft, passed in ((0.2, True), (0.5, False)):
+        current = chat_measurement(turn2_ttft)
+        stored, _ = stored_baseline(settings, current)
+        checks = {c.metric: c for c in judge(current, budgets, stored, settings)}
+        assert checks["turn2_ttft_p50"].reference == pytest.approx(200.0)
+        assert checks["turn2_ttft_p50"].passed is passed
+        assert checks["turn2_cached_share"].passed, "240 of 400 tokens cached"
+
+
+def test_a_first_turn_served_from_the_cache_makes_the_measurement_invalid() -> None:
+    runs = WorkloadRuns(CHAT, [], template_tokens=20)
+    assert cold_cache_problem(chat_measurement(turn1_cached=16), runs) is None, "within the template's frame"
+    problem = cold_cache_problem(chat_measurement(turn1_cached=64), runs)
+    assert problem and "64% of a repetition's first-turn prompt tokens" in problem and "--vllm-prompt-seed" in problem
