@@ -24,7 +24,9 @@ from pytest_vllm.load.sessions import (
     converse_all,
     load_conversations,
 )
+from pytest_vllm.load.workload import Workload
 from pytest_vllm.perf.budgets import GatePolicy, parse_budget, parse_budgets
+from pytest_vllm.perf.gate import refuse_multi_turn
 from pytest_vllm.perf.judge import cold_cache_problem, judge, stored_baseline
 from pytest_vllm.perf.metrics import RepeatedResult
 from pytest_vllm.perf.results import BenchSettings, Measurement
@@ -247,3 +249,10 @@ def test_a_first_turn_served_from_the_cache_makes_the_measurement_invalid() -> N
     assert cold_cache_problem(chat_measurement(turn1_cached=16), runs) is None, "within the template's frame"
     problem = cold_cache_problem(chat_measurement(turn1_cached=64), runs)
     assert problem and "64% of a repetition's first-turn prompt tokens" in problem and "--vllm-prompt-seed" in problem
+
+
+@pytest.mark.parametrize("method", ["compare", "single_stream"])
+def test_only_run_measures_conversations(method: str) -> None:
+    refuse_multi_turn(Workload(name="single_shot"), method)
+    with pytest.raises(UsageError, match=f"vllm_bench.{method} does not run multi-turn workloads.*vllm_bench.run"):
+        refuse_multi_turn(CHAT, method)
