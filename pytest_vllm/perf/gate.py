@@ -18,10 +18,11 @@ import httpx
 import pytest
 
 from pytest_vllm import baselines
-from pytest_vllm.errors import BaselineError
+from pytest_vllm.errors import BaselineError, UsageError
 from pytest_vllm.gating import closest_wins
 from pytest_vllm.gpu import GPUProfile
 from pytest_vllm.load.runner import Target, WorkloadRuns, run_async, run_pair_async, run_single_stream, run_workload
+from pytest_vllm.load.sessions import MultiTurnWorkload, run_conversations
 from pytest_vllm.load.workload import Workload
 from pytest_vllm.models.weights import served_weight_bytes
 from pytest_vllm.perf import deferral
@@ -34,7 +35,7 @@ from pytest_vllm.perf.judge import (
     pair_failure_text,
     stored_baseline,
 )
-from pytest_vllm.perf.metrics import RepeatedResult, compute
+from pytest_vllm.perf.metrics import RepeatedResult
 from pytest_vllm.perf.results import (
     PAIR_METRICS,
     BenchSettings,
@@ -47,6 +48,7 @@ from pytest_vllm.perf.results import (
     pair_ratios,
 )
 from pytest_vllm.perf.roofline import Roofline, roofline
+from pytest_vllm.perf.turns import compute_run
 from pytest_vllm.server.handle import ServerHandle
 from pytest_vllm.server.kv_capacity import CACHE_CONFIG_INFO, Capacity, capacity_of, capacity_ratio, shortfall
 
@@ -75,14 +77,18 @@ class Bench:
     # -- public API ----------------------------------------------------------------------------
     def run(self, server: ServerHandle, workload: Workload, budgets: Mapping[str, str] | None = None,
             gate: bool = True) -> Measurement:
-        """Measure ``workload`` on ``server`` and gate it (``gate=False``: measure and record only)."""
+        """Measure ``workload`` on ``server`` and gate it (``gate=False``: measure and record only);
+        a MultiTurnWorkload runs as conversations, with per-turn metrics."""
         wanted = self._budget_set(budgets)
 
         def measure(attempt: Workload) -> Measurement:
             self._say(f"measuring {attempt.name} on the {server.role} server: {attempt.describe()}")
-            runs = run_workload(server.url, server.model, attempt, api_key=server.api_key, say=self._say,
-                                label=f"{server.role}/{attempt.name}",
-                                telemetry_interval=self.settings.profile.telemetry_interval_s)
+            if isinstance(attempt, MultiTurnWorkload):
+                runs = run_conversations(self._target(server, attempt), attempt, say=self._say)
+            else:
+                runs = run_workload(server.url, server.model, attempt, api_key=server.api_key, say=self._say,
+                                    label=f"{server.role}/{attempt.name}",
+                                    telemetry_interval=self.settings.profile.telemetry_interval_s)
             return self._evaluated(self._measurement(server, runs), wanted)
 
         measurement = self._confirmed(measure, self._prepared(workload), gate)
@@ -95,6 +101,7 @@ class Bench:
         compressed), their repetitions interleaved, and apply the ``vllm_pair_budget`` ratios
         candidate / reference to the median of the per-pair ratios (``pair_budgets`` override the
         markers' per metric: a budget that depends on the run, such as the GPU speedup floor)."""
+        refuse_multi_turn(workload, "compare")
         wanted = self._budget_set(budgets)
         ratio_budgets = self._pair_budgets
         if pair_budgets:
@@ -131,6 +138,7 @@ class Bench:
         """Sequential requests, one at a time; each request is also a pytest-benchmark round, so the
         end-to-end latencies reach ``--benchmark-json`` / ``--benchmark-compare`` (a confirming
         second measurement runs outside pytest-benchmark, which times one run per test)."""
+        refuse_multi_turn(workload, "single_stream")
         wanted = self._budget_set(budgets)
         earlier = deferral.attempts_of(self._item)
         if earlier is not None:  # the second run: pytest-benchmark timed the first run's rounds
@@ -247,7 +255,7 @@ class Bench:
 
     def _measurement(self, server: ServerHandle, runs: WorkloadRuns) -> Measurement:
         workload = runs.workload
-        result = RepeatedResult([compute(run, workload.slo_ms) for run in runs.runs])
+        result = RepeatedResult([compute_run(run, workload.slo_ms) for run in runs.runs])
         if result.errors:
             shown = "\n  ".join(result.errors[:10])
             more = f"\n  ... and {len(result.errors) - 10} more" if len(result.errors) > 10 else ""
@@ -367,6 +375,14 @@ class Bench:
         judged.baseline_note = f"baseline {verb} {path}"
         self._state.written.append(path)
         self._say(f"baseline {verb}: {path} [{key.entry_name}]")
+
+
+def refuse_multi_turn(workload: Workload, method: str) -> None:
+    """Conversations run only through ``vllm_bench.run``: say so before anything is measured."""
+    if isinstance(workload, MultiTurnWorkload):
+        raise UsageError(f"vllm_bench.{method} does not run multi-turn workloads ({workload.name!r}): measure "
+                         "conversations with vllm_bench.run(server, workload), one server at a time "
+                         "(concurrency=1 for sequential conversations)")
 
 
 def foreign_load(result: RepeatedResult, workload: Workload) -> float | None:

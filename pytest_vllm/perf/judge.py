@@ -14,6 +14,7 @@ from pytest_vllm import baselines
 from pytest_vllm.gating import Outcome, Verdict
 from pytest_vllm.load.host import NOTABLE_STEAL_PCT
 from pytest_vllm.load.runner import WorkloadRuns
+from pytest_vllm.load.sessions import MultiTurnWorkload
 from pytest_vllm.perf.budgets import Budget, Check, evaluate
 from pytest_vllm.perf.metrics import METRICS
 from pytest_vllm.perf.resolution import baseline_noise, run_noise
@@ -79,6 +80,8 @@ def judge(judged: Judged, budgets: Mapping[str, Budget], stored: baselines.Basel
 def cold_cache_problem(measurement: Measurement, runs: WorkloadRuns) -> str | None:
     """Why a measurement is invalid because its prompts were served from the prefix cache, if so."""
     workload = measurement.workload
+    if isinstance(workload, MultiTurnWorkload):
+        return first_turn_cold_problem(measurement, runs)
     if workload.shared_prefix_len or workload.dataset or not measurement.result.has("prefix_cache_hit_rate"):
         return None
     allowed = MAX_COLD_HIT_RATE + runs.template_tokens / workload.input_len
@@ -91,6 +94,25 @@ def cold_cache_problem(measurement: Measurement, runs: WorkloadRuns) -> str | No
             f"server before: by another measurement with the workload name {workload.name!r} and seed "
             f"{workload.seed} (give each its own name or seed), or by an earlier run against this long-running "
             "server (pass another --vllm-prompt-seed). A prefix-caching workload sets shared_prefix_len")
+
+
+def first_turn_cold_problem(measurement: Measurement, runs: WorkloadRuns) -> str | None:
+    """Why a multi-turn measurement is invalid because its first turns were served from the prefix
+    cache, if so: the later turns hit it by design, the first must not beyond the chat template's
+    frame (the same in every conversation). Not judged for datasets (their rows may share a system
+    prompt) nor where the first turn's share is unknown (several conversations at once, no usage)."""
+    workload = measurement.workload
+    if workload.dataset or not measurement.result.has("turn1_cached_share"):
+        return None
+    allowed = MAX_COLD_HIT_RATE + runs.template_tokens / max(1.0, measurement.value("turn1_prompt_tokens"))
+    worst = max(measurement.runs_of("turn1_cached_share"))
+    if worst <= allowed:
+        return None
+    return (f"{workload.name} on the {measurement.role} server is invalid: the server's prefix cache served "
+            f"{worst:.0%} of a repetition's first-turn prompt tokens (at most {allowed:.0%}: the chat template's "
+            "frame), so its conversations had been sent to this server before: by another measurement with the "
+            f"workload name {workload.name!r} and seed {workload.seed} (give each its own name or seed), or by an "
+            "earlier run against this long-running server (pass another --vllm-prompt-seed)")
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ import numpy as np
 
 from pytest_vllm.load.client import RequestRecord
 from pytest_vllm.load.runner import RunResult
+from pytest_vllm.load.sessions import MAX_TURNS
 
 METRIC_DEFINITIONS = "vllm-bench-serve/1"
 PERCENTILES = (50, 90, 95, 99)
@@ -58,6 +59,22 @@ def _latency_metrics() -> dict[str, MetricInfo]:
     return out
 
 
+def _turn_metrics() -> dict[str, MetricInfo]:
+    """Multi-turn workloads' metrics (load/sessions.py, perf/turns.py), declared for every turn one may
+    have so that budgets on them parse before anything runs."""
+    out = {"cached_share": MetricInfo("", "higher", "multi-turn: share of all turns' prompt tokens the prefix "
+                                      "cache served (usage.prompt_tokens_details.cached_tokens, else the "
+                                      "server's counters)")}
+    for turn in range(1, MAX_TURNS + 1):
+        out[f"turn{turn}_ttft_p50"] = MetricInfo("ms", "lower", f"multi-turn: TTFT p50 of turn {turn}", positive=True)
+        out[f"turn{turn}_cached_share"] = MetricInfo("", "higher", f"multi-turn: share of turn {turn}'s prompt "
+                                                     "tokens the prefix cache served")
+        out[f"turn{turn}_prompt_tokens"] = MetricInfo("", "none", f"multi-turn: mean prompt tokens of turn {turn} "
+                                                      "(its history and its new user turn)")
+    return out
+
+
+MULTI_TURN_METRICS = frozenset(_turn_metrics())
 METRICS: dict[str, MetricInfo] = {
     "request_throughput": MetricInfo("req/s", "higher", "completed requests per second of wall time", positive=True),
     "output_throughput": MetricInfo("tok/s", "higher", "output tokens per second of wall time", positive=True),
@@ -99,6 +116,7 @@ METRICS: dict[str, MetricInfo] = {
     "duration": MetricInfo("s", "none", "wall time of the measured run", positive=True),
     "completed": MetricInfo("", "none", "requests that succeeded"),
     "failed": MetricInfo("", "lower", "requests that failed"),
+    **_turn_metrics(),
 }
 
 

@@ -9,6 +9,7 @@ from pytest_vllm.gating import Outcome, Verdict
 from pytest_vllm.perf.budgets import Check
 from pytest_vllm.perf.metrics import METRIC_DEFINITIONS, METRICS
 from pytest_vllm.perf.results import PAIR_METRICS, BenchState, Judged, KVCacheCheck, Measurement, PairComparison
+from pytest_vllm.perf.turns import turns_table
 from pytest_vllm.report.tables import Table, fmt, pct
 from pytest_vllm.report.writer import Section
 
@@ -120,6 +121,8 @@ def tables(state: BenchState) -> list[Table]:
         if m.result.client_saturated:
             overview.notes.append(f"{measurement_label(m)} [{m.role}]: the load client was saturated")
     out.append(overview)
+    if per_turn := turns_table(state.measurements):
+        out.append(per_turn)
 
     if interfered := [m for m in state.measurements if m.result.has("prefill_overlapped_gaps")]:
         out.append(prefill_interference_table(interfered))

@@ -12,7 +12,14 @@ import pytest
 
 from pytest_vllm.load.client import RequestRecord
 from pytest_vllm.load.runner import RunResult
-from pytest_vllm.perf.metrics import METRICS, RepeatedResult, compute, compute_records, prefill_interference
+from pytest_vllm.perf.metrics import (
+    METRICS,
+    MULTI_TURN_METRICS,
+    RepeatedResult,
+    compute,
+    compute_records,
+    prefill_interference,
+)
 from pytest_vllm.server.counters import PrefixCacheCounts
 
 
@@ -79,7 +86,10 @@ def test_every_value_is_a_declared_metric() -> None:
 
     server_side = {"prefix_cache_hit_rate", *ServerTelemetry(samples=1).__dataclass_fields__} - {"samples"}
     beside_long_prompts = {n for n in METRICS if "prefill" in n or n.startswith("long_prompt")}
-    assert set(result.values) == set(METRICS) - server_side - beside_long_prompts - {"slo_attainment"}
+    # Not here: those only from a server's /metrics, Workload.long_prompts', a multi-turn run's
+    # (tests/unit/test_conversations.py), and slo_attainment (only with SLOs)
+    assert set(result.values) == (set(METRICS) - server_side - beside_long_prompts - MULTI_TURN_METRICS
+                                  - {"slo_attainment"})
     assert "slo_attainment" in compute_records([record(0, 0.0, [0.1, 0.2], tokens=2)], 1.0, slo_ms={"ttft": 50}).values
     interfered = prefill_interference([record(0, 0.0, [0.1, 0.2, 0.3], tokens=3)],
                                       [RequestRecord(0, 0.0, 0.0, 0.15, [0.15], prompt_tokens=10, output_tokens=1)])
