@@ -34,7 +34,7 @@ suites: models
 	$(PY) -m pytest suites/ --gpu $(GPU) $(PYTEST_ARGS)
 
 test: models
-	$(PY) -m pytest tests/ suites/ --gpu $(GPU) $(PYTEST_ARGS)
+	$(PY) -m pytest tests/ suites/ --gpu $(GPU) --durations=30 $(PYTEST_ARGS)
 
 unit: $(VENV)/.installed
 	$(PY) -m pytest tests/unit tests/plugin $(PYTEST_ARGS)

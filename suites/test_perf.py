@@ -16,7 +16,7 @@ import warnings
 import pytest
 
 from pytest_vllm.gpu import GPUProfile
-from pytest_vllm.load.workload import Workload
+from pytest_vllm.load.workload import LongPrompts, Workload
 
 # Every test of this file serves the perf pair (--vllm-perf-model): on GPU profiles by default an
 # 8B-shaped Llama of random weights and its online FP8, which the GPU bounds rather than the host.
@@ -33,6 +33,11 @@ OUTPUT_LEN = 32
 # 8B-shaped model on an H200 served 1.37x the bf16 base at concurrency 64 and 1.41x single stream.
 GPU_SPEEDUP_FLOOR = {"output_throughput": ">= 1.2"}
 SPEEDUP_MAX_CONCURRENCY = 64
+# The step budget of the chunked-prefill server (--max-num-batched-tokens): a long prompt is prefilled
+# this many tokens per engine step beside the running decodes. vLLM's defaults (engine/arg_utils.py,
+# OpenAI server) are 2048 on CPUs and 8192-16384 on data-centre GPUs: a whole long prompt of this
+# file's in one step, which is the stall the test measures on the base server.
+CHUNKED_PREFILL_TOKENS = {"cpu": 256, "gpu": 1024}
 
 
 def single_stream(profile: GPUProfile) -> Workload:
@@ -64,6 +69,44 @@ def speedup(profile: GPUProfile) -> Workload:
                     output_len=OUTPUT_LEN, concurrency=concurrency, repeats=profile.repeats)
 
 
+def long_prompts_beside_streams(profile: GPUProfile) -> Workload:
+    # Streams decoding while long prompts arrive: on the CPU 2 streams (4 requests of 64 tokens, about
+    # 10 s per repetition at the 2-core host's pace) and two 1,024-token prompts 1 and 3.5 s in; on
+    # GPUs 16 streams and four 8k-token prompts. Three repetitions: the ratio this test gates is
+    # large (see its docstring), so more runs would buy little.
+    if profile.is_gpu:
+        return Workload(name="long_prompt_interference", num_requests=48, input_len=128, output_len=256,
+                        concurrency=16, repeats=3,
+                        long_prompts=LongPrompts(input_len=8192, count=4, first_after_s=1.0, every_s=1.5))
+    return Workload(name="long_prompt_interference", num_requests=4, input_len=64, output_len=64, concurrency=2,
+                    repeats=3, long_prompts=LongPrompts(input_len=1024, count=2, first_after_s=1.0, every_s=2.5))
+
+
+# Open loop: Poisson arrivals at a rate well below saturation, with SLOs the rate should meet. CPU:
+# 0.5 req/s of 128 in / 16 out is 8 output tok/s of demand, under half of what the slowest server of
+# the pair serves at concurrency 2 on the avx2-only class (W8A8 there: ~5 tok/s one at a time,
+# batching roughly doubles it); the SLOs leave that class room (its W8A8 TPOT is ~190 ms single
+# stream). GPUs: 8 req/s of 512 in / 128 out, about a fifth of the 8B-shaped bf16 model's c64
+# throughput on an H200 (5.2k tok/s). The SLOs are absolute budgets; the regressions they cannot see
+# are the baseline budgets' to catch.
+OPEN_LOOP = {
+    "cpu": {"rate": 0.5, "requests": 8, "input_len": 128, "output_len": 16,
+            "slo_ms": {"ttft": 3000.0, "tpot": 500.0}},
+    "gpu": {"rate": 8.0, "requests": 160, "input_len": 512, "output_len": 128,
+            "slo_ms": {"ttft": 500.0, "tpot": 50.0}},
+}
+
+
+OPEN_LOOP_SEND_DELAY_MS = 100.0  # client lateness that makes an open loop no longer the rate asked for
+
+
+def open_loop(profile: GPUProfile) -> Workload:
+    shape = OPEN_LOOP["gpu" if profile.is_gpu else "cpu"]
+    return Workload(name="open_loop", num_requests=int(shape["requests"]), input_len=int(shape["input_len"]),
+                    output_len=int(shape["output_len"]), concurrency=None, request_rate=float(shape["rate"]),
+                    slo_ms=dict(shape["slo_ms"]), repeats=3)
+
+
 def test_kv_cache_holds_the_suites_traffic(vllm_server, vllm_bench, vllm_session) -> None:
     """Before any load: the server's KV cache holds every workload of this file at its concurrency
     without preempting, and its size is what the model's shape predicts (bytes per token from
@@ -74,6 +117,15 @@ def test_kv_cache_holds_the_suites_traffic(vllm_server, vllm_bench, vllm_session
     vllm_bench.kv_cache(vllm_server, [throughput(profile, profile.concurrency_levels[-1]), shared_prefix(profile)])
 
 
+def test_compressed_kv_cache_against_the_base(server_pair, vllm_bench) -> None:
+    """Before any load: the compressed server's KV cache against the base's. Its tokens must grow at
+    least as its cost per token shrinks (an fp8 cache, kv_cache_dtype="fp8", halves it; so does a
+    bfloat16 server against a float32 one), or its cache got less memory. On the CPU profile the
+    W8A8 server runs in bfloat16 beside the float32 base, both with 2 GiB: 93,184 against 46,592
+    tokens, 2.00x, as the costs (23,040 and 46,080 B per token) say."""
+    vllm_bench.kv_cache_pair(*server_pair)
+
+
 def test_single_stream_latency(vllm_server, vllm_bench, vllm_session, benchmark) -> None:
     """One request at a time; the end-to-end latencies also land in pytest-benchmark's storage."""
     vllm_bench.single_stream(vllm_server, single_stream(vllm_session.profile), benchmark)
@@ -82,6 +134,25 @@ def test_single_stream_latency(vllm_server, vllm_bench, vllm_session, benchmark)
 def test_throughput_at_concurrency(vllm_server, vllm_bench, vllm_session, concurrency: int) -> None:
     """Closed-loop throughput at each concurrency level of the GPU profile."""
     vllm_bench.run(vllm_server, throughput(vllm_session.profile, concurrency))
+
+
+def test_open_loop_latency_under_slos(vllm_server, vllm_bench, vllm_session) -> None:
+    """Requests at a steady Poisson rate below saturation, as users send them (not a closed loop's
+    always-full batch): TTFT and TPOT p99 within the profile's SLOs (OPEN_LOOP) and every request
+    meeting them (slo_attainment), TTFT and TPOT p50 and goodput against this host class's
+    baselines. Output throughput follows the arrival rate here, so it is not gated; the achieved
+    rate and the client's send delay are in the results (with 8 requests a repetition the achieved
+    rate is itself Poisson-noisy on the CPU), and a client late on its schedule fails the test as
+    the client's fault, not the server's."""
+    workload = open_loop(vllm_session.profile)
+    slo = workload.slo_ms
+    budgets = {"output_throughput": "off", "goodput": ">= baseline * 0.90", "slo_attainment": ">= 1.0",
+               "ttft_p99": f"<= {slo['ttft']:g} ms", "tpot_p99": f"<= {slo['tpot']:g} ms"}
+    measurement = vllm_bench.run(vllm_server, workload, budgets=budgets)
+    late = max(measurement.runs_of("send_delay_p99"))
+    assert late <= OPEN_LOOP_SEND_DELAY_MS, (
+        f"the load client sent requests up to {late:.0f} ms after their scheduled time (p99): it, not the server, "
+        "set the pace of this open loop")
 
 
 # The verdict is the ratio's and the counters', not the two servers' own numbers: in a fresh-clone
@@ -146,3 +217,42 @@ def test_compressed_speedup_over_base(server_pair, vllm_bench, vllm_session) -> 
     profile = vllm_session.profile
     floor = GPU_SPEEDUP_FLOOR if profile.is_gpu and vllm_session.perf_model != "embedded" else None
     vllm_bench.compare(*server_pair, speedup(profile), pair_budgets=floor)
+
+
+@pytest.mark.vllm_budget(output_throughput="off", ttft_p50="off",
+                         long_prompt_prefill_throughput=">= baseline * 0.90", long_prompt_ttft_p50="<= baseline * 1.15",
+                         itl_p99_during_prefill="<= baseline * 1.15")
+@pytest.mark.vllm_pair_budget(itl_p99_during_prefill="<= 0.60")
+def test_chunked_prefill_bounds_the_stall_of_long_prompts(base_server, vllm_server_factory, vllm_bench,
+                                                          vllm_session) -> None:
+    """Long prompts arrive while other requests stream: prefilled in one engine step (the base
+    server: vLLM's default step budget holds the whole prompt), every stream stalls for the whole
+    prefill; chunked into small steps (--max-num-batched-tokens CHUNKED_PREFILL_TOKENS), the streams
+    keep their pace at the cost of a slower first token for the long prompt. vLLM's V1 engine always
+    has chunked prefill on, so the step budget is the switch the test compares.
+
+    The verdict is the ratio of the streams' inter-token gap p99 during long prefills, chunked / whole
+    (itl_p99_during_prefill); the results also show the same streams' gaps clear of any prefill, and
+    the long prompts' TTFT and prefill rate, gated against this host class's baselines. Measured on
+    the 2-core CPU host (busy with other work): with 1,536-token prompts, gaps clear of prefills p99
+    70-75 ms on both servers, during a prefill 3,230 ms whole and 679 ms in 256-token steps (ratio
+    0.21, resolving 17%), the long prompts' TTFT 3.45 s whole and 4.57 s chunked (what chunking costs
+    them); with this file's 1,024-token prompts 122-140 ms outside, 2,054 ms whole and 599 ms chunked
+    during (0.29), TTFT 2.10 and 2.27 s; 133 s with the second server's boot. A budget of 0.60 fails a
+    server that no longer chunks (ratio near 1) by far.
+    """
+    profile = vllm_session.profile
+    workload = long_prompts_beside_streams(profile)
+    assert workload.long_prompts is not None
+    own_budget = (base_server.spec.flag_dict.get("max_num_batched_tokens") if base_server.spec else None)
+    if own_budget is not None and int(own_budget) < workload.long_prompts.input_len:
+        pytest.skip(f"the base server sets max_num_batched_tokens={own_budget}, below the long prompts' "
+                    f"{workload.long_prompts.input_len} tokens: it chunks them itself, so there is no unchunked "
+                    "reference to compare with")
+    chunked = vllm_server_factory(role="chunked_prefill",
+                                  max_num_batched_tokens=CHUNKED_PREFILL_TOKENS["gpu" if profile.is_gpu else "cpu"])
+    comparison = vllm_bench.compare(base_server, chunked, workload)
+    for side in (comparison.reference, comparison.candidate):
+        assert min(side.runs_of("prefill_overlapped_gaps")) > 0, (
+            f"no inter-token gap of the streams overlapped a long prefill on the {side.role} server: the long "
+            "prompts came after the streams ended, so the run measured no interference")

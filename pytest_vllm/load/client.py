@@ -57,6 +57,9 @@ class RequestRecord:
     chunk_times: list[float] = field(default_factory=list)  # every event carrying a choice
     prompt_tokens: int = 0
     output_tokens: int = 0  # from usage.completion_tokens
+    # usage.prompt_tokens_details.cached_tokens: prompt tokens the server's prefix cache served (None:
+    # not reported; vLLM reports it only when started with --enable-prompt-tokens-details)
+    cached_tokens: int | None = None
     error: str | None = None
     text: str = ""
     warmup: bool = False
@@ -144,6 +147,9 @@ class StreamParser:
             elif usage := event.get("usage"):
                 record.output_tokens = int(usage.get("completion_tokens") or 0)
                 record.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+                details = usage.get("prompt_tokens_details") or {}
+                if details.get("cached_tokens") is not None:
+                    record.cached_tokens = int(details["cached_tokens"])
             if event.get("error"):
                 record.error = f"error in stream: {event['error']}"
                 self.done = True

@@ -47,6 +47,7 @@ class RunResult:
     requested_rate: float | None = None
     prefix_cache: PrefixCacheCounts | None = None  # the server's prefix cache during the run (None: not exported)
     telemetry: ServerTelemetry | None = None  # the server's /metrics sampled during the run (None: not sampled)
+    long_prompt_records: list[RequestRecord] = field(default_factory=list)  # Workload.long_prompts, sent beside
 
     @property
     def duration(self) -> float:
@@ -260,6 +261,15 @@ class Target:
         return TelemetrySampler(self.url, self.api_key, self.telemetry_interval).start()
 
 
+@dataclass
+class LongPromptStream:
+    """The prepared long prompts of a workload's ``long_prompts``: a warmup set and one set per repetition."""
+
+    workload: Workload
+    warmup: list[PreparedRequest]
+    runs: list[list[PreparedRequest]]
+
+
 class WorkloadSession:
     """One workload on one server: its prompt sets, its warmup and its measured repetitions.
 
@@ -274,6 +284,7 @@ class WorkloadSession:
         self._say = say
         self.sets: PromptSets | None = None
         self._requests: list[list[PreparedRequest]] = []
+        self._long: LongPromptStream | None = None
         self._stack = contextlib.AsyncExitStack()
         self._session: aiohttp.ClientSession | None = None
         self._metrics: list[httpx.AsyncClient] = []  # one per replica
@@ -285,6 +296,12 @@ class WorkloadSession:
         self.sets = await _with_heartbeat(f"{self.label} preparing prompts", self._say,
                                           build_prompt_sets(target.url, target.model, workload, target.api_key))
         self._requests = [[prepare(workload, target.model, p) for p in run] for run in self.sets.runs]
+        long = workload.long_prompt_workload()
+        if long is not None:
+            sets = await _with_heartbeat(f"{self.label} preparing long prompts", self._say,
+                                         build_prompt_sets(target.url, target.model, long, target.api_key))
+            self._long = LongPromptStream(long, [prepare(long, target.model, p) for p in sets.warmup],
+                                          [[prepare(long, target.model, p) for p in run] for run in sets.runs])
         self._session = await self._stack.enter_async_context(new_session(target.api_key))
         self._metrics = [await self._stack.enter_async_context(httpx.AsyncClient(
             base_url=url, timeout=30, headers={"Authorization": f"Bearer {target.api_key}"})) for url in target.urls]
@@ -301,6 +318,10 @@ class WorkloadSession:
                               _closed_loop(self._session, self.balancer,
                                            [prepare(workload, target.model, p) for p in self.sets.warmup],
                                            workload.concurrency or 1, records, self.hung))
+        if self._long is not None:  # one long prefill first: a first long shape may compile kernels
+            long_records = [RequestRecord(i, warmup=True) for i in range(len(self._long.warmup))]
+            await _closed_loop(self._session, self.balancer, self._long.warmup, 1, long_records, self.hung)
+            records += long_records
         errors = [r.error for r in records if r.error]
         if errors:
             self._say(f"{self.label}: {len(errors)} warmup request(s) failed: {errors[0]}")
@@ -327,6 +348,14 @@ class WorkloadSession:
         start = time.perf_counter()
         run_label = f"{self.label} run {index + 1}/{workload.repeats}"
         progress = asyncio.create_task(_progress(run_label, records, self._say, start))
+        long_records: list[RequestRecord] = []
+        beside: asyncio.Task[None] | None = None
+        if self._long is not None and workload.long_prompts is not None:
+            long_requests = self._long.runs[index]
+            long_records = [RequestRecord(i) for i in range(len(long_requests))]
+            beside = asyncio.create_task(_open_loop(self._session, self.balancer, long_requests,
+                                                    workload.long_prompts.offsets(), None, long_records, start,
+                                                    self.hung))
         try:
             if workload.closed_loop:
                 await _closed_loop(self._session, self.balancer, requests, workload.concurrency or 1, records,
@@ -335,10 +364,14 @@ class WorkloadSession:
                 offsets = arrival_offsets(workload, len(requests), index)
                 await _open_loop(self._session, self.balancer, requests, offsets, workload.concurrency, records,
                                  start, self.hung)
+            end = time.perf_counter()  # the run is the requests': long prompts still in flight wait outside it
+            if beside is not None:
+                await beside
         finally:
+            if beside is not None and not beside.done():
+                beside.cancel()
             progress.cancel()
             await probe.stop()
-        end = time.perf_counter()
         telemetry = sampler.stop() if sampler else None
         lags = probe.samples or [0.0]
         cpu = time.thread_time() - cpu_before
@@ -347,7 +380,8 @@ class WorkloadSession:
         cache = cache_after.since(cache_before) if cache_before and cache_after else None
         return RunResult(records=records, started_at=start, ended_at=end, client_cpu_s=cpu,
                          loop_lag_max_s=max(lags), loop_lag_mean_s=sum(lags) / len(lags), host_steal=steal,
-                         requested_rate=workload.request_rate, prefix_cache=cache, telemetry=telemetry)
+                         requested_rate=workload.request_rate, prefix_cache=cache, telemetry=telemetry,
+                         long_prompt_records=long_records)
 
     async def send(self, index: int, request: int, record: RequestRecord) -> None:
         """One request of repetition ``index``, on its own (single-stream measurements)."""

@@ -20,6 +20,32 @@ PROMPT_SCHEME = "independent-sets/1"
 
 
 @dataclass(frozen=True)
+class LongPrompts:
+    """Long prompts sent into a workload's requests while they stream: ``count`` per repetition,
+    the first ``first_after_s`` seconds after the repetition starts, then every ``every_s``
+    seconds, each on a prompt of its own. What they cost the short streams (the inter-token gaps
+    that overlap a long prefill) is what chunked prefill exists to bound."""
+
+    input_len: int = 1536
+    output_len: int = 1
+    count: int = 3
+    first_after_s: float = 2.0
+    every_s: float = 3.0
+
+    def problems(self) -> list[str]:
+        problems = []
+        if self.input_len < 1 or self.output_len < 1 or self.count < 1:
+            problems.append("long_prompts: input_len, output_len and count must be at least 1")
+        if self.first_after_s < 0 or self.every_s <= 0:
+            problems.append("long_prompts: first_after_s must be >= 0 and every_s > 0")
+        return problems
+
+    def offsets(self) -> list[float]:
+        """Seconds after a repetition's start at which each long prompt is due."""
+        return [self.first_after_s + i * self.every_s for i in range(self.count)]
+
+
+@dataclass(frozen=True)
 class Workload:
     """One load pattern. Closed loop when ``request_rate`` is None (``concurrency`` requests in
     flight), open loop otherwise (arrivals at ``request_rate`` per second, Poisson when
@@ -43,6 +69,7 @@ class Workload:
     # Mixed into the prompts, not into the key (--vllm-prompt-seed): new prompts of the same shape,
     # for a long-running server whose prefix cache still holds the last run's.
     prompt_seed: int = 0
+    long_prompts: LongPrompts | None = None  # sent alongside the requests (prefill interference)
 
     def __post_init__(self) -> None:
         problems = []
@@ -69,6 +96,8 @@ class Workload:
             problems.append(f"slo_ms keys must be ttft, tpot or e2el, not {sorted(unknown)}")
         if self.dataset is not None and not Path(self.dataset).is_file():
             problems.append(f"dataset {self.dataset} does not exist")
+        if self.long_prompts is not None:
+            problems.extend(self.long_prompts.problems())
         if problems:
             raise UsageError(f"workload {self.name!r}: " + "; ".join(problems))
 
@@ -89,6 +118,8 @@ class Workload:
     def key(self) -> str:
         """Identity for baselines: everything but the name, the repeat count and the prompt seed."""
         data = {k: v for k, v in self.to_dict().items() if k not in ("name", "repeats", "prompt_seed")}
+        if data["long_prompts"] is None:  # keys recorded before the field existed stay valid
+            del data["long_prompts"]
         data["prompt_scheme"] = PROMPT_SCHEME
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -98,8 +129,22 @@ class Workload:
                 + (f" (burstiness {self.burstiness:g})" if self.burstiness != 1 else "")
                 + (f", max concurrency {self.concurrency}" if self.concurrency else ""))
         prefix = f", shared prefix {self.shared_prefix_len}" if self.shared_prefix_len else ""
-        return (f"{self.num_requests} x {self.endpoint} {self.input_len} in / {self.output_len} out, {mode}{prefix}, "
-                f"{self.repeats} runs")
+        long = self.long_prompts
+        beside = (f", {long.count} x {long.input_len}-token prompts beside them every {long.every_s:g} s"
+                  if long else "")
+        return (f"{self.num_requests} x {self.endpoint} {self.input_len} in / {self.output_len} out, {mode}{prefix}"
+                f"{beside}, {self.repeats} runs")
+
+    def long_prompt_workload(self) -> Workload | None:
+        """The long prompts as a workload of their own: their prompt sets are built, warmed up
+        and drawn per repetition like any other (fresh prompts each time: no prefix cache hits)."""
+        long = self.long_prompts
+        if long is None:
+            return None
+        return Workload(name=f"{self.name}-long-prompts", endpoint=self.endpoint, num_requests=long.count,
+                        input_len=long.input_len, output_len=long.output_len, concurrency=1, seed=self.seed,
+                        ignore_eos=self.ignore_eos, repeats=self.repeats, warmup_requests=1,
+                        prompt_seed=self.prompt_seed)
 
     def with_(self, **changes: Any) -> Workload:
         return replace(self, **changes)

@@ -18,10 +18,11 @@ import httpx
 import pytest
 
 from pytest_vllm import baselines
-from pytest_vllm.errors import BaselineError
+from pytest_vllm.errors import BaselineError, UsageError
 from pytest_vllm.gating import closest_wins
 from pytest_vllm.gpu import GPUProfile
 from pytest_vllm.load.runner import Target, WorkloadRuns, run_async, run_pair_async, run_single_stream, run_workload
+from pytest_vllm.load.sessions import MultiTurnWorkload, run_conversations
 from pytest_vllm.load.workload import Workload
 from pytest_vllm.models.weights import served_weight_bytes
 from pytest_vllm.perf import deferral
@@ -34,20 +35,22 @@ from pytest_vllm.perf.judge import (
     pair_failure_text,
     stored_baseline,
 )
-from pytest_vllm.perf.metrics import RepeatedResult, compute
+from pytest_vllm.perf.metrics import RepeatedResult
 from pytest_vllm.perf.results import (
     PAIR_METRICS,
     BenchSettings,
     BenchState,
     Judged,
     KVCacheCheck,
+    KVCachePair,
     Measurement,
     PairComparison,
     pair_ratios,
 )
 from pytest_vllm.perf.roofline import Roofline, roofline
+from pytest_vllm.perf.turns import compute_run
 from pytest_vllm.server.handle import ServerHandle
-from pytest_vllm.server.kv_capacity import CACHE_CONFIG_INFO, capacity_of, shortfall
+from pytest_vllm.server.kv_capacity import CACHE_CONFIG_INFO, Capacity, capacity_of, capacity_ratio, shortfall
 
 J = TypeVar("J", Measurement, PairComparison)
 # Offsets the prompt seed of a confirming second measurement: its prompts are none of the first's.
@@ -74,15 +77,19 @@ class Bench:
     # -- public API ----------------------------------------------------------------------------
     def run(self, server: ServerHandle, workload: Workload, budgets: Mapping[str, str] | None = None,
             gate: bool = True) -> Measurement:
-        """Measure ``workload`` on ``server`` and gate it (``gate=False``: measure and record only)."""
+        """Measure ``workload`` on ``server`` and gate it (``gate=False``: measure and record only);
+        a MultiTurnWorkload runs as conversations, with per-turn metrics."""
         wanted = self._budget_set(budgets)
 
         def measure(attempt: Workload) -> Measurement:
             self._say(f"measuring {attempt.name} on the {server.role} server: {attempt.describe()}")
-            runs = run_workload(server.url, server.model, attempt, api_key=server.api_key, say=self._say,
-                                label=f"{server.role}/{attempt.name}",
-                                telemetry_interval=self.settings.profile.telemetry_interval_s,
-                                replicas=server.replica_urls, balance=self.settings.balance)
+            if isinstance(attempt, MultiTurnWorkload):
+                runs = run_conversations(self._target(server, attempt), attempt, say=self._say)
+            else:
+                runs = run_workload(server.url, server.model, attempt, api_key=server.api_key, say=self._say,
+                                    label=f"{server.role}/{attempt.name}",
+                                    telemetry_interval=self.settings.profile.telemetry_interval_s,
+                                    replicas=server.replica_urls, balance=self.settings.balance)
             return self._evaluated(self._measurement(server, runs), wanted)
 
         measurement = self._confirmed(measure, self._prepared(workload), gate)
@@ -95,6 +102,7 @@ class Bench:
         compressed), their repetitions interleaved, and apply the ``vllm_pair_budget`` ratios
         candidate / reference to the median of the per-pair ratios (``pair_budgets`` override the
         markers' per metric: a budget that depends on the run, such as the GPU speedup floor)."""
+        refuse_multi_turn(workload, "compare")
         wanted = self._budget_set(budgets)
         ratio_budgets = self._pair_budgets
         if pair_budgets:
@@ -131,6 +139,7 @@ class Bench:
         """Sequential requests, one at a time; each request is also a pytest-benchmark round, so the
         end-to-end latencies reach ``--benchmark-json`` / ``--benchmark-compare`` (a confirming
         second measurement runs outside pytest-benchmark, which times one run per test)."""
+        refuse_multi_turn(workload, "single_stream")
         wanted = self._budget_set(budgets)
         earlier = deferral.attempts_of(self._item)
         if earlier is not None:  # the second run: pytest-benchmark timed the first run's rounds
@@ -158,15 +167,8 @@ class Bench:
         when it cannot hold a workload's concurrency at the workload's lengths without preempting,
         or when the cost per token computed from the model's shape does not explain what vLLM
         allocated (its own max concurrency included)."""
-        try:
-            text = httpx.get(f"{server.url}/metrics", timeout=30,
-                             headers={"Authorization": f"Bearer {server.api_key}"}).text
-        except httpx.HTTPError as exc:
-            pytest.fail(f"the {server.role} server's /metrics could not be read: {exc}", pytrace=False)
+        capacity = self._kv_capacity(server)
         flags = server.spec.flag_dict if server.spec else {}
-        capacity = capacity_of(text, server.spec.model if server.spec else server.model, flags)
-        if capacity is None:
-            pytest.skip(f"the {server.role} server exports no {CACHE_CONFIG_INFO}: its KV cache size is unknown")
         max_len = flags.get("max_model_len")
         if max_len is None and capacity.allocated.max_concurrency:
             max_len = round(capacity.tokens / capacity.allocated.max_concurrency)
@@ -193,7 +195,34 @@ class Bench:
                         pytrace=False)
         return check
 
+    def kv_cache_pair(self, reference: ServerHandle, candidate: ServerHandle,
+                      floor: float | None = None) -> KVCachePair:
+        """The candidate's KV cache against the reference's, before any load: the tokens it holds
+        must grow at least as its cost per token shrinks (an fp8 cache, a smaller serving dtype),
+        and reach ``floor`` times the reference's where one is asked."""
+        ratio = capacity_ratio(self._kv_capacity(reference), self._kv_capacity(candidate))
+        pair = KVCachePair(self._item.nodeid, reference.role, candidate.role, ratio, floor, ratio.shortfall(floor))
+        self._state.kv_pairs.append(pair)
+        self._say(pair.describe())
+        if pair.problem:
+            pytest.fail(f"the {candidate.role} server's KV cache against the {reference.role} server's: "
+                        f"{pair.describe()}: {pair.problem}", pytrace=False)
+        return pair
+
     # -- internals -----------------------------------------------------------------------------
+    def _kv_capacity(self, server: ServerHandle) -> Capacity:
+        """What the server's /metrics say it allocated, with the cost per token from its model's shape."""
+        try:
+            text = httpx.get(f"{server.url}/metrics", timeout=30,
+                             headers={"Authorization": f"Bearer {server.api_key}"}).text
+        except httpx.HTTPError as exc:
+            pytest.fail(f"the {server.role} server's /metrics could not be read: {exc}", pytrace=False)
+        flags = server.spec.flag_dict if server.spec else {}
+        capacity = capacity_of(text, server.spec.model if server.spec else server.model, flags)
+        if capacity is None:
+            pytest.skip(f"the {server.role} server exports no {CACHE_CONFIG_INFO}: its KV cache size is unknown")
+        return capacity
+
     def _prepared(self, workload: Workload) -> Workload:
         """The workload with the run's --vllm-repeats and --vllm-prompt-seed."""
         settings = self.settings
@@ -228,7 +257,7 @@ class Bench:
 
     def _measurement(self, server: ServerHandle, runs: WorkloadRuns) -> Measurement:
         workload = runs.workload
-        result = RepeatedResult([compute(run, workload.slo_ms) for run in runs.runs])
+        result = RepeatedResult([compute_run(run, workload.slo_ms) for run in runs.runs])
         if result.errors:
             shown = "\n  ".join(result.errors[:10])
             more = f"\n  ... and {len(result.errors) - 10} more" if len(result.errors) > 10 else ""
@@ -326,7 +355,10 @@ class Bench:
         missing = missing_baseline(self.settings, judged, budgets)
         if missing.action == "not judged":
             judged.judged = False
-            self._state.unjudged_classes[judged.model_of_record] = list(missing.recorded_classes)
+            if missing.new_test:
+                judged.baseline_note = "; ".join(filter(None, [judged.baseline_note, missing.message]))
+            else:
+                self._state.unjudged_classes[judged.model_of_record] = list(missing.recorded_classes)
             self._say_once(missing.message)
         elif missing.action == "skip":
             pytest.skip(missing.message)
@@ -347,14 +379,23 @@ class Bench:
         self._say(f"baseline {verb}: {path} [{key.entry_name}]")
 
 
+def refuse_multi_turn(workload: Workload, method: str) -> None:
+    """Conversations run only through ``vllm_bench.run``: say so before anything is measured."""
+    if isinstance(workload, MultiTurnWorkload):
+        raise UsageError(f"vllm_bench.{method} does not run multi-turn workloads ({workload.name!r}): measure "
+                         "conversations with vllm_bench.run(server, workload), one server at a time "
+                         "(concurrency=1 for sequential conversations)")
+
+
 def foreign_load(result: RepeatedResult, workload: Workload) -> float | None:
     """The most requests the server ran, or queued, at once when that is more than a closed-loop
-    workload sends (another client's load), else None."""
+    workload sends (another client's load; its long prompts count as its own), else None."""
     if workload.concurrency is None:
         return None
     held = max((v for name in ("requests_running_peak", "requests_waiting_peak") if result.has(name)
                 for v in result.values(name)), default=0.0)
-    return held if held > workload.concurrency else None
+    sent = workload.concurrency + (workload.long_prompts.count if workload.long_prompts else 0)
+    return held if held > sent else None
 
 
 def _failing(judged: Judged) -> str:

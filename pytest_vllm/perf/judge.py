@@ -14,6 +14,7 @@ from pytest_vllm import baselines
 from pytest_vllm.gating import Outcome, Verdict
 from pytest_vllm.load.host import NOTABLE_STEAL_PCT
 from pytest_vllm.load.runner import WorkloadRuns
+from pytest_vllm.load.sessions import MultiTurnWorkload
 from pytest_vllm.perf.budgets import Budget, Check, evaluate
 from pytest_vllm.perf.metrics import METRICS
 from pytest_vllm.perf.resolution import baseline_noise, run_noise
@@ -79,6 +80,8 @@ def judge(judged: Judged, budgets: Mapping[str, Budget], stored: baselines.Basel
 def cold_cache_problem(measurement: Measurement, runs: WorkloadRuns) -> str | None:
     """Why a measurement is invalid because its prompts were served from the prefix cache, if so."""
     workload = measurement.workload
+    if isinstance(workload, MultiTurnWorkload):
+        return first_turn_cold_problem(measurement, runs)
     if workload.shared_prefix_len or workload.dataset or not measurement.result.has("prefix_cache_hit_rate"):
         return None
     allowed = MAX_COLD_HIT_RATE + runs.template_tokens / workload.input_len
@@ -93,6 +96,25 @@ def cold_cache_problem(measurement: Measurement, runs: WorkloadRuns) -> str | No
             "server (pass another --vllm-prompt-seed). A prefix-caching workload sets shared_prefix_len")
 
 
+def first_turn_cold_problem(measurement: Measurement, runs: WorkloadRuns) -> str | None:
+    """Why a multi-turn measurement is invalid because its first turns were served from the prefix
+    cache, if so: the later turns hit it by design, the first must not beyond the chat template's
+    frame (the same in every conversation). Not judged for datasets (their rows may share a system
+    prompt) nor where the first turn's share is unknown (several conversations at once, no usage)."""
+    workload = measurement.workload
+    if workload.dataset or not measurement.result.has("turn1_cached_share"):
+        return None
+    allowed = MAX_COLD_HIT_RATE + runs.template_tokens / max(1.0, measurement.value("turn1_prompt_tokens"))
+    worst = max(measurement.runs_of("turn1_cached_share"))
+    if worst <= allowed:
+        return None
+    return (f"{workload.name} on the {measurement.role} server is invalid: the server's prefix cache served "
+            f"{worst:.0%} of a repetition's first-turn prompt tokens (at most {allowed:.0%}: the chat template's "
+            "frame), so its conversations had been sent to this server before: by another measurement with the "
+            f"workload name {workload.name!r} and seed {workload.seed} (give each its own name or seed), or by an "
+            "earlier run against this long-running server (pass another --vllm-prompt-seed)")
+
+
 @dataclass(frozen=True)
 class MissingBaseline:
     """What a measurement without a baseline comes to (``action`` "none": it has one, or needs none)."""
@@ -100,12 +122,13 @@ class MissingBaseline:
     action: Literal["none", "not judged", "skip", "fail"]
     message: str = ""
     recorded_classes: tuple[str, ...] = ()
+    new_test: bool = False  # not judged because the class has baselines, only none of this test
 
 
 def missing_baseline(settings: BenchSettings, judged: Judged, budgets: Mapping[str, Budget]) -> MissingBaseline:
     """A measurement with relative budgets but no baseline never passes silently: on a host class
-    with no baselines for the model (``auto``) it is reported as not judged; otherwise it fails
-    (or skips, by --vllm-missing-baseline)."""
+    with no baselines for the model, or none of this test (``auto``), it is reported as not judged;
+    an entry missing from the test's baseline file fails (or skips, by --vllm-missing-baseline)."""
     relative = any(b.kind == "relative" for b in budgets.values())
     if judged.baseline is not None or settings.record or not relative:
         return MissingBaseline("none")
@@ -119,6 +142,14 @@ def missing_baseline(settings: BenchSettings, judged: Judged, budgets: Mapping[s
             f"counter checks are. Record its own baselines with --update-baselines (then --add-baselines on more "
             "runs of the class), or `pytest-vllm baselines add` the results.json of its runs"), classes)
     key = judged.baseline_key(settings.host_class)
+    if settings.missing == "auto" and not key.path(settings.baseline_dir).exists():
+        # A test newer than the class's recordings has no file of its own there: say so and judge its
+        # absolute budgets only. An entry missing from a file that exists is a gap, and fails below.
+        return MissingBaseline("not judged", (
+            f"{key.entry_name}: no baselines of this test for host class {settings.host_class} "
+            f"({key.path(settings.baseline_dir)} does not exist: the test is newer than the class's recordings). "
+            "Its relative budgets are not judged; record them with --update-baselines on this class"), classes,
+            new_test=True)
     message = judged.baseline_note or (
         f"no baseline for {key.entry_name} of host class {settings.host_class} in "
         f"{key.path(settings.baseline_dir)} (classes with baselines of {model}: {recorded}); record one with "

@@ -25,6 +25,7 @@ import numpy as np
 
 from pytest_vllm.load.client import RequestRecord
 from pytest_vllm.load.runner import RunResult
+from pytest_vllm.load.sessions import MAX_TURNS
 
 METRIC_DEFINITIONS = "vllm-bench-serve/1"
 PERCENTILES = (50, 90, 95, 99)
@@ -58,12 +59,30 @@ def _latency_metrics() -> dict[str, MetricInfo]:
     return out
 
 
+def _turn_metrics() -> dict[str, MetricInfo]:
+    """Multi-turn workloads' metrics (load/sessions.py, perf/turns.py), declared for every turn one may
+    have so that budgets on them parse before anything runs."""
+    out = {"cached_share": MetricInfo("", "higher", "multi-turn: share of all turns' prompt tokens the prefix "
+                                      "cache served (usage.prompt_tokens_details.cached_tokens, else the "
+                                      "server's counters)")}
+    for turn in range(1, MAX_TURNS + 1):
+        out[f"turn{turn}_ttft_p50"] = MetricInfo("ms", "lower", f"multi-turn: TTFT p50 of turn {turn}", positive=True)
+        out[f"turn{turn}_cached_share"] = MetricInfo("", "higher", f"multi-turn: share of turn {turn}'s prompt "
+                                                     "tokens the prefix cache served")
+        out[f"turn{turn}_prompt_tokens"] = MetricInfo("", "none", f"multi-turn: mean prompt tokens of turn {turn} "
+                                                      "(its history and its new user turn)")
+    return out
+
+
+MULTI_TURN_METRICS = frozenset(_turn_metrics())
 METRICS: dict[str, MetricInfo] = {
     "request_throughput": MetricInfo("req/s", "higher", "completed requests per second of wall time", positive=True),
     "output_throughput": MetricInfo("tok/s", "higher", "output tokens per second of wall time", positive=True),
     "total_token_throughput": MetricInfo("tok/s", "higher", "prompt + output tokens per second of wall time",
                                          positive=True),
     "goodput": MetricInfo("req/s", "higher", "requests meeting every SLO per second of wall time"),
+    "slo_attainment": MetricInfo("", "higher", "share of the sent requests that completed meeting every SLO (0-1; "
+                                 "only where the workload states SLOs)"),
     **_latency_metrics(),
     "achieved_rate": MetricInfo("req/s", "none", "requests actually sent per second (open loop)"),
     "send_delay_p99": MetricInfo("ms", "lower", "p99 of actual − scheduled send time (client lateness)"),
@@ -83,9 +102,21 @@ METRICS: dict[str, MetricInfo] = {
                                         "requests waited for a slot or for KV cache"),
     "num_preemptions": MetricInfo("", "lower", "requests the server preempted during the run (KV cache full)"),
     "spec_decode_acceptance": MetricInfo("", "higher", "accepted / drafted speculative tokens during the run"),
+    # Workload.long_prompts: long prefills sent beside the streaming requests (chunked-prefill interference).
+    "long_prompt_ttft_p50": MetricInfo("ms", "lower", "time to first token of the long prompts, p50", positive=True),
+    "long_prompt_ttft_max": MetricInfo("ms", "lower", "time to first token of the long prompts, worst", positive=True),
+    "long_prompt_prefill_throughput": MetricInfo("tok/s", "higher", "prompt tokens of the long prompts per second of "
+                                                 "their time to first token (their prefill rate)", positive=True),
+    "itl_p99_during_prefill": MetricInfo("ms", "lower", "p99 of the streams' inter-token gaps that overlap a long "
+                                         "prompt's prefill (send to first token): the stall it causes"),
+    "itl_max_during_prefill": MetricInfo("ms", "lower", "worst inter-token gap overlapping a long prefill"),
+    "itl_p99_outside_prefill": MetricInfo("ms", "lower", "p99 of the streams' inter-token gaps clear of long prefills"),
+    "prefill_overlapped_gaps": MetricInfo("", "none", "inter-token gaps that overlapped a long prefill (how many "
+                                          "samples the during-prefill figures rest on)"),
     "duration": MetricInfo("s", "none", "wall time of the measured run", positive=True),
     "completed": MetricInfo("", "none", "requests that succeeded"),
     "failed": MetricInfo("", "lower", "requests that failed"),
+    **_turn_metrics(),
 }
 
 
@@ -121,7 +152,37 @@ def compute(run: RunResult, slo_ms: Mapping[str, float] | None = None) -> BenchR
         result.values["prefix_cache_hit_rate"] = run.prefix_cache.hit_rate
     if run.telemetry is not None:
         result.values.update(run.telemetry.values())
+    if run.long_prompt_records:
+        result.values.update(prefill_interference(run.records, run.long_prompt_records))
+        result.errors.extend(f"long prompt {r.index}: {r.error}" for r in run.long_prompt_records if r.error)
     return result
+
+
+def prefill_interference(records: Sequence[RequestRecord], long_prompts: Sequence[RequestRecord]) -> dict[str, float]:
+    """The long prompts' own prefill figures, and the streams' inter-token gaps split by whether they
+    overlap a long prompt's prefill window (its send to its first token): the gaps inside are the
+    stall a long prefill puts on everyone's decoding, the gaps outside the same streams' normal pace."""
+    done = [r for r in long_prompts if r.ok and r.ttft is not None]
+    windows = [(r.sent_at, r.sent_at + r.ttft) for r in done if r.ttft is not None]
+    during: list[float] = []
+    outside: list[float] = []
+    for record in records:
+        if not record.ok:
+            continue
+        for a, b in zip(record.chunk_times, record.chunk_times[1:]):
+            (during if any(a < end and b > begin for begin, end in windows) else outside).append(b - a)
+    values: dict[str, float] = {"prefill_overlapped_gaps": float(len(during))}
+    if done:
+        ttfts = np.asarray([r.ttft for r in done], dtype=float)
+        values["long_prompt_ttft_p50"] = float(np.percentile(ttfts, 50)) * 1000.0
+        values["long_prompt_ttft_max"] = float(ttfts.max()) * 1000.0
+        values["long_prompt_prefill_throughput"] = sum(r.prompt_tokens for r in done) / max(float(ttfts.sum()), 1e-9)
+    if during:
+        values["itl_p99_during_prefill"] = float(np.percentile(np.asarray(during) * 1000.0, 99))
+        values["itl_max_during_prefill"] = max(during) * 1000.0
+    if outside:
+        values["itl_p99_outside_prefill"] = float(np.percentile(np.asarray(outside) * 1000.0, 99))
+    return values
 
 
 def compute_records(records: Sequence[RequestRecord], duration: float, *, client_cpu_s: float = 0.0,
@@ -158,6 +219,7 @@ def compute_records(records: Sequence[RequestRecord], duration: float, *, client
         "client_loop_lag_mean": loop_lag_mean_s * 1000.0,
         "client_loop_lag_max": loop_lag_max_s * 1000.0,
         "host_cpu_steal": host_steal * 100.0,
+        **({"slo_attainment": good / len(records)} if slo_ms and records else {}),
         "duration": duration,
         "completed": float(len(ok)),
         "failed": float(len(records) - len(ok)),

@@ -9,6 +9,7 @@ from pytest_vllm.gating import Outcome, Verdict
 from pytest_vllm.perf.budgets import Check
 from pytest_vllm.perf.metrics import METRIC_DEFINITIONS, METRICS
 from pytest_vllm.perf.results import PAIR_METRICS, BenchState, Judged, KVCacheCheck, Measurement, PairComparison
+from pytest_vllm.perf.turns import turns_table
 from pytest_vllm.report.tables import Table, fmt, pct
 from pytest_vllm.report.writer import Section
 
@@ -44,7 +45,7 @@ def _unchecked_verdict(state: BenchState, judged: Judged) -> Verdict:
 
 def section(state: BenchState, say: Callable[[str], None]) -> Section | None:
     """The report section, or None when nothing was measured."""
-    if not state.measurements and not state.kv_caches:
+    if not state.measurements and not state.kv_caches and not state.kv_pairs:
         return None
     from pytest_vllm.perf import plots
 
@@ -74,12 +75,14 @@ def kv_cache_table(state: BenchState) -> Table:
                   Verdict(Outcome.PASS if check.passed else Outcome.FAIL))
         table.notes += [f"{check.role}: {problem}" for problem in check.problems]
     table.notes.append("workloads held: requests the cache holds at once / the workload's concurrency")
+    table.notes += [f"{pair.describe()}: {'PASS' if pair.passed else 'FAIL: ' + str(pair.problem)}"
+                    for pair in state.kv_pairs]
     return table
 
 
 def tables(state: BenchState) -> list[Table]:
     settings = state.settings
-    out = [kv_cache_table(state)] if state.kv_caches else []
+    out = [kv_cache_table(state)] if state.kv_caches or state.kv_pairs else []
     if not state.measurements:
         return out
     checks = Table(f"vllm performance: budgets (current = median of repetitions; host class {settings.host_class}; "
@@ -118,6 +121,11 @@ def tables(state: BenchState) -> list[Table]:
         if m.result.client_saturated:
             overview.notes.append(f"{measurement_label(m)} [{m.role}]: the load client was saturated")
     out.append(overview)
+    if per_turn := turns_table(state.measurements):
+        out.append(per_turn)
+
+    if interfered := [m for m in state.measurements if m.result.has("prefill_overlapped_gaps")]:
+        out.append(prefill_interference_table(interfered))
 
     if split := [m for m in state.measurements if m.replica_shares]:
         out.append(replicas_table(split))
@@ -157,6 +165,21 @@ def replicas_table(measurements: list[Measurement]) -> Table:
         table.add(measurement_label(m), m.role, "combined", str(sum(s.requests for s in m.replica_shares)),
                   str(sum(s.completed for s in m.replica_shares)), fmt(m.value("output_throughput")),
                   fmt(m.value("request_throughput")))
+    return table
+
+
+def prefill_interference_table(measurements: list[Measurement]) -> Table:
+    """What long prefills cost the streams beside them: their inter-token gaps clear of and during a
+    long prompt's prefill (medians over the repetitions), beside the long prompts' own prefill."""
+    names = ("itl_p99_outside_prefill", "itl_p99_during_prefill", "itl_max_during_prefill", "long_prompt_ttft_p50",
+             "long_prompt_prefill_throughput")
+    table = Table("vllm performance: long prompts beside streaming requests (median of repetitions)",
+                  ["measurement", "server", *[f"{n} ({METRICS[n].unit})" for n in names], "gaps during prefill"])
+    for m in measurements:
+        table.add(measurement_label(m), m.role, *[fmt(m.value(n)) if m.result.has(n) else "-" for n in names],
+                  fmt(m.value("prefill_overlapped_gaps"), 0))
+    table.notes.append("a gap is 'during prefill' when it overlaps a long prompt's send-to-first-token window; "
+                       "chunked prefill (a small --max-num-batched-tokens) should keep it near the gaps outside")
     return table
 
 
@@ -247,4 +270,9 @@ def to_json(state: BenchState) -> dict[str, Any]:
             "measurements": [measurement(m) for m in state.measurements],
             "pairs": [pair(p) for p in state.pairs],
             "kv_caches": [kv_cache_json(c) for c in state.kv_caches],
+            "kv_cache_pairs": [{"test": p.nodeid, "reference": p.reference_role, "candidate": p.candidate_role,
+                                "reference_tokens": p.capacity.reference_tokens,
+                                "candidate_tokens": p.capacity.candidate_tokens, "ratio": p.capacity.ratio,
+                                "cost_ratio": p.capacity.cost_ratio, "floor": p.floor, "passed": p.passed,
+                                "problem": p.problem} for p in state.kv_pairs],
             "baselines_written": [str(p) for p in state.written]}

@@ -17,7 +17,7 @@ from pytest_vllm.perf.budgets import Budget, Check, GatePolicy
 from pytest_vllm.perf.metrics import METRIC_DEFINITIONS, BenchResult, RepeatedResult
 from pytest_vllm.perf.replicas import ReplicaShare, replica_shares
 from pytest_vllm.perf.roofline import Roofline
-from pytest_vllm.server.kv_capacity import Capacity
+from pytest_vllm.server.kv_capacity import Capacity, CapacityRatio
 
 # Ratios a pair comparison records and shows (its budgets may name others).
 PAIR_METRICS = ("output_throughput", "request_throughput", "ttft_p50", "tpot_p50", "e2el_p50")
@@ -242,6 +242,29 @@ class KVCacheCheck:
 
 
 @dataclass
+class KVCachePair:
+    """A candidate server's KV cache against a reference's (``Bench.kv_cache_pair``)."""
+
+    nodeid: str
+    reference_role: str
+    candidate_role: str
+    capacity: CapacityRatio
+    floor: float | None = None
+    problem: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.problem is None
+
+    def describe(self) -> str:
+        c = self.capacity
+        cost = f"; the per-token costs alone give {c.cost_ratio:.2f}x" if c.cost_ratio is not None else ""
+        floor = f"; floor {self.floor:g}x" if self.floor is not None else ""
+        return (f"{self.candidate_role} / {self.reference_role} KV cache: {c.candidate_tokens:,} / "
+                f"{c.reference_tokens:,} tokens = {c.ratio:.2f}x{cost}{floor}")
+
+
+@dataclass
 class BenchState:
     """Everything measured in this session (the reports read it)."""
 
@@ -252,3 +275,4 @@ class BenchState:
     said: set[str] = field(default_factory=set)  # once-per-session lines already said
     unjudged_classes: dict[str, list[str]] = field(default_factory=dict)  # model -> classes with baselines
     kv_caches: list[KVCacheCheck] = field(default_factory=list)
+    kv_pairs: list[KVCachePair] = field(default_factory=list)

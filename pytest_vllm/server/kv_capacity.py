@@ -177,3 +177,42 @@ def shortfall(capacity: Capacity, concurrency: int, tokens_per_request: int, gpu
     return (f"its KV cache holds {capacity.tokens:,} tokens ({capacity.tokens // capacity.allocated.block_size} "
             f"blocks of {capacity.allocated.block_size}): {held} request(s) of {tokens_per_request} tokens at once, "
             f"fewer than the concurrency of {concurrency}, so requests would queue and be preempted; {more}")
+
+
+# A cache whose tokens grow less than its per-token cost shrinks (fp8 KV, a smaller serving dtype) lost
+# memory somewhere; one block of rounding per side is not a loss.
+CAPACITY_RATIO_SLACK = 0.98
+
+
+@dataclass(frozen=True)
+class CapacityRatio:
+    """A candidate server's KV cache against a reference's: the tokens each holds, and what the
+    per-token costs alone would make of the same memory (None where a shape is unknown)."""
+
+    reference_tokens: int
+    candidate_tokens: int
+    cost_ratio: float | None  # reference bytes per token / candidate's: 2.0 for an fp8 cache against bf16
+
+    @property
+    def ratio(self) -> float:
+        return self.candidate_tokens / max(self.reference_tokens, 1)
+
+    def shortfall(self, floor: float | None = None) -> str | None:
+        """Why the candidate holds too few tokens (None: it holds enough): below the per-token cost
+        ratio (its cache got less memory than the reference's), or below an asked floor."""
+        problems = []
+        if self.cost_ratio is not None and self.ratio < self.cost_ratio * CAPACITY_RATIO_SLACK:
+            problems.append(f"its per-token cost is 1/{self.cost_ratio:.2f} of the reference's, so the same memory "
+                            f"would hold {self.cost_ratio:.2f}x the tokens; it holds {self.ratio:.2f}x: its KV cache "
+                            "got less memory (check --gpu-memory-utilization / --kv-cache-memory-bytes, or "
+                            "VLLM_CPU_KVCACHE_SPACE on the CPU)")
+        if floor is not None and self.ratio < floor:
+            problems.append(f"it holds {self.ratio:.2f}x the reference's tokens, below the floor of {floor:g}x "
+                            "(an fp8 KV cache, kv_cache_dtype=\"fp8\", halves the cost per token)")
+        return "; ".join(problems) or None
+
+
+def capacity_ratio(reference: Capacity, candidate: Capacity) -> CapacityRatio:
+    cost = (reference.shape.bytes_per_token / candidate.shape.bytes_per_token
+            if reference.shape is not None and candidate.shape is not None else None)
+    return CapacityRatio(reference.tokens, candidate.tokens, cost)

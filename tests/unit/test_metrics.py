@@ -12,7 +12,14 @@ import pytest
 
 from pytest_vllm.load.client import RequestRecord
 from pytest_vllm.load.runner import RunResult
-from pytest_vllm.perf.metrics import METRICS, RepeatedResult, compute, compute_records
+from pytest_vllm.perf.metrics import (
+    METRICS,
+    MULTI_TURN_METRICS,
+    RepeatedResult,
+    compute,
+    compute_records,
+    prefill_interference,
+)
 from pytest_vllm.server.counters import PrefixCacheCounts
 
 
@@ -59,6 +66,7 @@ def test_goodput_counts_requests_meeting_every_slo() -> None:
     records = [record(0, 0.0, [0.1, 0.2], tokens=2), record(1, 0.0, [0.3, 0.9], tokens=2)]
     result = compute_records(records, duration=1.0, slo_ms={"ttft": 200, "tpot": 500})
     assert result["goodput"] == pytest.approx(1.0)  # request 1 misses both SLOs
+    assert result["slo_attainment"] == pytest.approx(1 / len(records))
 
 
 def test_send_delay_and_client_cost() -> None:
@@ -77,7 +85,34 @@ def test_every_value_is_a_declared_metric() -> None:
     from pytest_vllm.server.telemetry import ServerTelemetry
 
     server_side = {"prefix_cache_hit_rate", *ServerTelemetry(samples=1).__dataclass_fields__} - {"samples"}
-    assert set(result.values) == set(METRICS) - server_side  # those only from a server's /metrics
+    beside_long_prompts = {n for n in METRICS if "prefill" in n or n.startswith("long_prompt")}
+    # Not here: those only from a server's /metrics, Workload.long_prompts', a multi-turn run's
+    # (tests/unit/test_conversations.py), and slo_attainment (only with SLOs)
+    assert set(result.values) == (set(METRICS) - server_side - beside_long_prompts - MULTI_TURN_METRICS
+                                  - {"slo_attainment"})
+    assert "slo_attainment" in compute_records([record(0, 0.0, [0.1, 0.2], tokens=2)], 1.0, slo_ms={"ttft": 50}).values
+    interfered = prefill_interference([record(0, 0.0, [0.1, 0.2, 0.3], tokens=3)],
+                                      [RequestRecord(0, 0.0, 0.0, 0.15, [0.15], prompt_tokens=10, output_tokens=1)])
+    assert set(interfered) == beside_long_prompts
+
+
+def test_prefill_interference_splits_the_streams_gaps_by_overlap_with_a_long_prefill() -> None:
+    """Exact chunk times (a test double for what a real server cannot give): one stream ticks every
+    50 ms except one 400 ms gap, which overlaps the long prompt's prefill window 1.0-1.5 s."""
+    ticks = [0.05 * i for i in range(21)] + [1.4 + 0.05 * i for i in range(10)]  # 0-1.0 s, gap, 1.4-1.85 s
+    stream = RequestRecord(0, 0.0, 0.0, 0.05, ticks, output_tokens=len(ticks), prompt_tokens=8)
+    long = RequestRecord(0, 1.0, 1.0, 1.5, [1.5], prompt_tokens=1500, output_tokens=1)
+    values = prefill_interference([stream], [long])
+    assert values["prefill_overlapped_gaps"] == 3  # the 400 ms gap 1.0-1.4 s, then 1.4-1.45 and 1.45-1.5 s
+    assert values["itl_max_during_prefill"] == pytest.approx(400.0)
+    assert values["itl_p99_outside_prefill"] == pytest.approx(50.0)
+    assert values["long_prompt_ttft_p50"] == pytest.approx(500.0)
+    assert values["long_prompt_prefill_throughput"] == pytest.approx(3000.0)  # 1500 tokens in 0.5 s
+    # a long prompt that failed opens no window: every gap is outside, and its own figures are absent
+    failed = RequestRecord(0, 1.0, 1.0, None, [], error="HTTP 500")
+    alone = prefill_interference([stream], [failed])
+    assert alone["prefill_overlapped_gaps"] == 0 and "itl_p99_during_prefill" not in alone
+    assert "long_prompt_ttft_p50" not in alone and alone["itl_p99_outside_prefill"] > 50.0
 
 
 def test_a_run_records_its_prefix_cache_hit_share_only_where_counted() -> None:

@@ -125,7 +125,7 @@ def test_classes_with_baselines_are_those_of_the_profile_holding_the_model(tmp_p
     assert baselines.classes_with_baselines(tmp_path / "missing", "cpu", "m") == []
 
 
-def test_a_missing_baseline_is_not_judged_on_an_unrecorded_class_and_fails_on_a_recorded_one(
+def test_a_missing_baseline_is_not_judged_on_an_unrecorded_class_or_test_and_fails_as_a_gap_in_a_file(
         tmp_path: Path) -> None:
     budgets = parse_budgets({"output_throughput": ">= baseline * 0.9"})
     current = measurement()
@@ -137,7 +137,11 @@ def test_a_missing_baseline_is_not_judged_on_an_unrecorded_class_and_fails_on_a_
     strict = BenchSettings(**{**settings(tmp_path).__dict__, "missing": "fail"})
     refused = missing_baseline(strict, current, budgets)
     assert refused.action == "fail" and "classes with baselines of m: cpu-amd-avx2-2c" in refused.message
-    # the class has baselines of this model, only not this entry: a gap in the recording, which fails
+    # the class has baselines of this model but none of this test: a test newer than the recording
+    (tmp_path / CLASS / "m").mkdir(parents=True)
+    newer = missing_baseline(settings(tmp_path), current, budgets)
+    assert newer.action == "not judged" and newer.new_test and "the test is newer" in newer.message
+    # the test's file exists, only not this entry: a gap in the recording, which fails
     store(tmp_path, measurement(workload=WORKLOAD.with_(name="other")))
     gap = missing_baseline(settings(tmp_path), current, budgets)
     assert gap.action == "fail" and f"of host class {CLASS}" in gap.message

@@ -76,6 +76,9 @@ def test_more_requests_on_the_server_than_the_workload_sends_is_another_clients_
     assert foreign_load(result(6, 0), closed) == 6
     assert foreign_load(RepeatedResult([BenchResult({})]), closed) is None  # not exported: nothing to say
     assert foreign_load(result(9, 9), closed.with_(concurrency=None, request_rate=2.0)) is None  # open loop: no cap
+    from pytest_vllm.load.workload import LongPrompts
+    beside = closed.with_(long_prompts=LongPrompts(count=2))
+    assert foreign_load(result(6, 0), beside) is None and foreign_load(result(7, 0), beside) == 7  # its long prompts
 
 
 def test_counters_are_read_from_their_own_lines_only() -> None:
