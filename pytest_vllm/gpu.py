@@ -59,6 +59,11 @@ CPU_BOOT_NOISE = {"throughput": 0.075, "ttft": 0.047, "tpot": 0.082, "e2el": 0.0
 GPU_BOOT_NOISE = {"throughput": 0.02, "ttft": 0.05, "tpot": 0.015, "e2el": 0.02}
 
 
+# Capacity searches' SLOs on GPU profiles (ms): interactive serving targets, not measured ones: no
+# capacity search has run on a GPU yet, so these are a starting point to set per deployment.
+GPU_CAPACITY_SLO_MS = {"ttft": 500.0, "tpot": 50.0}
+
+
 def _online_fp8() -> dict[str, object]:
     return {"quantization": "fp8"}
 
@@ -104,6 +109,10 @@ class GPUProfile:
     # Flags that turn the base model into the default compressed server when no compressed
     # checkpoint is given (None: the profile needs a compressed checkpoint).
     online_quantization: dict[str, object] | None = field(default_factory=lambda: _online_fp8())
+    # Capacity searches (suites/test_capacity.py): the SLOs every request must meet (ms), and how long
+    # one probe's arrivals span (s), long enough to be steady at the profile's speed.
+    capacity_slo_ms: dict[str, float] = field(default_factory=lambda: dict(GPU_CAPACITY_SLO_MS))
+    capacity_probe_seconds: float = 10.0
 
     @property
     def is_gpu(self) -> bool:
@@ -163,6 +172,8 @@ PROFILES: dict[str, GPUProfile] = {
                 "VLLM_USE_AOT_COMPILE": "0",
             },
             online_quantization=None,  # FP8 online quantization does not run on CPU
+            capacity_slo_ms={"ttft": 2000.0, "tpot": 150.0},
+            capacity_probe_seconds=8.0,
         ),
         _gpu("t4", 16, "t4", levels=(1, 8, 32), split=0.40),
         _gpu("a10g", 24, "a10g", levels=(1, 8, 32), split=0.40),

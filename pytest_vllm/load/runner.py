@@ -30,6 +30,9 @@ from pytest_vllm.server.telemetry import ServerTelemetry, TelemetrySampler
 T = TypeVar("T")
 PROGRESS_EVERY = 10.0  # seconds between progress lines during a run
 LAG_TICK = 0.01  # seconds between event-loop lag probes
+STOP_CHECK_EVERY = 0.25  # seconds between checks of an open loop's stop condition
+# The error of a request an open loop cancelled once its outcome was decided (a capacity probe).
+STOPPED = "stopped: the run was already decided"
 
 
 @dataclass
@@ -133,6 +136,27 @@ async def _open_loop(session: aiohttp.ClientSession, url: str, requests: list[Pr
                 await send_streaming(session, url, requests[index], records[index], hung)
 
     await asyncio.gather(*(one(i) for i in range(len(requests))))
+
+
+async def _until(run: Coroutine[Any, Any, None], records: list[RequestRecord],
+                 decided: Callable[[list[RequestRecord]], bool] | None) -> None:
+    """``run``, cancelled once ``decided`` holds for its records; the requests it had not answered
+    then carry the error STOPPED."""
+    if decided is None:
+        await run
+        return
+    task = asyncio.ensure_future(run)
+    while not task.done():
+        await asyncio.wait({task}, timeout=STOP_CHECK_EVERY)
+        if not task.done() and decided(records):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            for record in records:
+                if record.error is None and not record.output_tokens:
+                    record.error = STOPPED
+            return
+    task.result()
 
 
 async def _progress(label: str, records: list[RequestRecord], say: Callable[[str], None], start: float) -> None:
@@ -246,8 +270,11 @@ class WorkloadSession:
     measurement can prove its prompts were not served from the cache.
     """
 
-    def __init__(self, target: Target, workload: Workload, say: Callable[[str], None] = lambda _: None) -> None:
+    def __init__(self, target: Target, workload: Workload, say: Callable[[str], None] = lambda _: None,
+                 arrivals: Callable[[Workload, int, int], list[float]] | None = None) -> None:
         self.target = target
+        # Open loop: when each request is due (``arrival_offsets``; a capacity probe paces its own).
+        self.arrivals = arrivals or arrival_offsets
         self.workload = workload
         self.label = target.label or workload.name
         self._say = say
@@ -287,8 +314,10 @@ class WorkloadSession:
         assert self._metrics is not None
         return await read_prefix_cache(self._metrics)
 
-    async def repetition(self, index: int) -> RunResult:
-        """Measured repetition ``index`` (0-based) on its own prompt set."""
+    async def repetition(self, index: int,
+                         stop_when: Callable[[list[RequestRecord]], bool] | None = None) -> RunResult:
+        """Measured repetition ``index`` (0-based) on its own prompt set (open loop with ``stop_when``:
+        the unanswered requests are cancelled once it holds for the records so far)."""
         assert self._session is not None
         workload, url = self.workload, self.target.url
         requests = self._requests[index]
@@ -306,9 +335,9 @@ class WorkloadSession:
             if workload.closed_loop:
                 await _closed_loop(self._session, url, requests, workload.concurrency or 1, records, self.hung)
             else:
-                offsets = arrival_offsets(workload, len(requests), index)
-                await _open_loop(self._session, url, requests, offsets, workload.concurrency, records, start,
-                                 self.hung)
+                offsets = self.arrivals(workload, len(requests), index)
+                await _until(_open_loop(self._session, url, requests, offsets, workload.concurrency, records,
+                                        start, self.hung), records, stop_when)
         finally:
             progress.cancel()
             await probe.stop()

@@ -18,14 +18,16 @@ import httpx
 import pytest
 
 from pytest_vllm import baselines
-from pytest_vllm.errors import BaselineError
+from pytest_vllm.errors import BaselineError, UsageError
 from pytest_vllm.gating import closest_wins
 from pytest_vllm.gpu import GPUProfile
 from pytest_vllm.load.runner import Target, WorkloadRuns, run_async, run_pair_async, run_single_stream, run_workload
 from pytest_vllm.load.workload import Workload
 from pytest_vllm.models.weights import served_weight_bytes
-from pytest_vllm.perf import deferral
+from pytest_vllm.perf import capacity_bench, deferral
 from pytest_vllm.perf.budgets import MARKER, PAIR_MARKER, Budget, GatePolicy, default_budgets, parse_budgets
+from pytest_vllm.perf.capacity import CapacityWorkload
+from pytest_vllm.perf.capacity_bench import CapacityMeasurement
 from pytest_vllm.perf.judge import (
     cold_cache_problem,
     failure_text,
@@ -192,7 +194,95 @@ class Bench:
                         pytrace=False)
         return check
 
+    def capacity(self, server: ServerHandle, workload: CapacityWorkload,
+                 budgets: Mapping[str, str] | None = None) -> CapacityMeasurement:
+        """Search ``server``'s capacity under the workload's SLOs and gate it like a metric
+        (``capacity``: default CAPACITY_BUDGET, markers and ``budgets`` over it)."""
+        wanted = self._capacity_budgets(workload, budgets)
+        measurement = self._evaluated_capacity(self._searched([server], workload)[0], wanted, workload)
+        self._state.capacities.append(measurement)
+        if self.settings.record:
+            self._record(measurement)
+        self._fail_or_skip(measurement, [measurement])
+        self._require_baseline(measurement, wanted)
+        return measurement
+
+    def compare_capacity(self, reference: ServerHandle, candidate: ServerHandle, workload: CapacityWorkload,
+                         budgets: Mapping[str, str] | None = None,
+                         pair_budgets: Mapping[str, str] | None = None) -> PairComparison:
+        """Both servers' capacities, their probes interleaved, each gated as ``capacity`` does, and
+        the ratio candidate / reference by the ``vllm_pair_budget`` markers and ``pair_budgets``."""
+        wanted = self._capacity_budgets(workload, budgets)
+        ratio_budgets = dict(self._pair_budgets)
+        if pair_budgets:
+            ratio_budgets.update(parse_budgets(pair_budgets, kind_hint="pair", where=f"{self._item.nodeid}: "))
+        ratio_budgets = self._checked_capacity_budgets(in_force(ratio_budgets), workload)
+        first, second = (self._evaluated_capacity(m, wanted, workload)
+                         for m in self._searched([reference, candidate], workload))
+        comparison = PairComparison(self._item.nodeid, workload, first, second,
+                                    capacity_bench.capacity_ratio(first, second))
+        comparison = self._evaluated(comparison, ratio_budgets)
+        comparison.checks = capacity_bench.bounded_by_precision(comparison.checks, workload.precision)
+        self._state.capacities += [first, second]
+        self._state.capacity_pairs.append(comparison)
+        self._say(f"capacity {candidate.role} / {reference.role}: {comparison.ratio('capacity'):.3f}")
+        if self.settings.record:
+            for judged in (first, second, comparison):
+                self._record(judged)
+        self._fail_or_skip(comparison, [first, second])
+        for judged, its_budgets in ((first, wanted), (second, wanted), (comparison, ratio_budgets)):
+            self._require_baseline(judged, its_budgets)
+        return comparison
+
     # -- internals -----------------------------------------------------------------------------
+    def _capacity_budgets(self, workload: CapacityWorkload, budgets: Mapping[str, str] | None) -> dict[str, Budget]:
+        wanted = {**parse_budgets({"capacity": capacity_bench.CAPACITY_BUDGET}), **self._budgets}
+        if budgets:
+            wanted.update(parse_budgets(budgets, where=f"{self._item.nodeid}: "))
+        return self._checked_capacity_budgets(in_force(wanted), workload)
+
+    def _checked_capacity_budgets(self, budgets: dict[str, Budget], workload: CapacityWorkload) -> dict[str, Budget]:
+        try:
+            return capacity_bench.capacity_budgets(budgets, workload)
+        except UsageError as exc:
+            pytest.fail(f"{self._item.nodeid}: {exc}", pytrace=False)
+
+    def _searched(self, servers: Sequence[ServerHandle], workload: CapacityWorkload) -> list[CapacityMeasurement]:
+        """Each server's capacity search (probes interleaved), as measurements not yet judged."""
+        workload = workload.with_(prompt_seed=workload.prompt_seed or self.settings.prompt_seed)
+        self._say(f"searching the capacity of the {' and '.join(s.role for s in servers)} server(s): "
+                  f"{workload.describe()}")
+        targets = [self._target(server, workload) for server in servers]
+        searches = run_async(capacity_bench.run_searches(targets, workload, self._say))
+        measured = []
+        for server, search in zip(servers, searches):
+            if search.capacity is None:
+                pytest.fail(f"{workload.name} on the {server.role} server: {search.verdict()}, so it has no capacity "
+                            f"under these SLOs ({workload.describe()}). Loosen slo_ms or lower good_fraction if the "
+                            "SLOs are stricter than this server can ever meet", pytrace=False)
+            measured.append(CapacityMeasurement(
+                self._item.nodeid, server.role, server.model, workload, capacity_bench.capacity_result(search),
+                server.spec.portable_key if server.spec else f"remote:{server.model}",
+                server.spec.recorded_flags if server.spec else {}, search=search))
+        return measured
+
+    def _evaluated_capacity(self, measurement: CapacityMeasurement, budgets: Mapping[str, Budget],
+                            workload: CapacityWorkload) -> CapacityMeasurement:
+        measurement = self._evaluated(measurement, budgets)
+        measurement.checks = capacity_bench.bounded_by_precision(measurement.checks, workload.precision)
+        return measurement
+
+    def _fail_or_skip(self, judged: Judged, searched: Sequence[CapacityMeasurement]) -> None:
+        """Fail a capacity out of budget, unless a search behind it was inconclusive (client-bound
+        or not converged): that is no verdict on the server, and the test skips saying so."""
+        if judged.all_passed:
+            return
+        if doubtful := [m for m in searched if m.inconclusive]:
+            pytest.skip("capacity out of budget, but inconclusive: " + "; ".join(
+                f"{m.role}: {m.search.verdict()}" for m in doubtful if m.search is not None))
+        text = pair_failure_text(judged) if isinstance(judged, PairComparison) else failure_text(judged)
+        pytest.fail(text, pytrace=False)
+
     def _prepared(self, workload: Workload) -> Workload:
         """The workload with the run's --vllm-repeats and --vllm-prompt-seed."""
         settings = self.settings

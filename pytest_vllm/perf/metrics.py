@@ -64,6 +64,8 @@ METRICS: dict[str, MetricInfo] = {
     "total_token_throughput": MetricInfo("tok/s", "higher", "prompt + output tokens per second of wall time",
                                          positive=True),
     "goodput": MetricInfo("req/s", "higher", "requests meeting every SLO per second of wall time"),
+    "capacity": MetricInfo("req/s", "higher", "highest Poisson request rate at which the stated share of requests "
+                           "meets every SLO (a capacity search: vllm_bench.capacity)", positive=True),
     **_latency_metrics(),
     "achieved_rate": MetricInfo("req/s", "none", "requests actually sent per second (open loop)"),
     "send_delay_p99": MetricInfo("ms", "lower", "p99 of actual − scheduled send time (client lateness)"),

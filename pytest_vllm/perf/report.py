@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pytest_vllm.gating import Outcome, Verdict
+from pytest_vllm.perf import capacity_report
 from pytest_vllm.perf.budgets import Check
 from pytest_vllm.perf.metrics import METRIC_DEFINITIONS, METRICS
 from pytest_vllm.perf.results import PAIR_METRICS, BenchState, Judged, KVCacheCheck, Measurement, PairComparison
@@ -44,7 +45,7 @@ def _unchecked_verdict(state: BenchState, judged: Judged) -> Verdict:
 
 def section(state: BenchState, say: Callable[[str], None]) -> Section | None:
     """The report section, or None when nothing was measured."""
-    if not state.measurements and not state.kv_caches:
+    if not state.measurements and not state.kv_caches and not state.capacities:
         return None
     from pytest_vllm.perf import plots
 
@@ -80,6 +81,7 @@ def kv_cache_table(state: BenchState) -> Table:
 def tables(state: BenchState) -> list[Table]:
     settings = state.settings
     out = [kv_cache_table(state)] if state.kv_caches else []
+    out += capacity_report.tables(state)
     if not state.measurements:
         return out
     checks = Table(f"vllm performance: budgets (current = median of repetitions; host class {settings.host_class}; "
@@ -228,4 +230,5 @@ def to_json(state: BenchState) -> dict[str, Any]:
             "measurements": [measurement(m) for m in state.measurements],
             "pairs": [pair(p) for p in state.pairs],
             "kv_caches": [kv_cache_json(c) for c in state.kv_caches],
+            **capacity_report.to_json(state, _check_json),
             "baselines_written": [str(p) for p in state.written]}
