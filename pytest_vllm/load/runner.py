@@ -138,7 +138,7 @@ async def _open_loop(session: aiohttp.ClientSession, url: str, requests: list[Pr
     await asyncio.gather(*(one(i) for i in range(len(requests))))
 
 
-async def _until(run: Coroutine[Any, Any, None], records: list[RequestRecord],
+async def until_decided(run: Coroutine[Any, Any, None], records: list[RequestRecord],
                  decided: Callable[[list[RequestRecord]], bool] | None) -> None:
     """``run``, cancelled once ``decided`` holds for its records; the requests it had not answered
     then carry the error STOPPED."""
@@ -336,7 +336,7 @@ class WorkloadSession:
                 await _closed_loop(self._session, url, requests, workload.concurrency or 1, records, self.hung)
             else:
                 offsets = self.arrivals(workload, len(requests), index)
-                await _until(_open_loop(self._session, url, requests, offsets, workload.concurrency, records,
+                await until_decided(_open_loop(self._session, url, requests, offsets, workload.concurrency, records,
                                         start, self.hung), records, stop_when)
         finally:
             progress.cancel()

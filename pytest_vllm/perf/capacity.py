@@ -31,6 +31,8 @@ MIN_ACHIEVED_SHARE = 0.9
 # Seeds of the probes' prompts and arrivals, one per probe: no probe resends another's prompts
 # (the prefix cache would serve them) and no two share an arrival pattern.
 PROBE_SEED_STRIDE = 1_000_003
+# The first probe's rate over the single-stream rate (start_rate_from).
+START_OVER_SINGLE_STREAM = 2.0
 
 
 @dataclass(frozen=True)
@@ -217,14 +219,15 @@ class CapacitySearch:
 
 
 def start_rate_from(e2el_s: float) -> float:
-    """The first probe's rate from the single-stream end-to-end latency: one request at a time is
-    what the server sustains without batching, and a batching server sustains more, so the
-    search starts there and doubles (a host class 10x slower starts 10x lower, and its probes
-    send as few requests, so each lasts about as long)."""
+    """The first probe's rate from the single-stream end-to-end latency: one request at a time
+    sustains 1 / e2el, and a batching server more (on the 2-core CPU host the float32 base's
+    capacity under the CPU SLOs was 3-4x that, the W8A8 server's 10-14x), so the search starts at
+    twice it (a failing start halves). A host class 10x slower starts 10x lower, and its probes
+    send as few requests, so each lasts about as long."""
     if not e2el_s > 0:
         raise UsageError(f"the single-stream calibration measured an end-to-end latency of {e2el_s} s: the server "
                          "answered no request; check that it serves completions")
-    return 1.0 / e2el_s
+    return START_OVER_SINGLE_STREAM / e2el_s
 
 
 def tolerance_problem(precision: float, factor: float, lower_is_better: bool) -> str | None:

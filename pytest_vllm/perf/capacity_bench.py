@@ -65,8 +65,8 @@ async def measure_probe(target: Target, workload: CapacityWorkload, rate: float,
     good_share = good / requests if requests else 0.0
     outcome, reason = outcome_of(rate, achieved, good_share, result.client_saturated, workload.good_fraction)
     if stopped:
-        reason = "; ".join(filter(None, [reason, f"stopped once decided: {stopped} of {requests} requests not "
-                                                  "answered, counted as not good"]))
+        reason = "; ".join(filter(None, [reason, f"stopped once decided: {stopped} of {requests} requests "
+                                                  "unanswered or unsent, counted as not good"]))
     return Probe(rate=rate, achieved_rate=achieved, goodput=values["goodput"], good_share=good_share,
                  requests=requests, failed=int(values["failed"]) - stopped,
                  latencies_ms={name: values[name] for name in PROBE_LATENCIES},

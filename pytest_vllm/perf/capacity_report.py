@@ -8,6 +8,7 @@ from typing import Any
 
 from pytest_vllm.perf.budgets import Check
 from pytest_vllm.perf.capacity_bench import CapacityMeasurement
+from pytest_vllm.perf.metrics import RepeatedResult
 from pytest_vllm.perf.results import BenchState, PairComparison
 from pytest_vllm.report.tables import Table, fmt
 
@@ -69,13 +70,16 @@ def tables(state: BenchState) -> list[Table]:
     return out
 
 
-def to_json(state: BenchState, check_json: Callable[[Check], dict[str, Any]]) -> dict[str, Any]:
-    """The capacity part of results.json (``check_json``: report.py's form of a check)."""
+def to_json(state: BenchState, check_json: Callable[[Check], dict[str, Any]],
+            metrics_json: Callable[[RepeatedResult], dict[str, Any]]) -> dict[str, Any]:
+    """The capacity part of results.json (``check_json``, ``metrics_json``: report.py's forms), with
+    what ``pytest-vllm baselines add`` reads from a measurement."""
     def measurement(m: CapacityMeasurement) -> dict[str, Any]:
         search = m.search
         assert search is not None
         return {"test": m.nodeid, "role": m.role, "model": m.model, "workload": m.workload.to_dict(),
-                "workload_key": m.workload.key, "server_key": m.server_key, "capacity": search.capacity,
+                "workload_key": m.workload.key, "server_key": m.server_key, "server_flags": m.server_flags,
+                "metrics": metrics_json(m.result), "capacity": search.capacity,
                 "bracket": [search.passed_at, search.upper], "converged": search.converged,
                 "client_bound": search.client_bound, "verdict": search.verdict(), "passed": m.passed,
                 "judged": m.judged, "baseline": str(m.baseline.path) if m.baseline else None,
@@ -83,7 +87,10 @@ def to_json(state: BenchState, check_json: Callable[[Check], dict[str, Any]]) ->
                 "probes": [p.to_json() for p in search.probes]}
 
     return {"capacities": [measurement(m) for m in state.capacities],
-            "capacity_pairs": [{"test": p.nodeid, "role": p.role, "ratio": p.ratio("capacity"), "passed": p.passed,
+            "capacity_pairs": [{"test": p.nodeid, "role": p.role, "model": p.candidate.model,
+                                "workload": p.workload.to_dict(), "workload_key": p.workload.key,
+                                "server_key": p.server_key, "server_flags": p.compared_flags,
+                                "metrics": metrics_json(p.ratios), "ratio": p.ratio("capacity"), "passed": p.passed,
                                 "judged": p.judged, "baseline": str(p.baseline.path) if p.baseline else None,
                                 "baseline_note": p.baseline_note, "checks": [check_json(c) for c in p.checks]}
                                for p in state.capacity_pairs]}

@@ -230,5 +230,5 @@ def to_json(state: BenchState) -> dict[str, Any]:
             "measurements": [measurement(m) for m in state.measurements],
             "pairs": [pair(p) for p in state.pairs],
             "kv_caches": [kv_cache_json(c) for c in state.kv_caches],
-            **capacity_report.to_json(state, _check_json),
+            **capacity_report.to_json(state, _check_json, _metrics_json),
             "baselines_written": [str(p) for p in state.written]}

@@ -6,6 +6,7 @@ exact capacities)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from pytest_vllm import baselines
@@ -86,3 +87,23 @@ def test_the_report_shows_each_capacity_with_its_probes_and_the_ratio(tmp_path: 
     assert png is not None and png.startswith(b"\x89PNG")
     section = report.section(state, say=lambda _: None)
     assert section is not None and "goodput_vs_rate.png" in section.plots
+
+
+def test_a_results_file_of_capacity_searches_is_added_as_baselines(tmp_path: Path) -> None:
+    """`pytest-vllm baselines add` pools a capacity run like any other: both servers' capacities
+    and the pair ratio, judged afterwards against what was added."""
+    state = BenchState(settings(tmp_path))
+    state.settings.environment["recorded_at"] = "2026-12-02T04:00:00+00:00"
+    base, compressed = measured(2.0), measured(3.0, "compressed")
+    state.capacities += [base, compressed]
+    state.capacity_pairs.append(PairComparison("suites/test_capacity.py::test_c", WORKLOAD, base, compressed,
+                                               capacity_ratio(base, compressed)))
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"performance": report.to_json(state)}))
+    root = tmp_path / "baselines"
+    added = baselines.add_results(root, results)
+    assert sorted(name for _, name, _ in added) == ["base/capacity", "compressed/capacity",
+                                                    "compressed_over_base/capacity"]
+    stored, note = stored_baseline(settings(root), state.capacity_pairs[0])
+    assert stored is not None and note == ""
+    assert stored.median("capacity") == state.capacity_pairs[0].ratio("capacity")

@@ -6,7 +6,9 @@ a real server cannot be told its true capacity, which is what the search must be
 
 from __future__ import annotations
 
+import asyncio
 import math
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -14,6 +16,7 @@ import pytest
 from pytest_vllm.errors import UsageError
 from pytest_vllm.load.client import RequestRecord
 from pytest_vllm.load.probing import achieved_rate, decided_failing, missed_slo, paced_offsets
+from pytest_vllm.load.runner import STOPPED, until_decided
 from pytest_vllm.load.workload import Workload
 from pytest_vllm.perf.budgets import evaluate, parse_budget
 from pytest_vllm.perf.capacity import (
@@ -119,7 +122,7 @@ def test_outcome_names_why_a_probe_is_inconclusive() -> None:
 
 
 def test_start_rate_follows_the_single_stream_latency() -> None:
-    assert start_rate_from(0.5) == 2.0
+    assert start_rate_from(0.5) == 4.0  # twice what one request at a time sustains
     with pytest.raises(UsageError, match="answered no request"):
         start_rate_from(0.0)
 
@@ -215,3 +218,27 @@ def test_a_probe_is_decided_once_more_requests_missed_than_allowed() -> None:
     assert not decided([late, late] + [fine] * 18)
     assert decided([late, late, late] + [fine] * 17)
     assert decided_failing({"ttft": 1000.0}, 1.0, None)([late, fine])  # 100%: the first miss decides
+
+
+def test_an_open_loop_stops_once_decided_and_marks_what_it_cut_off() -> None:
+    """until_decided cancels a run as soon as its stop condition holds (here: a request failed), and the
+    requests it had not answered say so; a run that is never decided runs to its end."""
+    records = [RequestRecord(i, sent_at=1.0) for i in range(3)]
+
+    async def run() -> None:
+        await asyncio.sleep(0.05)
+        records[0].error = "HTTP 500"
+        records[1].output_tokens = 4  # answered before the stop
+        await asyncio.sleep(30)
+
+    started = time.perf_counter()
+    asyncio.run(until_decided(run(), records, lambda rs: any(r.error for r in rs)))
+    assert time.perf_counter() - started < 5
+    assert [r.error for r in records] == ["HTTP 500", None, STOPPED]
+    finished: list[int] = []
+
+    async def short() -> None:
+        finished.append(1)
+
+    asyncio.run(until_decided(short(), [], lambda rs: False))
+    assert finished == [1]
