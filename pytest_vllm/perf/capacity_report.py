@@ -61,11 +61,11 @@ def tables(state: BenchState) -> list[Table]:
     if state.capacity_pairs:
         pairs = Table("vllm performance: capacity pairs (candidate / reference)",
                       ["test", "candidate / reference", "capacity ratio", "pair budgets"])
-        for p in state.capacity_pairs:
-            pairs.add(_test(p), f"{p.candidate.role} / {p.reference.role}", f"{p.ratio('capacity'):.3f}x",
-                      _checks_text(p))
-            if p.baseline_note:
-                pairs.notes.append(f"{_test(p)}: {p.baseline_note}")
+        for pair in state.capacity_pairs:
+            pairs.add(_test(pair), f"{pair.candidate.role} / {pair.reference.role}", f"{pair.ratio('capacity'):.3f}x",
+                      _checks_text(pair))
+            if pair.baseline_note:
+                pairs.notes.append(f"{_test(pair)}: {pair.baseline_note}")
         out.append(pairs)
     return out
 

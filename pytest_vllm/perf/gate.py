@@ -11,6 +11,7 @@ What is decided lives in ``judge.py`` (pure functions); this module is the pytes
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -249,7 +250,7 @@ class Bench:
 
     def _searched(self, servers: Sequence[ServerHandle], workload: CapacityWorkload) -> list[CapacityMeasurement]:
         """Each server's capacity search (probes interleaved), as measurements not yet judged."""
-        workload = workload.with_(prompt_seed=workload.prompt_seed or self.settings.prompt_seed)
+        workload = dataclasses.replace(workload, prompt_seed=workload.prompt_seed or self.settings.prompt_seed)
         self._say(f"searching the capacity of the {' and '.join(s.role for s in servers)} server(s): "
                   f"{workload.describe()}")
         targets = [self._target(server, workload) for server in servers]
@@ -268,7 +269,7 @@ class Bench:
 
     def _evaluated_capacity(self, measurement: CapacityMeasurement, budgets: Mapping[str, Budget],
                             workload: CapacityWorkload) -> CapacityMeasurement:
-        measurement = self._evaluated(measurement, budgets)
+        self._evaluated(measurement, budgets)
         measurement.checks = capacity_bench.bounded_by_precision(measurement.checks, workload.precision)
         return measurement
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import pytest
 
 from pytest_vllm.errors import UsageError
+from pytest_vllm.gpu import PROFILES, noise_family
 from pytest_vllm.load.client import RequestRecord
 from pytest_vllm.load.probing import achieved_rate, decided_failing, missed_slo, paced_offsets
 from pytest_vllm.load.runner import STOPPED, until_decided
@@ -242,3 +243,11 @@ def test_an_open_loop_stops_once_decided_and_marks_what_it_cut_off() -> None:
 
     asyncio.run(until_decided(short(), [], lambda rs: False))
     assert finished == [1]
+
+
+def test_capacity_has_a_noise_prior_of_its_own() -> None:
+    """A capacity is noisier than a throughput (a probe near capacity passes or fails by chance):
+    the CPU profile's measured prior, a GPU profile without one its largest."""
+    assert noise_family("capacity") == "capacity"
+    assert PROFILES["cpu"].boot_noise_of("capacity") > PROFILES["cpu"].boot_noise_of("output_throughput")
+    assert PROFILES["h200"].boot_noise_of("capacity") == max(PROFILES["h200"].boot_noise.values())
