@@ -57,6 +57,8 @@ def tables(state: BenchState) -> list[Table]:
             "of the two)")
     probes.notes.append("inconclusive: the client could not offer the rate (saturated, or sent under 90% of it): "
                         "no verdict on the server, probed again, then the search's ceiling")
+    probes.notes.append("a probe stopped once decided (more requests missed an SLO than allowed) reports the goodput "
+                        "and latencies of what it answered before the stop; its unanswered requests count as not good")
     out = [summary, probes]
     if state.capacity_pairs:
         pairs = Table("vllm performance: capacity pairs (candidate / reference)",
