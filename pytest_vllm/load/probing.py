@@ -32,13 +32,19 @@ def paced_offsets(workload: Workload, count: int, repeat: int) -> list[float]:
     return [offset * scale for offset in offsets]
 
 
-def achieved_rate(records: Sequence[RequestRecord]) -> float:
-    """Requests sent per second over the span of the actual sends ((n - 1) / span; the asked rate
-    exactly when the client kept to the schedule)."""
-    sent = sorted(r.sent_at for r in records if r.sent_at)  # a stopped probe's unsent requests left out
-    if len(sent) < 2 or sent[-1] <= sent[0]:
-        return math.inf  # too few sends to fall short of any rate
-    return (len(sent) - 1) / (sent[-1] - sent[0])
+def achieved_rate(records: Sequence[RequestRecord], rate: float) -> float:
+    """The rate the client actually offered: ``rate`` scaled by the span of the sent requests'
+    schedule over the span of their actual sends (``rate`` itself when it kept to the schedule).
+    Measured against the schedule, not as (n - 1) / span, so that a probe stopped after a few
+    sends still says whether the client was late (two Poisson sends say nothing about a rate)."""
+    sent = sorted((r.scheduled_at, r.sent_at) for r in records if r.sent_at)  # a stopped probe's unsent left out
+    if len(sent) < 2:
+        return rate
+    scheduled_span = sent[-1][0] - sent[0][0]
+    sent_span = max(r[1] for r in sent) - min(r[1] for r in sent)
+    if scheduled_span <= 0 or sent_span <= 0:
+        return rate
+    return rate * scheduled_span / sent_span
 
 
 async def calibrate(target: Target, workload: Workload, say: Callable[[str], None] = lambda _: None) -> float:

@@ -31,6 +31,10 @@ MIN_ACHIEVED_SHARE = 0.9
 # Seeds of the probes' prompts and arrivals, one per probe: no probe resends another's prompts
 # (the prefix cache would serve them) and no two share an arrival pattern.
 PROBE_SEED_STRIDE = 1_000_003
+# A probe's arrivals span at most this many times probe_seconds to reach min_probe_requests: under
+# PYTEST_VLLM_EMULATE_AVX2 the W8A8 server's capacity under the CPU SLOs was ~0.06 req/s, where 8
+# requests took over two minutes per probe.
+MAX_SPAN_FACTOR = 4
 # The first probe's rate over the single-stream rate (start_rate_from).
 START_OVER_SINGLE_STREAM = 2.0
 
@@ -42,7 +46,8 @@ class CapacityWorkload(Workload):
 
     ``request_rate`` is no input: each probe sets its own (the field keeps Workload's open-loop
     validation). ``probe_seconds``: the arrivals of one probe span this long (at least
-    ``min_probe_requests`` requests), long enough to be steady at the profile's speed."""
+    ``min_probe_requests`` requests, within MAX_SPAN_FACTOR times as long), long enough to be steady
+    at the profile's speed. With few requests ``good_fraction`` 0.99 means all of them."""
 
     request_rate: float | None = 1.0
     concurrency: int | None = None
@@ -74,7 +79,8 @@ class CapacityWorkload(Workload):
         """Probe ``index`` (0-based) at ``rate`` req/s: a plain open-loop workload of one run, on
         prompts and arrivals of its own, without warmup (the calibration warmed the server)."""
         base = {f.name: getattr(self, f.name) for f in fields(Workload)}
-        requests = max(self.min_probe_requests, math.ceil(rate * self.probe_seconds))
+        at_least = min(self.min_probe_requests, math.ceil(rate * MAX_SPAN_FACTOR * self.probe_seconds))
+        requests = max(2, at_least, math.ceil(rate * self.probe_seconds))
         return Workload(**{**base, "name": f"{self.name}@{rate:.3g}", "request_rate": rate, "num_requests": requests,
                            "repeats": 1, "warmup_requests": 0, "seed": self.seed + PROBE_SEED_STRIDE * (index + 1)})
 

@@ -61,7 +61,7 @@ async def measure_probe(target: Target, workload: CapacityWorkload, rate: float,
     requests = len(run.records)
     stopped = sum(r.error == STOPPED for r in run.records)
     good = round(values["goodput"] * run.duration)
-    achieved = probing.achieved_rate(run.records)
+    achieved = probing.achieved_rate(run.records, rate)
     good_share = good / requests if requests else 0.0
     outcome, reason = outcome_of(rate, achieved, good_share, result.client_saturated, workload.good_fraction)
     if stopped:

@@ -151,6 +151,7 @@ def test_probes_send_their_own_prompts_at_their_rate() -> None:
     first, second = search.probe(2.0, 0), search.probe(0.2, 1)
     assert type(first) is Workload and first.request_rate == 2.0 and first.num_requests == 20
     assert second.num_requests == 8  # at least min_probe_requests
+    assert search.probe(0.05, 2).num_requests == 2  # ... unless that spans over 4 x probe_seconds
     assert first.seed != second.seed and first.repeats == 1 and first.warmup == 0
     assert first.slo_ms == {"tpot": 100.0}
 
@@ -167,9 +168,16 @@ def test_paced_arrivals_offer_exactly_the_asked_rate(burstiness: float) -> None:
         assert max(gaps) > 2 * min(gaps)  # still random gaps, not a metronome
 
 
-def test_achieved_rate_is_over_the_actual_sends() -> None:
-    records = [RequestRecord(i, sent_at=1.0 + 0.5 * i) for i in range(5)]
-    assert achieved_rate(records) == pytest.approx(2.0)
+def test_achieved_rate_compares_the_sends_with_their_schedule() -> None:
+    on_time = [RequestRecord(i, scheduled_at=1.0 + 0.5 * i, sent_at=1.001 + 0.5 * i) for i in range(5)]
+    assert achieved_rate(on_time, 2.0) == pytest.approx(2.0)
+    late = [RequestRecord(i, scheduled_at=1.0 + 0.5 * i, sent_at=1.0 + 0.625 * i) for i in range(5)]
+    assert achieved_rate(late, 2.0) == pytest.approx(1.6)
+    # A probe stopped after two Poisson sends 3 s apart, on schedule: no shortfall (it once read as 0.33 req/s).
+    stopped = [RequestRecord(0, scheduled_at=1.0, sent_at=1.0), RequestRecord(1, scheduled_at=4.0, sent_at=4.0),
+               RequestRecord(2, scheduled_at=9.0)]
+    assert achieved_rate(stopped, 2.0) == pytest.approx(2.0)
+    assert achieved_rate(stopped[:1], 2.0) == 2.0  # one send: no evidence of lateness
 
 
 def test_the_default_budget_is_consistent_with_the_default_precision() -> None:
