@@ -315,7 +315,7 @@ def entries_from_results(results: Mapping[str, Any], source: str) -> list[tuple[
     whose repetitions all completed, and every pair comparison. BaselineError (naming ``source``)
     when it cannot serve."""
     section = results.get("performance") if isinstance(results, Mapping) else None
-    if not isinstance(section, Mapping) or not section.get("measurements"):
+    if not isinstance(section, Mapping) or not (section.get("measurements") or section.get("capacities")):
         raise BaselineError(f"{source} holds no performance measurements")
     settings, environment = section.get("settings", {}), section.get("environment")
     if not environment:
@@ -326,7 +326,8 @@ def entries_from_results(results: Mapping[str, Any], source: str) -> list[tuple[
     definitions = section.get("metric_definitions", METRIC_DEFINITIONS)
     out = []
     try:
-        for m in [*section["measurements"], *section.get("pairs", ())]:  # a pair: its per-pair ratios
+        for m in [*section.get("measurements", ()), *section.get("pairs", ()),  # a pair: its per-pair ratios
+                  *section.get("capacities", ()), *section.get("capacity_pairs", ())]:
             if any(m["metrics"].get("failed", {}).get("runs", [0])) or not m["metrics"]:
                 continue
             key = BaselineKey(str(settings.get("host_class") or settings["gpu"]), m["model"], m["test"],

@@ -82,29 +82,24 @@ def long_prompts_beside_streams(profile: GPUProfile) -> Workload:
                     repeats=3, long_prompts=LongPrompts(input_len=1024, count=2, first_after_s=1.0, every_s=2.5))
 
 
-# Open loop: Poisson arrivals at a rate well below saturation, with SLOs the rate should meet. CPU:
-# 0.5 req/s of 128 in / 16 out is 8 output tok/s of demand, under half of what the slowest server of
-# the pair serves at concurrency 2 on the avx2-only class (W8A8 there: ~5 tok/s one at a time,
-# batching roughly doubles it); the SLOs leave that class room (its W8A8 TPOT is ~190 ms single
-# stream). GPUs: 8 req/s of 512 in / 128 out, about a fifth of the 8B-shaped bf16 model's c64
-# throughput on an H200 (5.2k tok/s). The SLOs are absolute budgets; the regressions they cannot see
-# are the baseline budgets' to catch.
+# Open loop: Poisson arrivals at a rate well below saturation, with the profile's SLOs (gpu.py
+# slo_ms, the capacity search's too). CPU: 0.5 req/s of 128 in / 16 out is 8 output tok/s of demand,
+# under half of what the slowest server of the pair serves at concurrency 2 on the avx2-only class
+# (W8A8 there: ~5 tok/s one at a time, batching roughly doubles it). GPUs: 8 req/s of 512 in / 128
+# out, about a fifth of the 8B-shaped bf16 model's c64 throughput on an H200 (5.2k tok/s). The SLOs
+# are absolute budgets; the regressions they cannot see are the baseline budgets' to catch.
 OPEN_LOOP = {
-    "cpu": {"rate": 0.5, "requests": 8, "input_len": 128, "output_len": 16,
-            "slo_ms": {"ttft": 3000.0, "tpot": 500.0}},
-    "gpu": {"rate": 8.0, "requests": 160, "input_len": 512, "output_len": 128,
-            "slo_ms": {"ttft": 500.0, "tpot": 50.0}},
+    "cpu": {"rate": 0.5, "requests": 8, "input_len": 128, "output_len": 16},
+    "gpu": {"rate": 8.0, "requests": 160, "input_len": 512, "output_len": 128},
 }
-
-
 OPEN_LOOP_SEND_DELAY_MS = 100.0  # client lateness that makes an open loop no longer the rate asked for
 
 
 def open_loop(profile: GPUProfile) -> Workload:
     shape = OPEN_LOOP["gpu" if profile.is_gpu else "cpu"]
     return Workload(name="open_loop", num_requests=int(shape["requests"]), input_len=int(shape["input_len"]),
-                    output_len=int(shape["output_len"]), concurrency=None, request_rate=float(shape["rate"]),
-                    slo_ms=dict(shape["slo_ms"]), repeats=3)
+                    output_len=int(shape["output_len"]), concurrency=None, request_rate=shape["rate"],
+                    slo_ms=dict(profile.slo_ms), repeats=3)
 
 
 def test_kv_cache_holds_the_suites_traffic(vllm_server, vllm_bench, vllm_session) -> None:
@@ -138,7 +133,7 @@ def test_throughput_at_concurrency(vllm_server, vllm_bench, vllm_session, concur
 
 def test_open_loop_latency_under_slos(vllm_server, vllm_bench, vllm_session) -> None:
     """Requests at a steady Poisson rate below saturation, as users send them (not a closed loop's
-    always-full batch): TTFT and TPOT p99 within the profile's SLOs (OPEN_LOOP) and every request
+    always-full batch): TTFT and TPOT p99 within the profile's SLOs (gpu.py slo_ms) and every request
     meeting them (slo_attainment), TTFT and TPOT p50 and goodput against this host class's
     baselines. Output throughput follows the arrival rate here, so it is not gated; the achieved
     rate and the client's send delay are in the results (with 8 requests a repetition the achieved

@@ -31,6 +31,9 @@ from pytest_vllm.server.telemetry import ServerTelemetry, TelemetrySampler
 T = TypeVar("T")
 PROGRESS_EVERY = 10.0  # seconds between progress lines during a run
 LAG_TICK = 0.01  # seconds between event-loop lag probes
+STOP_CHECK_EVERY = 0.25  # seconds between checks of an open loop's stop condition
+# The error of a request an open loop cancelled once its outcome was decided (a capacity probe).
+STOPPED = "stopped: the run was already decided"
 
 
 @dataclass
@@ -146,6 +149,27 @@ async def _open_loop(session: aiohttp.ClientSession, balancer: Balancer, request
                 await _send(session, balancer, requests[index], records[index], hung)
 
     await asyncio.gather(*(one(i) for i in range(len(requests))))
+
+
+async def until_decided(run: Coroutine[Any, Any, None], records: list[RequestRecord],
+                 decided: Callable[[list[RequestRecord]], bool] | None) -> None:
+    """``run``, cancelled once ``decided`` holds for its records; the requests it had not answered
+    then carry the error STOPPED."""
+    if decided is None:
+        await run
+        return
+    task = asyncio.ensure_future(run)
+    while not task.done():
+        await asyncio.wait({task}, timeout=STOP_CHECK_EVERY)
+        if not task.done() and decided(records):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            for record in records:
+                if record.error is None and not record.output_tokens:
+                    record.error = STOPPED
+            return
+    task.result()
 
 
 async def _progress(label: str, records: list[RequestRecord], say: Callable[[str], None], start: float) -> None:
@@ -277,8 +301,11 @@ class WorkloadSession:
     measurement can prove its prompts were not served from the cache.
     """
 
-    def __init__(self, target: Target, workload: Workload, say: Callable[[str], None] = lambda _: None) -> None:
+    def __init__(self, target: Target, workload: Workload, say: Callable[[str], None] = lambda _: None,
+                 arrivals: Callable[[Workload, int, int], list[float]] | None = None) -> None:
         self.target = target
+        # Open loop: when each request is due (``arrival_offsets``; a capacity probe paces its own).
+        self.arrivals = arrivals or arrival_offsets
         self.workload = workload
         self.label = target.label or workload.name
         self._say = say
@@ -333,8 +360,10 @@ class WorkloadSession:
             return None
         return PrefixCacheCounts(sum(c.hits for c in found if c), sum(c.queries for c in found if c))
 
-    async def repetition(self, index: int) -> RunResult:
-        """Measured repetition ``index`` (0-based) on its own prompt set."""
+    async def repetition(self, index: int,
+                         stop_when: Callable[[list[RequestRecord]], bool] | None = None) -> RunResult:
+        """Measured repetition ``index`` (0-based) on its own prompt set (open loop with ``stop_when``:
+        the unanswered requests are cancelled once it holds for the records so far)."""
         assert self._session is not None
         workload = self.workload
         requests = self._requests[index]
@@ -361,9 +390,9 @@ class WorkloadSession:
                 await _closed_loop(self._session, self.balancer, requests, workload.concurrency or 1, records,
                                    self.hung)
             else:
-                offsets = arrival_offsets(workload, len(requests), index)
-                await _open_loop(self._session, self.balancer, requests, offsets, workload.concurrency, records,
-                                 start, self.hung)
+                offsets = self.arrivals(workload, len(requests), index)
+                await until_decided(_open_loop(self._session, self.balancer, requests, offsets, workload.concurrency,
+                                               records, start, self.hung), records, stop_when)
             end = time.perf_counter()  # the run is the requests': long prompts still in flight wait outside it
             if beside is not None:
                 await beside

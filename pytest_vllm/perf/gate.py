@@ -11,6 +11,7 @@ What is decided lives in ``judge.py`` (pure functions); this module is the pytes
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -25,8 +26,10 @@ from pytest_vllm.load.runner import Target, WorkloadRuns, run_async, run_pair_as
 from pytest_vllm.load.sessions import MultiTurnWorkload, run_conversations
 from pytest_vllm.load.workload import Workload
 from pytest_vllm.models.weights import served_weight_bytes
-from pytest_vllm.perf import deferral
+from pytest_vllm.perf import capacity_bench, deferral
 from pytest_vllm.perf.budgets import MARKER, PAIR_MARKER, Budget, GatePolicy, default_budgets, parse_budgets
+from pytest_vllm.perf.capacity import CapacityWorkload
+from pytest_vllm.perf.capacity_bench import CapacityMeasurement
 from pytest_vllm.perf.judge import (
     cold_cache_problem,
     failure_text,
@@ -50,7 +53,7 @@ from pytest_vllm.perf.results import (
 from pytest_vllm.perf.roofline import Roofline, roofline
 from pytest_vllm.perf.turns import compute_run
 from pytest_vllm.server.handle import ServerHandle
-from pytest_vllm.server.kv_capacity import CACHE_CONFIG_INFO, Capacity, capacity_of, capacity_ratio, shortfall
+from pytest_vllm.server.kv_capacity import CACHE_CONFIG_INFO, Capacity, capacity_of, kv_capacity_ratio, shortfall
 
 J = TypeVar("J", Measurement, PairComparison)
 # Offsets the prompt seed of a confirming second measurement: its prompts are none of the first's.
@@ -200,7 +203,7 @@ class Bench:
         """The candidate's KV cache against the reference's, before any load: the tokens it holds
         must grow at least as its cost per token shrinks (an fp8 cache, a smaller serving dtype),
         and reach ``floor`` times the reference's where one is asked."""
-        ratio = capacity_ratio(self._kv_capacity(reference), self._kv_capacity(candidate))
+        ratio = kv_capacity_ratio(self._kv_capacity(reference), self._kv_capacity(candidate))
         pair = KVCachePair(self._item.nodeid, reference.role, candidate.role, ratio, floor, ratio.shortfall(floor))
         self._state.kv_pairs.append(pair)
         self._say(pair.describe())
@@ -208,6 +211,46 @@ class Bench:
             pytest.fail(f"the {candidate.role} server's KV cache against the {reference.role} server's: "
                         f"{pair.describe()}: {pair.problem}", pytrace=False)
         return pair
+
+    def capacity(self, server: ServerHandle, workload: CapacityWorkload,
+                 budgets: Mapping[str, str] | None = None) -> CapacityMeasurement:
+        """Search ``server``'s capacity under the workload's SLOs and gate it like a metric
+        (``capacity``: default CAPACITY_BUDGET, markers and ``budgets`` over it)."""
+        wanted = self._capacity_budgets(workload, budgets)
+        measurement = self._evaluated_capacity(self._searched([server], workload)[0], wanted, workload)
+        self._state.capacities.append(measurement)
+        if self.settings.record:
+            self._record(measurement)
+        self._fail_or_skip(measurement, [measurement])
+        self._require_baseline(measurement, wanted)
+        return measurement
+
+    def compare_capacity(self, reference: ServerHandle, candidate: ServerHandle, workload: CapacityWorkload,
+                         budgets: Mapping[str, str] | None = None,
+                         pair_budgets: Mapping[str, str] | None = None) -> PairComparison:
+        """Both servers' capacities, their probes interleaved, each gated as ``capacity`` does, and
+        the ratio candidate / reference by the ``vllm_pair_budget`` markers and ``pair_budgets``."""
+        wanted = self._capacity_budgets(workload, budgets)
+        ratio_budgets = dict(self._pair_budgets)
+        if pair_budgets:
+            ratio_budgets.update(parse_budgets(pair_budgets, kind_hint="pair", where=f"{self._item.nodeid}: "))
+        ratio_budgets = self._checked_capacity_budgets(in_force(ratio_budgets), workload)
+        first, second = (self._evaluated_capacity(m, wanted, workload)
+                         for m in self._searched([reference, candidate], workload))
+        comparison = PairComparison(self._item.nodeid, workload, first, second,
+                                    capacity_bench.capacity_ratio(first, second))
+        comparison = self._evaluated(comparison, ratio_budgets)
+        comparison.checks = capacity_bench.bounded_by_precision(comparison.checks, workload.precision)
+        self._state.capacities += [first, second]
+        self._state.capacity_pairs.append(comparison)
+        self._say(f"capacity {candidate.role} / {reference.role}: {comparison.ratio('capacity'):.3f}")
+        if self.settings.record:
+            for judged in (first, second, comparison):
+                self._record(judged)
+        self._fail_or_skip(comparison, [first, second])
+        for judged, its_budgets in ((first, wanted), (second, wanted), (comparison, ratio_budgets)):
+            self._require_baseline(judged, its_budgets)
+        return comparison
 
     # -- internals -----------------------------------------------------------------------------
     def _kv_capacity(self, server: ServerHandle) -> Capacity:
@@ -222,6 +265,54 @@ class Bench:
         if capacity is None:
             pytest.skip(f"the {server.role} server exports no {CACHE_CONFIG_INFO}: its KV cache size is unknown")
         return capacity
+
+    def _capacity_budgets(self, workload: CapacityWorkload, budgets: Mapping[str, str] | None) -> dict[str, Budget]:
+        wanted = {**parse_budgets({"capacity": capacity_bench.CAPACITY_BUDGET}), **self._budgets}
+        if budgets:
+            wanted.update(parse_budgets(budgets, where=f"{self._item.nodeid}: "))
+        return self._checked_capacity_budgets(in_force(wanted), workload)
+
+    def _checked_capacity_budgets(self, budgets: dict[str, Budget], workload: CapacityWorkload) -> dict[str, Budget]:
+        try:
+            return capacity_bench.capacity_budgets(budgets, workload)
+        except UsageError as exc:
+            pytest.fail(f"{self._item.nodeid}: {exc}", pytrace=False)
+
+    def _searched(self, servers: Sequence[ServerHandle], workload: CapacityWorkload) -> list[CapacityMeasurement]:
+        """Each server's capacity search (probes interleaved), as measurements not yet judged."""
+        workload = dataclasses.replace(workload, prompt_seed=workload.prompt_seed or self.settings.prompt_seed)
+        self._say(f"searching the capacity of the {' and '.join(s.role for s in servers)} server(s): "
+                  f"{workload.describe()}")
+        targets = [self._target(server, workload) for server in servers]
+        searches = run_async(capacity_bench.run_searches(targets, workload, self._say))
+        measured = []
+        for server, search in zip(servers, searches):
+            if search.capacity is None:
+                pytest.fail(f"{workload.name} on the {server.role} server: {search.verdict()}, so it has no capacity "
+                            f"under these SLOs ({workload.describe()}). Loosen slo_ms or lower good_fraction if the "
+                            "SLOs are stricter than this server can ever meet", pytrace=False)
+            measured.append(CapacityMeasurement(
+                self._item.nodeid, server.role, server.model, workload, capacity_bench.capacity_result(search),
+                server.spec.portable_key if server.spec else f"remote:{server.model}",
+                server.spec.recorded_flags if server.spec else {}, search=search))
+        return measured
+
+    def _evaluated_capacity(self, measurement: CapacityMeasurement, budgets: Mapping[str, Budget],
+                            workload: CapacityWorkload) -> CapacityMeasurement:
+        self._evaluated(measurement, budgets)
+        measurement.checks = capacity_bench.bounded_by_precision(measurement.checks, workload.precision)
+        return measurement
+
+    def _fail_or_skip(self, judged: Judged, searched: Sequence[CapacityMeasurement]) -> None:
+        """Fail a capacity out of budget, unless a search behind it was inconclusive (client-bound
+        or not converged): that is no verdict on the server, and the test skips saying so."""
+        if judged.all_passed:
+            return
+        if doubtful := [m for m in searched if m.inconclusive]:
+            pytest.skip("capacity out of budget, but inconclusive: " + "; ".join(
+                f"{m.role}: {m.search.verdict()}" for m in doubtful if m.search is not None))
+        text = pair_failure_text(judged) if isinstance(judged, PairComparison) else failure_text(judged)
+        pytest.fail(text, pytrace=False)
 
     def _prepared(self, workload: Workload) -> Workload:
         """The workload with the run's --vllm-repeats and --vllm-prompt-seed."""

@@ -83,6 +83,8 @@ METRICS: dict[str, MetricInfo] = {
     "goodput": MetricInfo("req/s", "higher", "requests meeting every SLO per second of wall time"),
     "slo_attainment": MetricInfo("", "higher", "share of the sent requests that completed meeting every SLO (0-1; "
                                  "only where the workload states SLOs)"),
+    "capacity": MetricInfo("req/s", "higher", "highest Poisson request rate at which the stated share of requests "
+                           "meets every SLO (a capacity search: vllm_bench.capacity)", positive=True),
     **_latency_metrics(),
     "achieved_rate": MetricInfo("req/s", "none", "requests actually sent per second (open loop)"),
     "send_delay_p99": MetricInfo("ms", "lower", "p99 of actual − scheduled send time (client lateness)"),

@@ -94,8 +94,34 @@ def base_vs_compressed(state: BenchState) -> bytes | None:
     return _png(fig)
 
 
+def goodput_vs_rate(state: BenchState) -> bytes | None:
+    """Each capacity search's probes: goodput against the asked rate, with the line where every
+    request sent is good (goodput = rate), and the capacity found."""
+    searched = [m for m in state.capacities if m.probes]
+    if not searched:
+        return None
+    fig, ax = _figure()
+    markers = {"pass": "o", "fail": "x", "inconclusive": "s"}
+    highest = 0.0
+    for m in searched:
+        probes = sorted(m.probes, key=lambda p: p.rate)
+        line, = ax.plot([p.rate for p in probes], [p.goodput for p in probes], alpha=0.6,
+                        label=f"{m.role}: capacity {m.value('capacity'):.3g} req/s")
+        for p in probes:
+            ax.scatter([p.rate], [p.goodput], marker=markers[p.outcome], color=line.get_color())
+        ax.axvline(m.value("capacity"), color=line.get_color(), linestyle=":", linewidth=1)
+        highest = max(highest, *(p.rate for p in probes))
+    ax.plot([0, highest], [0, highest], color="grey", linestyle="--", linewidth=0.8, label="goodput = rate")
+    ax.set_xlabel("asked request rate (req/s, Poisson)")
+    ax.set_ylabel("goodput (req/s within the SLOs)")
+    ax.set_title("Capacity search: goodput against rate (o pass, x fail, square inconclusive)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
 def all_plots(state: BenchState) -> dict[str, bytes]:
     plots = {"ttft_cdf.png": latency_cdf(state, "ttft"), "e2el_cdf.png": latency_cdf(state, "e2el"),
              "throughput_vs_concurrency.png": throughput_vs_concurrency(state),
-             "base_vs_compressed.png": base_vs_compressed(state)}
+             "base_vs_compressed.png": base_vs_compressed(state), "goodput_vs_rate.png": goodput_vs_rate(state)}
     return {name: png for name, png in plots.items() if png}

@@ -63,7 +63,8 @@ def bench_state(config: pytest.Config) -> BenchState:
 def vllm_bench(request: pytest.FixtureRequest) -> Bench:
     """Measure load on a server and gate it: ``vllm_bench.run(server, Workload(...))``,
     ``vllm_bench.compare(reference, candidate, workload)`` (repetitions interleaved, per-pair ratios),
-    ``vllm_bench.single_stream(server, workload, benchmark)``.
+    ``vllm_bench.single_stream(server, workload, benchmark)``, ``vllm_bench.capacity(server,
+    CapacityWorkload(...))`` / ``compare_capacity(reference, candidate, workload)`` (capacity under SLOs).
 
     Metrics follow `vllm bench serve`; the median of the repetitions, each on prompts of its own,
     is checked against the baseline of this host class (budgets from vllm_budget /

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pytest_vllm.gating import Outcome, Verdict
+from pytest_vllm.perf import capacity_report
 from pytest_vllm.perf.budgets import Check
 from pytest_vllm.perf.metrics import METRIC_DEFINITIONS, METRICS
 from pytest_vllm.perf.results import PAIR_METRICS, BenchState, Judged, KVCacheCheck, Measurement, PairComparison
@@ -45,7 +46,7 @@ def _unchecked_verdict(state: BenchState, judged: Judged) -> Verdict:
 
 def section(state: BenchState, say: Callable[[str], None]) -> Section | None:
     """The report section, or None when nothing was measured."""
-    if not state.measurements and not state.kv_caches and not state.kv_pairs:
+    if not state.measurements and not state.kv_caches and not state.kv_pairs and not state.capacities:
         return None
     from pytest_vllm.perf import plots
 
@@ -83,6 +84,7 @@ def kv_cache_table(state: BenchState) -> Table:
 def tables(state: BenchState) -> list[Table]:
     settings = state.settings
     out = [kv_cache_table(state)] if state.kv_caches or state.kv_pairs else []
+    out += capacity_report.tables(state)
     if not state.measurements:
         return out
     checks = Table(f"vllm performance: budgets (current = median of repetitions; host class {settings.host_class}; "
@@ -275,4 +277,5 @@ def to_json(state: BenchState) -> dict[str, Any]:
                                 "candidate_tokens": p.capacity.candidate_tokens, "ratio": p.capacity.ratio,
                                 "cost_ratio": p.capacity.cost_ratio, "floor": p.floor, "passed": p.passed,
                                 "problem": p.problem} for p in state.kv_pairs],
+            **capacity_report.to_json(state, _check_json, _metrics_json),
             "baselines_written": [str(p) for p in state.written]}

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_vllm import baselines
 from pytest_vllm.gpu import GPUProfile
@@ -17,7 +17,10 @@ from pytest_vllm.perf.budgets import Budget, Check, GatePolicy
 from pytest_vllm.perf.metrics import METRIC_DEFINITIONS, BenchResult, RepeatedResult
 from pytest_vllm.perf.replicas import ReplicaShare, replica_shares
 from pytest_vllm.perf.roofline import Roofline
-from pytest_vllm.server.kv_capacity import Capacity, CapacityRatio
+from pytest_vllm.server.kv_capacity import Capacity, KVCapacityRatio
+
+if TYPE_CHECKING:
+    from pytest_vllm.perf.capacity_bench import CapacityMeasurement
 
 # Ratios a pair comparison records and shows (its budgets may name others).
 PAIR_METRICS = ("output_throughput", "request_throughput", "ttft_p50", "tpot_p50", "e2el_p50")
@@ -248,7 +251,7 @@ class KVCachePair:
     nodeid: str
     reference_role: str
     candidate_role: str
-    capacity: CapacityRatio
+    capacity: KVCapacityRatio
     floor: float | None = None
     problem: str | None = None
 
@@ -276,3 +279,5 @@ class BenchState:
     unjudged_classes: dict[str, list[str]] = field(default_factory=dict)  # model -> classes with baselines
     kv_caches: list[KVCacheCheck] = field(default_factory=list)
     kv_pairs: list[KVCachePair] = field(default_factory=list)
+    capacities: list[CapacityMeasurement] = field(default_factory=list)  # capacity searches, one per server
+    capacity_pairs: list[PairComparison] = field(default_factory=list)  # their candidate / reference ratios

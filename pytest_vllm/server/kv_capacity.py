@@ -185,7 +185,7 @@ CAPACITY_RATIO_SLACK = 0.98
 
 
 @dataclass(frozen=True)
-class CapacityRatio:
+class KVCapacityRatio:
     """A candidate server's KV cache against a reference's: the tokens each holds, and what the
     per-token costs alone would make of the same memory (None where a shape is unknown)."""
 
@@ -212,7 +212,7 @@ class CapacityRatio:
         return "; ".join(problems) or None
 
 
-def capacity_ratio(reference: Capacity, candidate: Capacity) -> CapacityRatio:
+def kv_capacity_ratio(reference: Capacity, candidate: Capacity) -> KVCapacityRatio:
     cost = (reference.shape.bytes_per_token / candidate.shape.bytes_per_token
             if reference.shape is not None and candidate.shape is not None else None)
-    return CapacityRatio(reference.tokens, candidate.tokens, cost)
+    return KVCapacityRatio(reference.tokens, candidate.tokens, cost)

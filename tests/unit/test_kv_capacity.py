@@ -75,15 +75,15 @@ def test_a_cache_too_small_for_the_concurrency_names_the_flags() -> None:
 
 
 def test_a_candidate_cache_must_grow_as_its_cost_per_token_shrinks() -> None:
-    from pytest_vllm.server.kv_capacity import CapacityRatio
+    from pytest_vllm.server.kv_capacity import KVCapacityRatio
 
-    fp8 = CapacityRatio(reference_tokens=46_592, candidate_tokens=93_184, cost_ratio=2.0)
+    fp8 = KVCapacityRatio(reference_tokens=46_592, candidate_tokens=93_184, cost_ratio=2.0)
     assert fp8.ratio == 2.0 and fp8.shortfall() is None
     assert fp8.shortfall(floor=1.9) is None
-    starved = CapacityRatio(reference_tokens=46_592, candidate_tokens=46_592, cost_ratio=2.0)
+    starved = KVCapacityRatio(reference_tokens=46_592, candidate_tokens=46_592, cost_ratio=2.0)
     problem = starved.shortfall()
     assert problem is not None and "holds 1.00x" in problem and "less memory" in problem
-    unknown_shape = CapacityRatio(reference_tokens=1000, candidate_tokens=1000, cost_ratio=None)
+    unknown_shape = KVCapacityRatio(reference_tokens=1000, candidate_tokens=1000, cost_ratio=None)
     assert unknown_shape.shortfall() is None
     below_floor = unknown_shape.shortfall(floor=1.5)
     assert below_floor is not None and "below the floor of 1.5x" in below_floor

@@ -87,9 +87,9 @@ def test_every_value_is_a_declared_metric() -> None:
     server_side = {"prefix_cache_hit_rate", *ServerTelemetry(samples=1).__dataclass_fields__} - {"samples"}
     beside_long_prompts = {n for n in METRICS if "prefill" in n or n.startswith("long_prompt")}
     # Not here: those only from a server's /metrics, Workload.long_prompts', a multi-turn run's
-    # (tests/unit/test_conversations.py), and slo_attainment (only with SLOs)
+    # (tests/unit/test_conversations.py), slo_attainment (only with SLOs), a capacity search's capacity
     assert set(result.values) == (set(METRICS) - server_side - beside_long_prompts - MULTI_TURN_METRICS
-                                  - {"slo_attainment"})
+                                  - {"slo_attainment", "capacity"})
     assert "slo_attainment" in compute_records([record(0, 0.0, [0.1, 0.2], tokens=2)], 1.0, slo_ms={"ttft": 50}).values
     interfered = prefill_interference([record(0, 0.0, [0.1, 0.2, 0.3], tokens=3)],
                                       [RequestRecord(0, 0.0, 0.0, 0.15, [0.15], prompt_tokens=10, output_tokens=1)])
