@@ -38,6 +38,7 @@ SPEEDUP_MAX_CONCURRENCY = 64
 # OpenAI server) are 2048 on CPUs and 8192-16384 on data-centre GPUs: a whole long prompt of this
 # file's in one step, which is the stall the test measures on the base server.
 CHUNKED_PREFILL_TOKENS = {"cpu": 256, "gpu": 1024}
+GPU_LONG_PROMPT_TOKENS = 7680  # below the 8B shape's 8,192-token context and vLLM's GPU step budget of 8,192
 
 
 def single_stream(profile: GPUProfile) -> Workload:
@@ -72,12 +73,16 @@ def speedup(profile: GPUProfile) -> Workload:
 def long_prompts_beside_streams(profile: GPUProfile) -> Workload:
     # Streams decoding while long prompts arrive: on the CPU 2 streams (4 requests of 64 tokens, about
     # 10 s per repetition at the 2-core host's pace) and two 1,024-token prompts 1 and 3.5 s in; on
-    # GPUs 16 streams and four 8k-token prompts. Three repetitions: the ratio this test gates is
-    # large (see its docstring), so more runs would buy little.
+    # GPUs 16 streams and four 7,680-token prompts. Three repetitions: the ratio this test gates is
+    # large (see its docstring), so more runs would buy little. The GPU prompts must fit the 8B shape's
+    # context (8,192 tokens with their one output token: 8,192-token prompts were refused with HTTP 400 on
+    # an H200, 2026-12-02) and the base server's step budget (vLLM 0.24 on an H200 logged "Chunked prefill
+    # is enabled with max_num_batched_tokens=8192"), so that the base server prefills each in one step.
     if profile.is_gpu:
         return Workload(name="long_prompt_interference", num_requests=48, input_len=128, output_len=256,
                         concurrency=16, repeats=3,
-                        long_prompts=LongPrompts(input_len=8192, count=4, first_after_s=1.0, every_s=1.5))
+                        long_prompts=LongPrompts(input_len=GPU_LONG_PROMPT_TOKENS, count=4, first_after_s=1.0,
+                                                 every_s=1.5))
     return Workload(name="long_prompt_interference", num_requests=4, input_len=64, output_len=64, concurrency=2,
                     repeats=3, long_prompts=LongPrompts(input_len=1024, count=2, first_after_s=1.0, every_s=2.5))
 

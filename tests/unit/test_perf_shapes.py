@@ -151,3 +151,23 @@ def test_workload_sizes_follow_the_concurrency() -> None:
     assert [h200.requests_at(c) for c in h200.concurrency_levels] == [16, 256, 512, 1024]
     assert [cpu.requests_at(c) for c in cpu.concurrency_levels] == [3, 12]  # the recorded CPU workloads
     assert (h200.repeats, cpu.repeats) == (3, 5)
+
+
+def test_the_gpu_long_prompts_fit_every_shapes_context_and_one_engine_step() -> None:
+    """The chunked-prefill test's GPU long prompts (with their output tokens) fit a shape's context,
+    and a whole one fits vLLM's default GPU step budget of 8,192 tokens, so the base server is the
+    unchunked reference: 8,192-token prompts were refused on an H200 (context 8,192, plus one output)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "suites" / "test_perf.py"
+    spec = importlib.util.spec_from_file_location("suite_perf_for_unit_test", path)
+    assert spec is not None and spec.loader is not None
+    suite = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(suite)
+    long_prompts = suite.long_prompts_beside_streams(PROFILES["h200"]).long_prompts
+    assert long_prompts is not None
+    for shape in shapes.SHAPES.values():
+        context = shape.config({"vocab_size": 49152})["max_position_embeddings"]
+        assert long_prompts.input_len + long_prompts.output_len <= context, shape.name
+    assert long_prompts.input_len <= 8192
+    assert long_prompts.input_len > 4 * suite.CHUNKED_PREFILL_TOKENS["gpu"]
