@@ -97,7 +97,10 @@ OPEN_LOOP = {
     "cpu": {"rate": 0.5, "requests": 8, "input_len": 128, "output_len": 16},
     "gpu": {"rate": 8.0, "requests": 160, "input_len": 512, "output_len": 128},
 }
-OPEN_LOOP_SEND_DELAY_MS = 100.0  # client lateness that makes an open loop no longer the rate asked for
+# Client lateness (send delay p99) beyond this share of the mean gap between arrivals distorts the
+# arrival process the open loop asks for. On the 2-core host, where the client shares the cores with
+# both servers, one request of a repetition went out 364 ms late (against 2 s gaps at 0.5 req/s).
+OPEN_LOOP_MAX_LATENESS = 0.25
 
 
 def open_loop(profile: GPUProfile) -> Workload:
@@ -150,9 +153,11 @@ def test_open_loop_latency_under_slos(vllm_server, vllm_bench, vllm_session) -> 
                "ttft_p99": f"<= {slo['ttft']:g} ms", "tpot_p99": f"<= {slo['tpot']:g} ms"}
     measurement = vllm_bench.run(vllm_server, workload, budgets=budgets)
     late = max(measurement.runs_of("send_delay_p99"))
-    assert late <= OPEN_LOOP_SEND_DELAY_MS, (
-        f"the load client sent requests up to {late:.0f} ms after their scheduled time (p99): it, not the server, "
-        "set the pace of this open loop")
+    gap_ms = 1000.0 / (workload.request_rate or 1.0)
+    assert late <= OPEN_LOOP_MAX_LATENESS * gap_ms, (
+        f"the load client sent requests up to {late:.0f} ms after their scheduled time (p99), more than "
+        f"{OPEN_LOOP_MAX_LATENESS:.0%} of the {gap_ms:.0f} ms between arrivals: it, not the server, set the pace of "
+        "this open loop")
 
 
 # The verdict is the ratio's and the counters', not the two servers' own numbers: in a fresh-clone
