@@ -244,7 +244,9 @@ def test_chunked_prefill_bounds_the_stall_of_long_prompts(base_server, vllm_serv
     0.21, resolving 17%), the long prompts' TTFT 3.45 s whole and 4.57 s chunked (what chunking costs
     them); with this file's 1,024-token prompts 122-140 ms outside, 2,054 ms whole and 599 ms chunked
     during (0.29), TTFT 2.10 and 2.27 s; 133 s with the second server's boot. A budget of 0.60 fails a
-    server that no longer chunks (ratio near 1) by far.
+    server that no longer chunks by far: given the whole-prompt step budget (2048) in place of 256,
+    the candidate stalled the streams 1,864 ms against the base's 1,855 (ratio 1.00), FAIL, confirmed
+    on fresh prompts.
     """
     profile = vllm_session.profile
     workload = long_prompts_beside_streams(profile)
