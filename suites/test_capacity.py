@@ -28,6 +28,9 @@ def capacity_search(profile: GPUProfile) -> CapacityWorkload:
                             slo_ms=dict(profile.slo_ms), probe_seconds=profile.capacity_probe_seconds)
 
 
+# 0.85: the search's 10% precision plus room (capacity_bench.CAPACITY_BUDGET); four runs on one
+# host put the ratio at 5.9-8.0 (12% spread): with one recording it resolves ~55%, so it catches a
+# compressed server that lost most of its capacity edge. No class has this test's baselines yet.
 @pytest.mark.vllm_pair_budget(capacity=">= baseline * 0.85")
 def test_capacity_under_slos(server_pair, vllm_bench, vllm_session) -> None:
     """Both servers' capacity under the profile's SLOs, probes interleaved, each gated against its

@@ -149,6 +149,11 @@ def test_open_loop_latency_under_slos(vllm_server, vllm_bench, vllm_session) -> 
     the client's fault, not the server's."""
     workload = open_loop(vllm_session.profile)
     slo = workload.slo_ms
+    # goodput 0.90 is DEFAULT_BUDGETS' throughput factor; not yet judged on a CPU class (no baselines of
+    # this test there) and on the H200 against one machine's recording. Below saturation goodput
+    # follows the arrival rate (seeded arrivals, the same every run), so it moves only when requests
+    # miss the SLOs: it catches a server that started missing them, not a 10% slower one (the p50
+    # budgets are for that). No slowdown trial was run on this test.
     budgets = {"output_throughput": "off", "goodput": ">= baseline * 0.90", "slo_attainment": ">= 1.0",
                "ttft_p99": f"<= {slo['ttft']:g} ms", "tpot_p99": f"<= {slo['tpot']:g} ms"}
     measurement = vllm_bench.run(vllm_server, workload, budgets=budgets)
@@ -224,6 +229,12 @@ def test_compressed_speedup_over_base(server_pair, vllm_bench, vllm_session) -> 
     vllm_bench.compare(*server_pair, speedup(profile), pair_budgets=floor)
 
 
+# The per-server factors are DEFAULT_BUDGETS' (throughput 0.90, latency 1.15), whose support is the
+# noise-gate benchmark on the emeraldrapids class (a -22.5% throughput slowdown failed 6/6); for these
+# metrics no slowdown trial was run and no class has their baselines, so they are judged nowhere yet
+# (the noise model will widen them to what recordings show; a p99 of ~10 gaps is noisier than a
+# median). The verdict today is the pair budget: 0.60 against 0.21-0.29 measured with chunking and
+# 1.00 without (resolves 3-17%): it catches chunking that is lost, not a 10% worse chunk.
 @pytest.mark.vllm_budget(output_throughput="off", ttft_p50="off",
                          long_prompt_prefill_throughput=">= baseline * 0.90", long_prompt_ttft_p50="<= baseline * 1.15",
                          itl_p99_during_prefill="<= baseline * 1.15")

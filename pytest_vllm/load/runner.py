@@ -152,7 +152,7 @@ async def _open_loop(session: aiohttp.ClientSession, balancer: Balancer, request
 
 
 async def until_decided(run: Coroutine[Any, Any, None], records: list[RequestRecord],
-                 decided: Callable[[list[RequestRecord]], bool] | None) -> None:
+                        decided: Callable[[list[RequestRecord]], bool] | None) -> None:
     """``run``, cancelled once ``decided`` holds for its records; the requests it had not answered
     then carry the error STOPPED."""
     if decided is None:
@@ -358,7 +358,8 @@ class WorkloadSession:
         found = [await read_prefix_cache(http) for http in self._metrics]
         if not found or any(counts is None for counts in found):
             return None
-        return PrefixCacheCounts(sum(c.hits for c in found if c), sum(c.queries for c in found if c))
+        counted = [c for c in found if c is not None]
+        return PrefixCacheCounts(sum(c.hits for c in counted), sum(c.queries for c in counted))
 
     async def repetition(self, index: int,
                          stop_when: Callable[[list[RequestRecord]], bool] | None = None) -> RunResult:

@@ -30,7 +30,12 @@ from pytest_vllm.perf.results import Measurement
 # The default budget of ``capacity``: a search to the default precision (10%) reports up to 9% under
 # the true capacity, so a healthy server's two searches can differ by that much before any noise;
 # 15% leaves room for it (a finer budget must come with a finer precision: tolerance_problem), and
-# the noise model widens it further where the measured noise demands.
+# the noise model widens it further where the measured noise demands. What supports it: four
+# searches on one 2-core cpu-intel-f6m167-amx-2c host in one session (base 1.49-2.04 req/s, W8A8
+# 10.2-14.8, ~16% sd run to run, the CPU prior in gpu.py); no leave-one-out over machines and no
+# sized slowdown trial yet, and no class has capacity baselines, so it is judged nowhere today. With
+# one recording the tolerance is capped at 25%: on that host it catches a capacity drop of about 55%
+# (9 times in 10), a collapse, not a 15% loss.
 CAPACITY_BUDGET = ">= baseline * 0.85"
 PROBE_LATENCIES = ("ttft_p50", "ttft_p99", "tpot_p50", "tpot_p99", "e2el_p50", "e2el_p99")
 
