@@ -3,6 +3,8 @@ and the note a failed gate carries when the host was loaded."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from pytest_vllm.load.client import RequestRecord
@@ -21,8 +23,13 @@ def test_steal_share_is_stolen_over_elapsed_cpu_time() -> None:
 
 def test_a_real_sample_of_this_machine_is_consistent() -> None:
     first = HostCPUTimes.now()
-    sum(i * i for i in range(200_000))  # let some CPU time pass
+    # /proc/stat counts in ticks of 10 ms: burn CPU until a tick passes (a fresh-clone run once read
+    # the same total twice around a fixed 200,000-square loop), for at most 5 s
+    deadline = time.monotonic() + 5.0
     second = HostCPUTimes.now()
+    while second.total <= first.total and time.monotonic() < deadline:
+        sum(i * i for i in range(200_000))
+        second = HostCPUTimes.now()
     assert second.total > first.total and second.steal >= first.steal >= 0.0
     assert 0.0 <= steal_share(first, second) <= 1.0
 
