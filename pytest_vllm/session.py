@@ -40,6 +40,7 @@ from pytest_vllm.server.pool import MAX_RESIDENT, DeathListener, ServerPool
 from pytest_vllm.server.process import ServerDeath, VLLMServer
 from pytest_vllm.server.replicas import connect_remote_replicas, join_replicas
 from pytest_vllm.server.spec import BASE, COMPRESSED, MarkerFlags, ServerSpec, marker_key, replica_count
+from pytest_vllm.sizing import Sizing, sizing_for
 
 if TYPE_CHECKING:
     from pytest_vllm.report.writer import Section
@@ -90,8 +91,19 @@ class VLLMSession:
         return detect_device()
 
     @cached_property
-    def profile(self) -> GPUProfile:
+    def device_profile(self) -> GPUProfile:
+        """The GPU profile as gpu.py defines it, before this host's sizing."""
         return resolve_profile(self.config.gpu, self.device, force=self.config.gpu_force)
+
+    @cached_property
+    def sizing(self) -> Sizing:
+        """Full work sizes, or a slow class's (sizing.py): fewer repetitions and examples."""
+        return sizing_for(self.device_profile, self.host.isa_tier, self.remote)
+
+    @cached_property
+    def profile(self) -> GPUProfile:
+        """The profile this run measures with: the device's, sized for this host (``sizing``)."""
+        return self.sizing.apply(self.device_profile)
 
     @cached_property
     def host(self) -> HostFingerprint:
@@ -193,8 +205,7 @@ class VLLMSession:
             if not roles:
                 continue
             need = ItemNeeds(roles=roles, markers=tuple(markers), pair=self.pair_of(nodeid))
-            # The perf pair's tests form groups of their own: their servers are other models.
-            need.marker_key = marker_key(markers) + ("" if need.pair == DEFAULT_PAIR else f"|{need.pair}")
+            need.marker_key = marker_key(markers) + self._group_suffix(need.pair)
             if self.remote:
                 need.skip_reason = self._remote_skip_reason(roles, markers)
             else:
@@ -215,6 +226,21 @@ class VLLMSession:
             # kept for the worker's own tests only.
             planned = {} if self.worker else {nodeid: need.specs for nodeid, need in self.needs.items()}
             self.pool.plan(planned, families)
+
+    def _group_suffix(self, pair: str) -> str:
+        """What sets a pair's tests apart in the order (``order``) and the pool's families: the perf
+        pair's tests form groups of their own where its servers are other models (a GPU profile's
+        8B shape); where they are the run's pair (the CPU profile: the embedded pair) they join the
+        run's groups, so the pair boots once rather than again after the servers of other groups
+        (on the avx2-only host a reboot of the pair cost 2 minutes)."""
+        if pair == DEFAULT_PAIR:
+            return ""
+        try:
+            same = all((self.role_model(role, pair).model, self.role_model(role, pair).flags)
+                       == (self.role_model(role).model, self.role_model(role).flags) for role in (BASE, COMPRESSED))
+        except UsageError:
+            same = False
+        return "" if same else f"|{pair}"
 
     def _booted_replicas(self, roles: Sequence[str], markers: Sequence[MarkerFlags], pair: str
                          ) -> dict[str, tuple[ServerSpec, ...]]:
@@ -375,6 +401,9 @@ class VLLMSession:
         device = self.device
         what = f"{device.count}x {device.name} (driver {device.driver})" if device.is_gpu else f"CPU {device.name}"
         lines.append(f"vllm: profile {profile}, device {what}, host class {self.host_class}")
+        sized = self.sizing.describe(self.profile)
+        if sized:
+            lines.append(sized)
         if self.remote:
             shown = {role: ",".join(self.config.urls.replicas_of(role)) or None for role in (BASE, COMPRESSED)}
             lines.append(f"vllm: remote servers: base={shown[BASE]} compressed={shown[COMPRESSED]}")

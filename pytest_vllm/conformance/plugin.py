@@ -63,7 +63,7 @@ def property_run(request: pytest.FixtureRequest, server: ServerHandle, label: st
     from pytest_vllm.conformance.runner import PropertyRun
 
     session = request.config.stash[SESSION_KEY]
-    profile = get_profile(session.config.conformance_profile)
+    profile = get_profile(session.config.conformance_profile).scaled(session.sizing.conformance_scale)
     run_ledger = ledger(request.config)
     record = run_ledger.record(request.node.nodeid, request.node.originalname, label)
     family = families.identify(probe, booted_vllm_version=None if server.is_remote else session.vllm_version)

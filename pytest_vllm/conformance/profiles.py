@@ -18,7 +18,7 @@ and needs its profiles registered in a conftest before options are parsed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from pytest_vllm.errors import UsageError
@@ -35,6 +35,10 @@ class Profile:
     shrink: bool
     database: bool
     description: str
+
+    def scaled(self, factor: float) -> Profile:
+        """This profile with every budget multiplied by ``factor`` (a slow host class's: sizing.py)."""
+        return self if factor == 1.0 else replace(self, scale=self.scale * factor)
 
     def examples(self, budget: int) -> int:
         return max(1, round(budget * self.scale))

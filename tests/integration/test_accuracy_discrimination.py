@@ -1,10 +1,12 @@
-"""The accuracy gates discriminate: the suite fails a deliberately damaged checkpoint and passes W8A8.
+"""The accuracy gates discriminate: the suite fails a deliberately damaged checkpoint.
 
-Each test runs the accuracy suite of ``suites/`` in an inner pytest session against real servers
+The test runs the accuracy suite of ``suites/`` in an inner pytest session against real servers
 and reads the failure text and results.json. The servers are this session's own (the suites' base
-and W8A8 servers, and the damaged checkpoint booted beside the base), handed to the inner session
-with ``--vllm-url`` as a platform team would point the suite at servers it runs: nothing boots
-twice.
+server, and the damaged checkpoint booted beside it), handed to the inner session with
+``--vllm-url`` as a platform team would point the suite at servers it runs: nothing boots twice.
+The other half, that the same tests pass the embedded W8A8 checkpoint, is the suite's own run in
+this session (``suites/test_accuracy.py``: the same tests on the same pair): an inner run of it
+here repeated that work (3-5 minutes on the avx2-only host) for no other check.
 The damaged checkpoint is the embedded ``smollm2-135m-instruct-w4-damaged`` recipe (every Linear
 layer on a 4-bit per-channel grid, made by llm-compressor); ``pytest-vllm models build`` (``make
 models``) builds it with the pair.
@@ -20,6 +22,7 @@ import pytest
 
 from pytest_vllm.errors import UsageError
 from pytest_vllm.models import embedded
+from pytest_vllm.server.launcher import IN_PROCESS_WORKER_ENV
 
 pytestmark = pytest.mark.integration
 
@@ -60,7 +63,8 @@ def test_damaged_checkpoint_fails_the_accuracy_budgets(pytester: pytest.Pytester
         problem = ""
     if problem:
         pytest.fail(problem, pytrace=False)
-    damaged_server = vllm_server_factory(model=str(damaged), role="damaged")
+    # Its worker in the engine process: its answers are judged, not its speed (one process fewer to boot).
+    damaged_server = vllm_server_factory(model=str(damaged), role="damaged", env=IN_PROCESS_WORKER_ENV)
     result, results, elapsed = run_suite(pytester, *urls(base_server, damaged_server))
     print(f"damaged run: {elapsed:.0f}s")
     output = result.stdout.str()
@@ -84,22 +88,3 @@ def test_damaged_checkpoint_fails_the_accuracy_budgets(pytester: pytest.Pytester
     checks = {c["metric"]: c for c in results["accuracy"]["agreement"][0]["checks"]}
     assert not checks["kl_mean"]["passed"] and not checks["top1_agreement"]["passed"], checks
     assert sum(not c["passed"] for c in checks.values()) >= 3, checks
-
-
-def test_w8a8_checkpoint_passes_the_accuracy_budgets(pytester: pytest.Pytester, server_pair) -> None:
-    result, results, elapsed = run_suite(pytester, *urls(*server_pair))
-    print(f"W8A8 run: {elapsed:.0f}s")
-    output = result.stdout.str()
-    assert result.ret == pytest.ExitCode.OK, output[-5000:]
-    result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines(["*vllm summary*", "*accuracy: recovery (compressed / base)*",
-                                 "*facts accuracy*%*>= 0.95*", "*accuracy: logprob agreement*"])
-    rows = by_metric(results)
-    assert {"facts accuracy", "arithmetic accuracy", "choice acc", "choice acc_norm"} <= set(rows)
-    assert all(row["passed"] for row in rows.values()), rows
-    # A pass reads PASS, or INCONCLUSIVE where the interval holds the budget; never "PASS (inconclusive)".
-    assert {row["verdict"] for row in rows.values()} <= {"PASS", "INCONCLUSIVE (warning)"}, rows
-    assert all(row["resolution"] is not None for row in rows.values()), rows
-    assert all(row["compressed"]["model"] == embedded.COMPRESSED_RECIPE.name for row in rows.values())
-    checks = results["accuracy"]["agreement"][0]["checks"]
-    assert all(c["passed"] for c in checks), checks

@@ -9,6 +9,8 @@ import json
 
 import pytest
 
+from pytest_vllm.server.launcher import IN_PROCESS_WORKER_ENV
+
 pytestmark = pytest.mark.integration
 
 INNER = """
@@ -31,9 +33,10 @@ def tiny_server(vllm_server_factory):
     """Five blocks of 128 tokens, one of them vLLM's own: four requests of 128 + 32 tokens do not fit.
     (A fixture, so the server boots before pytester snapshots sys.modules: modules first imported
     inside a pytester test are dropped after it, and httpx's error mapping with them.)"""
-    # Eager: what is checked is the cache, not the speed (an avx2-only host booted it compiled in 259 s,
-    # the first compile of the session; eager servers boot there in 80 s).
-    return vllm_server_factory(role="tiny_kv", max_model_len=512, num_gpu_blocks_override=5, enforce_eager=True)
+    # Eager, its worker in the engine process: what is checked is the cache, not the speed (an avx2-only
+    # host booted it compiled in 259 s, the first compile of the session; eager servers boot there in 80 s).
+    return vllm_server_factory(role="tiny_kv", max_model_len=512, num_gpu_blocks_override=5, enforce_eager=True,
+                               env=IN_PROCESS_WORKER_ENV)
 
 
 def test_a_cache_too_small_for_the_concurrency_fails_naming_the_flag(tiny_server, pytester: pytest.Pytester) -> None:

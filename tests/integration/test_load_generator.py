@@ -90,10 +90,12 @@ def test_closed_loop_run_counts_exact_tokens(base_server) -> None:
 
 def test_the_servers_telemetry_is_sampled_during_a_run(base_server) -> None:
     """Three requests at a time for a few seconds: the server's /metrics saw them run, in a KV cache
-    far from full, with nothing queued or preempted."""
-    workload = Workload(input_len=64, output_len=24, num_requests=6, concurrency=3, repeats=1)
+    far from full, with nothing queued or preempted. 96 tokens per request: with 24 the run was over
+    before a sample in its middle once, under a full CI run's load (CI run of 8c74118: 2 samples, both idle)."""
+    workload = Workload(input_len=64, output_len=96, num_requests=6, concurrency=3, repeats=1)
     run = run_workload(base_server.url, base_server.model, workload, telemetry_interval=0.2).runs[0]
-    assert run.telemetry is not None and run.telemetry.samples >= 3, run.telemetry
+    took = max(r.sent_at + (r.e2el or 0.0) for r in run.records) - min(r.sent_at for r in run.records)
+    assert run.telemetry is not None and run.telemetry.samples >= 3, (run.telemetry, f"run took {took:.2f}s")
     values = compute(run).values
     assert 1 <= values["requests_running_peak"] <= 3
     assert 0 < values["kv_cache_usage_peak"] < 0.5 and values["kv_cache_usage_mean"] <= values["kv_cache_usage_peak"]

@@ -11,6 +11,7 @@ import pytest
 from pytest_vllm.load.runner import Target
 from pytest_vllm.load.sessions import ConversationRun, MultiTurnWorkload, run_conversations
 from pytest_vllm.perf.turns import turn_values
+from pytest_vllm.server.launcher import IN_PROCESS_WORKER_ENV
 
 pytestmark = pytest.mark.integration
 
@@ -19,7 +20,8 @@ def test_usage_cached_tokens_give_each_turns_share_with_conversations_at_once(vl
     """With --enable-prompt-tokens-details every turn's usage says what the prefix cache served, so
     three conversations at once still have per-turn shares; they add up to the server's counters."""
     # Eager: the usage counts are checked, not the speed (80 s boot instead of 117 s on an avx2-only host).
-    server = vllm_server_factory(role="prompt_details", enable_prompt_tokens_details=True, enforce_eager=True)
+    server = vllm_server_factory(role="prompt_details", enable_prompt_tokens_details=True, enforce_eager=True,
+                                 env=IN_PROCESS_WORKER_ENV)
     workload = MultiTurnWorkload(name="usage_shares", num_requests=3, concurrency=3, turns=3, input_len=112,
                                  output_len=8, warmup_requests=1, repeats=1)
     runs = run_conversations(Target(server.url, server.model, server.api_key), workload)

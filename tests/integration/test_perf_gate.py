@@ -13,11 +13,20 @@ folder:
 4. against the slowed server: the throughput gate fails, confirmed by a second measurement at the
    end of the inner session (after its other test), and the stored baseline is untouched;
 5. with the baselines filed under another host class: one line names this host's class and the
-   recorded one, and no relative budget is judged; with ``--vllm-missing-baseline fail`` it fails;
+   recorded one, and no relative budget is judged;
 6. re-recording on the slowed server passes: recording replaces, it does not judge.
 
 The inner sessions run with ``--vllm-baseline-gate fail`` (the CPU profile's default reports a
-baseline budget instead); one run checks that default: out of budget, reported, passing.
+baseline budget instead). That default and ``--vllm-missing-baseline fail`` are decided before
+any server is asked anything: tests/unit/test_perf_judge.py checks them (this test ran one inner
+session for each until CI time, 87 s a session on an avx2-only host, asked for fewer).
+
+The throughput budget is a fixed ``>= baseline * 0.70``, not the noise-derived default: the
+inner session's confirmation runs seconds after the first attempt (its last test is empty), so a
+slow spell of a shared CI host fails both (CI run of 8c74118 on an AMX host: the unchanged run
+failed its gate). The slowed server runs far below it (-56% on an H100 host); how small a
+regression the default budgets resolve is the unit tests' and benchmarks/test_noise_gate.py's
+business, not this test's.
 """
 
 from __future__ import annotations
@@ -40,7 +49,8 @@ import pytest
 
 WORKLOAD = Workload(name="gate", num_requests=8, input_len=64, output_len=16, concurrency=4)
 
-@pytest.mark.vllm_budget(ttft_p50="<= baseline * 100", tpot_p50="<= baseline * 100")
+@pytest.mark.vllm_budget(output_throughput=">= baseline * 0.70", ttft_p50="<= baseline * 100",
+                         tpot_p50="<= baseline * 100")
 def test_gate(base_server, vllm_bench):
     vllm_bench.run(base_server, WORKLOAD)
 
@@ -120,11 +130,6 @@ def test_gate_records_passes_and_catches_a_slowdown(pytester: pytest.Pytester, t
     assert files[0].read_text() == stored, "a gated run must never touch the stored baseline"
     summary = (pytester.path / "reports" / "summary.md").read_text()
     assert "| output_throughput |" in summary and "FAIL" in summary
-    # The CPU profile's default reports a baseline budget instead of failing (shared hosts' slow spells).
-    reported = inner(slowed, baselines, "--vllm-baseline-gate", "auto")
-    reported.assert_outcomes(passed=2)
-    assert "OVER (report only)" in (pytester.path / "reports" / "summary.md").read_text()
-
     # The same baselines filed under another class: this host is not judged against them.
     elsewhere = tmp_path / "elsewhere"
     shutil.copytree(baselines / vllm_session.host_class, elsewhere / OTHER_CLASS)
@@ -133,10 +138,6 @@ def test_gate_records_passes_and_catches_a_slowdown(pytester: pytest.Pytester, t
     unjudged.stdout.fnmatch_lines([f"*this host is class {vllm_session.host_class}; baselines of * exist for: "
                                    f"{OTHER_CLASS}*Relative budgets are not judged*"])
     assert "NOT JUDGED" in (pytester.path / "reports" / "summary.md").read_text()
-    strict = inner(server, elsewhere, "--vllm-missing-baseline", "fail")  # any server: no baseline to judge
-    strict.assert_outcomes(failed=1, passed=1)
-    strict.stdout.fnmatch_lines([f"*no baseline for * of host class {vllm_session.host_class}*"
-                                 f"classes with baselines of *: {OTHER_CLASS}*"])
 
     # Re-recording on purpose replaces the baseline and is not judged against the one it replaces.
     inner(slowed, baselines, "--update-baselines").assert_outcomes(passed=2)

