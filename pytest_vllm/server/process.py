@@ -23,6 +23,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# httpx 0.28 imports httpcore at its first client and keeps httpcore's exception classes from
+# then. A first client inside a test using pytester put httpcore into the modules that pytester
+# removes again at the test's end; the next import made new classes, and a refused connection
+# escaped httpx as a raw httpcore.ConnectError (a readiness probe then failed a booting server at
+# once: perf-gate test, then any booting test). Imported here, httpcore exists before any test.
+import httpcore  # noqa: F401
 import httpx
 import psutil
 

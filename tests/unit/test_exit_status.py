@@ -57,3 +57,23 @@ def test_the_exit_code_of_a_reaped_grandchild_is_kept() -> None:
 def test_an_unknown_exit_code_says_why() -> None:
     assert "reaped" in describe_exit(None)
     assert describe_exit(3) == "exit code 3"
+
+
+def test_a_refused_connection_stays_an_httpx_error_after_pytester_restores_the_modules() -> None:
+    """pytester removes the modules a test imported: httpcore, imported by httpx at its first
+    client, then came back with new exception classes, and readiness probes of later boots met a
+    raw httpcore.ConnectError (a booting server failed at once). The plugin imports httpcore first."""
+    script = """
+import sys, httpx
+import pytest_vllm.plugin
+before = dict(sys.modules)
+for _ in range(2):
+    try:
+        httpx.Client().get("http://127.0.0.1:9/")
+    except Exception as exc:
+        print(type(exc).__module__)
+    for name in [n for n in sys.modules if n not in before]:
+        del sys.modules[name]
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["httpx", "httpx"], out.stdout + out.stderr
