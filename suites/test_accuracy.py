@@ -57,9 +57,12 @@ def test_base_model_against_its_baseline(base_server, vllm_accuracy) -> None:
     vllm_accuracy.history(base_server, *TASK_SETS, *_lmeval_tasks())
 
 
-def test_logprob_agreement_on_a_large_corpus(server_pair, vllm_accuracy) -> None:
+def test_logprob_agreement_on_a_large_corpus(server_pair, vllm_accuracy, vllm_session) -> None:
     """The same agreement metrics over 52,090 tokens of real text that ships offline (the Python
     language reference, ``docs_corpus``: PSF-2.0), whose bootstrap intervals resolve drifts of
-    about 1% in perplexity ratio; the greedy check stays with the small test above."""
-    check = vllm_accuracy.agreement(server_pair, corpus="docs_corpus", prompts=None)
-    assert check.result.positions >= 50_000, f"docs_corpus scored only {check.result.positions} positions"
+    about 0.3% in perplexity ratio; the greedy check stays with the small test above. A slow host
+    class scores every other passage (sizing.py: about 0.4%)."""
+    share = vllm_session.sizing.large_corpus_share
+    check = vllm_accuracy.agreement(server_pair, corpus="docs_corpus", prompts=None, share=share)
+    wanted = 50_000 * share * 0.9  # every other passage: not exactly half the positions
+    assert check.result.positions >= wanted, f"docs_corpus scored only {check.result.positions} positions"

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -64,6 +64,15 @@ class EvalSet:
     @property
     def metrics(self) -> tuple[str, ...]:
         return METRICS_BY_KIND.get(self.kind, ())
+
+    def every(self, step: int) -> EvalSet:
+        """Every ``step``-th item from the first (a slow host's share of a large set, sizing.py),
+        named and hashed as the subset it is."""
+        if step <= 1:
+            return self
+        items = self.items[::step]
+        digest = hashlib.sha256(f"{self.sha256}:every{step}".encode()).hexdigest()
+        return replace(self, name=f"{self.name} (1 text in {step})", items=items, sha256=digest)
 
     def settings(self) -> dict[str, Any]:
         """What, besides the items, decides the scores (part of the baseline key)."""

@@ -207,13 +207,17 @@ class AccuracyGate:
     # -- logprob agreement -------------------------------------------------------------------------
     def agreement(self, pair: Any, corpus: Reference = "agreement_corpus",
                   prompts: Reference | None = "greedy_prompts",
-                  budgets: Mapping[str, object] | None = None) -> AgreementCheck:
+                  budgets: Mapping[str, object] | None = None, share: float = 1.0) -> AgreementCheck:
         """Top-1 agreement, KL divergence, perplexity ratio on ``corpus``; the greedy top-k check
-        on ``prompts`` (None: none); each against its budget, with its interval and resolution."""
+        on ``prompts`` (None: none); each against its budget, with its interval and resolution.
+        ``share`` below 1 scores every round(1/share)-th corpus text (a slow host's sizing)."""
         base, compressed = _pair(pair)
         book = self.budgets(budgets)
         try:
             corpus_set = resolve(corpus, self.settings.eval_dirs)
+            if not 0 < share <= 1:
+                raise UsageError(f"agreement share={share!r}: give a share of the corpus in (0, 1]")
+            corpus_set = corpus_set.every(round(1 / share))
             prompt_set = None if prompts is None else resolve(prompts, self.settings.eval_dirs)
             if corpus_set.kind != "corpus" or (prompt_set is not None and prompt_set.kind != "prompts"):
                 got = f" and {prompt_set.name} ({prompt_set.kind})" if prompt_set else ""

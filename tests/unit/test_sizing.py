@@ -40,3 +40,15 @@ def test_the_conformance_budget_halves_on_a_slow_class_and_nightly_scales_from_i
     assert get_profile("ci").scaled(scale).examples(1) == 1  # never below one example
     assert get_profile("nightly").scaled(scale).examples(25) == 125
     assert get_profile("ci").scaled(1.0) is get_profile("ci")
+
+
+def test_a_slow_class_scores_every_other_passage_of_the_large_corpus_as_a_set_of_its_own() -> None:
+    from pytest_vllm.accuracy.evalsets import resolve
+
+    assert sizing_for(CPU, "avx2", remote=False).large_corpus_share == 0.5
+    assert sizing_for(CPU, "amx", remote=False).large_corpus_share == 1.0
+    corpus = resolve("docs_corpus")
+    half = corpus.every(round(1 / 0.5))
+    assert len(half.items) == (len(corpus.items) + 1) // 2 and half.items[1] == corpus.items[2]
+    assert half.sha256 != corpus.sha256 and half.name == "docs_corpus (1 text in 2)"
+    assert corpus.every(1) is corpus
