@@ -235,10 +235,13 @@ class VLLMSession:
         (on the avx2-only host a reboot of the pair cost 2 minutes)."""
         if pair == DEFAULT_PAIR:
             return ""
+        def served(role: str, of: str) -> tuple[object, object]:
+            found = self.role_model(role, of)
+            return found.model, found.flags
+
         try:
-            same = all((self.role_model(role, pair).model, self.role_model(role, pair).flags)
-                       == (self.role_model(role).model, self.role_model(role).flags) for role in (BASE, COMPRESSED))
-        except UsageError:
+            same = all(served(role, pair) == served(role, DEFAULT_PAIR) for role in (BASE, COMPRESSED))
+        except UsageError:  # a broken perf-pair choice: reported where its servers are specified
             same = False
         return "" if same else f"|{pair}"
 

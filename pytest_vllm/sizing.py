@@ -28,7 +28,7 @@ for this reason, so such runs keep the full sizes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pytest_vllm.gpu import GPUProfile
 
@@ -62,8 +62,6 @@ class Sizing:
 
     def apply(self, profile: GPUProfile) -> GPUProfile:
         """The profile with this sizing's repetitions."""
-        from dataclasses import replace
-
         repeats = self.perf_repeats
         return profile if repeats is None or repeats >= profile.repeats else replace(profile, repeats=repeats)
 

@@ -64,5 +64,5 @@ def test_logprob_agreement_on_a_large_corpus(server_pair, vllm_accuracy, vllm_se
     class scores every other passage (sizing.py: about 0.4%)."""
     share = vllm_session.sizing.large_corpus_share
     check = vllm_accuracy.agreement(server_pair, corpus="docs_corpus", prompts=None, share=share)
-    wanted = 50_000 * share * 0.9  # every other passage: not exactly half the positions
+    wanted = 50_000 * share  # every other passage holds 50.5% of the corpus's characters
     assert check.result.positions >= wanted, f"docs_corpus scored only {check.result.positions} positions"

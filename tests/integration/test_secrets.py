@@ -21,9 +21,10 @@ INNER = """
 import httpx
 import pytest
 from pytest_vllm.load.workload import Workload
+from pytest_vllm.server.launcher import IN_PROCESS_WORKER_ENV
 
-pytestmark = pytest.mark.vllm_server(hf_token="{flag_secret}", env={{"HF_TOKEN": "{env_secret}",
-                                                                                "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}},
+pytestmark = pytest.mark.vllm_server(hf_token="{flag_secret}",
+                                     env={{**IN_PROCESS_WORKER_ENV, "HF_TOKEN": "{env_secret}"}},
                                      enforce_eager=True, max_model_len=512)
 
 def test_served_with_the_key(base_server):

@@ -18,14 +18,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pytest_vllm.server.launcher import IN_PROCESS_WORKER_ENV
-
 pytestmark = pytest.mark.integration
 
 TAG_ENV = "PYTEST_VLLM_TEST_TAG"
-# The inner servers' worker runs in their engine process (one process fewer to boot; they are not
-# measured): launcher.IN_PROCESS_WORKER_ENV, as Python source for the inner files' env dicts.
-IN_PROCESS = ", ".join(f"{k!r}: {v!r}" for k, v in IN_PROCESS_WORKER_ENV.items())
 BOOT_LIMIT = 900  # seconds an inner server may take to boot on a loaded 2-core machine
 CTRL_C_LIMIT = 180  # seconds pytest may take to stop its servers and write its reports after Ctrl-C
 
@@ -79,8 +74,9 @@ def test_no_server_survives_pytest_ending_abruptly(pytester: pytest.Pytester, si
     ready = pytester.path / "ready.txt"
     pytester.makepyfile(f"""
         import pathlib, time, pytest
+        from pytest_vllm.server.launcher import IN_PROCESS_WORKER_ENV
 
-        @pytest.mark.vllm_server(enforce_eager=True, env={{"{TAG_ENV}": "{tag}", {IN_PROCESS}}})
+        @pytest.mark.vllm_server(enforce_eager=True, env={{**IN_PROCESS_WORKER_ENV, "{TAG_ENV}": "{tag}"}})
         def test_hold(base_server):
             pathlib.Path({str(ready)!r}).write_text(base_server.url)
             time.sleep(900)
@@ -117,8 +113,9 @@ def test_equal_specs_share_a_server_and_servers_stop_after_last_use(pytester: py
     tag = uuid.uuid4().hex
     pytester.makepyfile(f"""
         import pathlib, pytest
+        from pytest_vllm.server.launcher import IN_PROCESS_WORKER_ENV
 
-        FLAGS = dict(enforce_eager=True, env={{"{TAG_ENV}": "{tag}", {IN_PROCESS}}})
+        FLAGS = dict(enforce_eager=True, env={{**IN_PROCESS_WORKER_ENV, "{TAG_ENV}": "{tag}"}})
 
         def record(name, server):
             with open("urls.txt", "a") as f:
@@ -226,8 +223,9 @@ def test_an_engine_killed_mid_request_fails_that_test_fast_and_the_next_gets_a_r
     """)
     pytester.makepyfile(test_crash=f"""
         import threading, time, psutil, pytest
+        from pytest_vllm.server.launcher import IN_PROCESS_WORKER_ENV
 
-        FLAGS = dict(enforce_eager=True, max_model_len=4096, env={{"{TAG_ENV}": "{tag}", {IN_PROCESS}}})
+        FLAGS = dict(enforce_eager=True, max_model_len=4096, env={{**IN_PROCESS_WORKER_ENV, "{TAG_ENV}": "{tag}"}})
 
         def kill_engine(pid):
             engine = next(p for p in psutil.Process(pid).children(recursive=True) if "EngineCore" in p.name())
