@@ -102,18 +102,25 @@ class Probe:
     good_share: float  # of the probe's requests (a failed request meets no SLO)
     requests: int
     failed: int
-    latencies_ms: dict[str, float]  # ttft/tpot/e2el p50 and p99
+    latencies_ms: dict[str, float]  # ttft/tpot/e2el p50 and p99; empty when no request was answered
     client_saturated: bool
     duration_s: float
     outcome: Outcome
     reason: str = ""
     host_steal_pct: float = 0.0  # the host's CPU time given to other tenants during the probe
 
-    def describe(self) -> str:
+    def latency_text(self, metric: str) -> str:
+        """``p50/p99`` of ``metric`` (ttft, tpot, e2el) in ms, ``-`` where nothing was answered: a
+        probe stopped before its first answer has no latencies, and 0 ms would read as fast."""
         lat = self.latencies_ms
+        if f"{metric}_p50" not in lat:
+            return "-"
+        return f"{lat[f'{metric}_p50']:.0f}/{lat[f'{metric}_p99']:.0f}"
+
+    def describe(self) -> str:
         return (f"{self.rate:.3g} req/s asked, {self.achieved_rate:.3g} sent: {self.good_share:.0%} good, goodput "
-                f"{self.goodput:.3g} req/s, TTFT p50/p99 {lat.get('ttft_p50', 0):.0f}/{lat.get('ttft_p99', 0):.0f} ms, "
-                f"TPOT p50/p99 {lat.get('tpot_p50', 0):.0f}/{lat.get('tpot_p99', 0):.0f} ms: {self.outcome.upper()}"
+                f"{self.goodput:.3g} req/s, TTFT p50/p99 {self.latency_text('ttft')} ms, "
+                f"TPOT p50/p99 {self.latency_text('tpot')} ms: {self.outcome.upper()}"
                 + (f" ({self.reason})" if self.reason else ""))
 
     def to_json(self) -> dict[str, Any]:

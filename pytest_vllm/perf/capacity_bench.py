@@ -65,6 +65,7 @@ async def measure_probe(target: Target, workload: CapacityWorkload, rate: float,
     values = result.values
     requests = len(run.records)
     stopped = sum(r.error == STOPPED for r in run.records)
+    answered = sum(r.ok for r in run.records)  # none: its latencies are absent, not 0
     good = round(values["goodput"] * run.duration)
     achieved = probing.achieved_rate(run.records, rate)
     good_share = good / requests if requests else 0.0
@@ -74,7 +75,7 @@ async def measure_probe(target: Target, workload: CapacityWorkload, rate: float,
                                                   "unanswered or unsent, counted as not good"]))
     return Probe(rate=rate, achieved_rate=achieved, goodput=values["goodput"], good_share=good_share,
                  requests=requests, failed=int(values["failed"]) - stopped,
-                 latencies_ms={name: values[name] for name in PROBE_LATENCIES},
+                 latencies_ms={name: values[name] for name in PROBE_LATENCIES} if answered else {},
                  client_saturated=result.client_saturated, duration_s=run.duration, outcome=outcome, reason=reason,
                  host_steal_pct=values["host_cpu_steal"])
 

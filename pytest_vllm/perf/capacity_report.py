@@ -45,11 +45,9 @@ def tables(state: BenchState) -> list[Table]:
         summary.notes.append(f"{_test(m)} [{m.role}]: {search.verdict()}"
                              + (f"; {m.baseline_note}" if m.baseline_note else ""))
         for i, p in enumerate(search.probes, 1):
-            lat = p.latencies_ms
             probes.add(_test(m), m.role, str(i), fmt(p.rate), fmt(p.achieved_rate), fmt(p.goodput),
-                       f"{p.good_share:.0%} of {p.requests}", f"{lat['ttft_p50']:.0f}/{lat['ttft_p99']:.0f}",
-                       f"{lat['tpot_p50']:.0f}/{lat['tpot_p99']:.0f}", f"{lat['e2el_p50']:.0f}/{lat['e2el_p99']:.0f}",
-                       p.outcome + (f" ({p.reason})" if p.reason else ""))
+                       f"{p.good_share:.0%} of {p.requests}", p.latency_text("ttft"), p.latency_text("tpot"),
+                       p.latency_text("e2el"), p.outcome + (f" ({p.reason})" if p.reason else ""))
     for precision in sorted(precisions):
         summary.notes.append(
             f"a search to precision {precision:.0%} reports up to {1 - 1 / (1 + precision):.0%} under the true "

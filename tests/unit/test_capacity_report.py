@@ -89,6 +89,24 @@ def test_the_report_shows_each_capacity_with_its_probes_and_the_ratio(tmp_path: 
     assert section is not None and "goodput_vs_rate.png" in section.plots
 
 
+def test_a_probe_that_answered_nothing_shows_no_latencies_rather_than_zero() -> None:
+    """A probe stopped before its first answer (seen on the 2-core host at 4.7 req/s) printed
+    "TTFT p50/p99 0/0 ms", which reads as a fast server; it has no latencies."""
+    unanswered = Probe(4.7, 4.7, 0.0, 0.0, 38, 0, {}, False, 3.0, "fail", "stopped once decided")
+    answered = Probe(3.3, 3.3, 2.0, 1.0, 27, 0, {**LATENCIES, "ttft_p50": 1262.0}, False, 9.0, "pass")
+    assert unanswered.latency_text("ttft") == "-" and "TTFT p50/p99 - ms" in unanswered.describe()
+    assert answered.latency_text("ttft") == "1262/100" and "TTFT p50/p99 1262/100 ms" in answered.describe()
+    search = CapacitySearch(3.3, precision=0.10)
+    search.record(answered)
+    search.record(unanswered)
+    m = CapacityMeasurement("suites/test_capacity.py::test_c", "base", "m", WORKLOAD, capacity_result(search), "s", {},
+                            search=search)
+    state = BenchState(settings(Path("/nonexistent")))
+    state.capacities.append(m)
+    _, probes = capacity_report.tables(state)
+    assert probes.rows[1][7:10] == ["-", "-", "-"] and probes.rows[0][7] == "1262/100"
+
+
 def test_a_results_file_of_capacity_searches_is_added_as_baselines(tmp_path: Path) -> None:
     """`pytest-vllm baselines add` pools a capacity run like any other: both servers' capacities
     and the pair ratio, judged afterwards against what was added."""
