@@ -262,8 +262,8 @@ async def build_prompt_sets(url: str, model: str, workload: Workload, api_key: s
 class Target:
     """Where a workload goes: a server's URL, the model name to request, its API key, and how often
     to sample its /metrics during a repetition (seconds; None: not sampled). A role of several
-    replicas lists them all in ``replicas`` (``url`` is the first: prompts are built and /metrics
-    sampled there) and spreads requests over them by ``balance`` (load/balancer.py)."""
+    replicas lists them all in ``replicas`` (``url`` is the first: prompts are built there; /metrics
+    is sampled on every one) and spreads requests over them by ``balance`` (load/balancer.py)."""
 
     url: str
     model: str
@@ -282,7 +282,7 @@ class Target:
         """A started /metrics sampler for one repetition (None when telemetry is off)."""
         if self.telemetry_interval is None:
             return None
-        return TelemetrySampler(self.url, self.api_key, self.telemetry_interval).start()
+        return TelemetrySampler(self.urls, self.api_key, self.telemetry_interval).start()
 
 
 @dataclass

@@ -11,7 +11,9 @@ Client timings alone cannot tell a slow server from a queueing or preempting one
 * ``spec_decode_acceptance``: accepted / drafted speculative tokens over the repetition.
 
 A metric the server does not export is absent, never 0. Peaks are of the samples: a spike
-shorter than the interval can fall between two of them.
+shorter than the interval can fall between two of them. A role of several replicas is sampled on
+every replica at each tick and read as one server (``combine``): counts summed, KV usage the
+fullest replica's, as one server's engines are.
 """
 
 from __future__ import annotations
@@ -68,6 +70,23 @@ def parse_sample(metrics_text: str) -> Sample:
         return sum(found[name]) if name in found else None
 
     return Sample(kv, total(RUNNING), total(WAITING), total(PREEMPTIONS), total(SPEC_ACCEPTED), total(SPEC_DRAFTED))
+
+
+def combine(samples: Sequence[Sample]) -> Sample:
+    """One tick of a role of several replicas as one server: counts summed, KV usage the fullest
+    replica's (a cache that fills up on one replica queues its requests whatever the others hold).
+    A figure is absent when any replica lacks it: a sum over some replicas would read as a drop."""
+    if len(samples) == 1:
+        return samples[0]
+
+    def every(field: str) -> list[float] | None:
+        values = [getattr(s, field) for s in samples]
+        return None if any(v is None for v in values) else values
+
+    kv = every("kv_usage")
+    summed = {f: (sum(v) if (v := every(f)) is not None else None)
+              for f in ("running", "waiting", "preemptions", "spec_accepted", "spec_drafted")}
+    return Sample(kv_usage=max(kv) if kv is not None else None, **summed)
 
 
 @dataclass(frozen=True)
@@ -129,11 +148,14 @@ def read_sample(http: httpx.Client) -> Sample | None:
 
 
 class TelemetrySampler:
-    """Samples a server's ``/metrics`` every ``interval`` seconds, in a daemon thread with its own
-    HTTP client, from ``start()`` to ``stop()`` (a sample at each end, so counters have a delta)."""
+    """Samples a server's ``/metrics`` (every replica's, for a role of several) every ``interval``
+    seconds, in a daemon thread with its own HTTP clients, from ``start()`` to ``stop()`` (a sample
+    at each end, so counters have a delta). A tick at which a replica could not be read is
+    dropped whole: the counters' deltas then stay within one set of replicas."""
 
-    def __init__(self, url: str, api_key: str = "EMPTY", interval: float = 0.5) -> None:
-        self._http = httpx.Client(base_url=url, timeout=10, headers={"Authorization": f"Bearer {api_key}"})
+    def __init__(self, urls: str | Sequence[str], api_key: str = "EMPTY", interval: float = 0.5) -> None:
+        self._https = [httpx.Client(base_url=url, timeout=10, headers={"Authorization": f"Bearer {api_key}"})
+                       for url in ([urls] if isinstance(urls, str) else urls)]
         self._interval = interval
         self._samples: list[Sample] = []
         self._stop = threading.Event()
@@ -148,13 +170,14 @@ class TelemetrySampler:
         self._stop.set()
         self._thread.join()
         self._take()
-        self._http.close()
+        for http in self._https:
+            http.close()
         return summarize(self._samples)
 
     def _take(self) -> None:
-        sample = read_sample(self._http)
-        if sample is not None:
-            self._samples.append(sample)
+        samples = [read_sample(http) for http in self._https]
+        if all(sample is not None for sample in samples):
+            self._samples.append(combine([s for s in samples if s is not None]))
 
     def _run(self) -> None:
         while True:

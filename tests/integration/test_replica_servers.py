@@ -3,8 +3,8 @@ core each), then the same two servers given to an inner session as ``--vllm-url 
 
 The two replicas boot once, side by side (~40-60 s here); the inner session boots nothing. Checked:
 round robin spreads a closed loop so the replicas' counts differ by at most one, least-outstanding
-uses both; the inner session's vllm_bench reports each replica's share and the combined throughput
-(results.json and summary.md), and the smoke suite runs once on each replica.
+uses both, telemetry samples both; the inner session's vllm_bench reports each replica's share and
+the combined throughput (results.json and summary.md), and the smoke suite runs once on each replica.
 """
 
 from __future__ import annotations
@@ -63,6 +63,14 @@ def test_two_replicas_share_one_roles_load_booted_and_by_url(base_server, vllm_s
     least = run_workload(base_server.url, base_server.model, WORKLOAD.with_(seed=1), api_key=base_server.api_key,
                          replicas=urls, balance=LEAST_OUTSTANDING).runs[0]
     assert all(r.ok for r in least.records) and {r.replica for r in least.records} == set(urls)
+
+    # /metrics of every replica, read as one server: two streams round robin run one on each, so
+    # the role's running peak reaches 2 where either replica alone mostly shows 1.
+    sampled = run_workload(base_server.url, base_server.model, WORKLOAD.with_(seed=2, concurrency=2, output_len=24),
+                           api_key=base_server.api_key, replicas=urls, telemetry_interval=0.1).runs[0]
+    telemetry = sampled.telemetry
+    assert telemetry is not None and telemetry.samples >= 3, telemetry
+    assert telemetry.requests_running_peak is not None and telemetry.requests_running_peak >= 2, telemetry
 
     # The same two servers started "by hand" for an inner session: --vllm-url base=URL1,URL2.
     monkeypatch.delenv(EMULATE_AVX2_ENV, raising=False)

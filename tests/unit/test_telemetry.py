@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pytest_vllm.load.runner import RunResult
 from pytest_vllm.perf.metrics import METRICS, compute
-from pytest_vllm.server.telemetry import Sample, parse_sample, summarize
+from pytest_vllm.server.telemetry import Sample, TelemetrySampler, combine, parse_sample, summarize
 
 
 def metrics_text(running: float, waiting: float, kv: float, preemptions: float, spec: tuple[float, float] | None = None,
@@ -94,3 +94,58 @@ def test_counters_are_read_from_their_own_lines_only() -> None:
     assert counter_value(text, "http_requests", handler="/tokenize") == 5
     assert counter_value(text, "http_requests") == 7
     assert counter_value(text, "vllm:prefix_cache_hits") is None  # not exported: absent, never 0
+
+
+def test_replicas_read_as_one_server_counts_summed_kv_the_fullest() -> None:
+    one = parse_sample(metrics_text(running=3, waiting=1, kv=0.20, preemptions=2))
+    two = parse_sample(metrics_text(running=4, waiting=0, kv=0.70, preemptions=5))
+    both = combine([one, two])
+    assert (both.running, both.waiting, both.preemptions, both.kv_usage) == (7, 1, 7, 0.70)
+    assert combine([one]) is one
+    # A figure one replica lacks is absent for the role: a partial sum would read as a drop.
+    assert combine([one, Sample(kv_usage=0.9, running=1.0)]).waiting is None
+
+
+def test_a_sampler_of_several_replicas_samples_every_one() -> None:
+    """Two local HTTP servers stand in for two replicas' /metrics (a test double: exact values);
+    the second answers 503 once, and that tick is dropped whole."""
+    import http.server
+    import threading
+
+    texts = [metrics_text(running=2, waiting=0, kv=0.1, preemptions=0),
+             metrics_text(running=3, waiting=2, kv=0.6, preemptions=4)]
+    fail_once = threading.Event()
+
+    def handler(index: int) -> type[http.server.BaseHTTPRequestHandler]:
+        class Metrics(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                if index == 1 and not fail_once.is_set():
+                    fail_once.set()
+                    self.send_response(503)
+                    self.end_headers()
+                    return
+                body = texts[index].encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+        return Metrics
+
+    servers = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler(i)) for i in range(2)]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        sampler = TelemetrySampler([f"http://127.0.0.1:{s.server_address[1]}" for s in servers], interval=0.05)
+        sampler.start()
+        import time
+        time.sleep(0.3)
+        telemetry = sampler.stop()
+    finally:
+        for server in servers:
+            server.shutdown()
+    assert telemetry is not None and fail_once.is_set()
+    assert telemetry.requests_running_peak == 5 and telemetry.requests_waiting_peak == 2
+    assert telemetry.kv_cache_usage_peak == 0.6 and telemetry.num_preemptions == 0
