@@ -13,6 +13,11 @@ How much of each turn's prompt the prefix cache served comes from
 ``--enable-prompt-tokens-details``); otherwise from the server's prefix cache counters, read around
 every turn when one conversation runs at a time, and only per repetition when several do (the
 counters cannot tell concurrent turns apart).
+
+A role of several replicas gets whole conversations, round robin by conversation: every turn of
+one goes to the same replica, as a session-affine router sends them, so its history is cached
+where it is resent (spread turn by turn, each replica would prefill histories it never saw). The
+prefix cache counters are summed over the replicas.
 """
 
 from __future__ import annotations
@@ -101,6 +106,7 @@ class Conversation:
 
     user_turns: list[str]
     history: list[Message] = field(default_factory=list)  # a system message, then user/assistant pairs
+    replica: str = ""  # the URL every turn goes to ("": the target's first)
 
     def next_messages(self, turn: int) -> list[Message]:
         """What turn ``turn`` (0-based) sends: the whole history, then its own user turn."""
@@ -124,6 +130,7 @@ async def converse(conversation: Conversation, records: list[RequestRecord], sen
         if turn and think_time_s:
             await asyncio.sleep(think_time_s)
         record.scheduled_at = time.perf_counter()
+        record.replica = conversation.replica
         await send(conversation.next_messages(turn), record)
         if not record.ok:
             for later in records[turn + 1:]:
@@ -226,6 +233,7 @@ class ConversationSession:
         self._stack = contextlib.AsyncExitStack()
         self._session: aiohttp.ClientSession | None = None
         self._http: httpx.AsyncClient | None = None
+        self._metrics: list[httpx.AsyncClient] = []  # one per replica
         self._last_counts: PrefixCacheCounts | None = None
         self.hung = HungServer()
 
@@ -245,6 +253,12 @@ class ConversationSession:
                                                     build_conversations(factory, workload, count, name, start)))
             start += count
         self.template_tokens = await factory.template_tokens(workload.with_(dataset=None))
+        urls = target.urls
+        for conversations in self._sets:
+            for number, conversation in enumerate(conversations):
+                conversation.replica = urls[number % len(urls)]
+        self._metrics = [self._http] + [await self._stack.enter_async_context(httpx.AsyncClient(
+            base_url=url, timeout=30, headers={"Authorization": f"Bearer {target.api_key}"})) for url in urls[1:]]
         self._session = await self._stack.enter_async_context(new_session(target.api_key))
         return self
 
@@ -252,8 +266,11 @@ class ConversationSession:
         await self._stack.aclose()
 
     async def prefix_cache(self) -> PrefixCacheCounts | None:
-        assert self._http is not None
-        return await read_prefix_cache(self._http)
+        """The prefix cache counters summed over the replicas (None when one does not export them)."""
+        found = [await read_prefix_cache(http) for http in self._metrics]
+        if not found or any(counts is None for counts in found):
+            return None
+        return PrefixCacheCounts(sum(c.hits for c in found if c), sum(c.queries for c in found if c))
 
     def _sender(self, counted: dict[int, PrefixCacheCounts | None] | None) -> SendTurn:
         """Sends a turn to the server; with ``counted``, reads the counters around it (one
@@ -263,11 +280,13 @@ class ConversationSession:
 
         async def send(messages: list[Message], record: RequestRecord) -> None:
             request = prepare(workload, target.model, Prompt(None, messages, 0))
+            url = record.replica or target.url
+            record.replica = url
             if counted is None:
-                await send_streaming(session, target.url, request, record, self.hung)
+                await send_streaming(session, url, request, record, self.hung)
                 return
             before = self._last_counts or await self.prefix_cache()
-            await send_streaming(session, target.url, request, record, self.hung)
+            await send_streaming(session, url, request, record, self.hung)
             self._last_counts = await self.prefix_cache()
             counted[id(record)] = self._last_counts.since(before) if before and self._last_counts else None
 

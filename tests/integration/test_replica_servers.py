@@ -3,8 +3,9 @@ core each), then the same two servers given to an inner session as ``--vllm-url 
 
 The two replicas boot once, side by side (~40-60 s here); the inner session boots nothing. Checked:
 round robin spreads a closed loop so the replicas' counts differ by at most one, least-outstanding
-uses both, telemetry samples both; the inner session's vllm_bench reports each replica's share and
-the combined throughput (results.json and summary.md), and the smoke suite runs once on each replica.
+uses both, telemetry samples both, a conversation keeps to one replica; the inner session's
+vllm_bench reports each replica's share and the combined throughput (results.json and summary.md),
+and the smoke suite runs once on each replica.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import pytest
 
 from pytest_vllm.hostclass import EMULATE_AVX2_ENV
 from pytest_vllm.load.balancer import LEAST_OUTSTANDING
-from pytest_vllm.load.runner import run_workload
+from pytest_vllm.load.runner import Target, run_workload
+from pytest_vllm.load.sessions import ConversationRun, MultiTurnWorkload, run_conversations
 from pytest_vllm.load.workload import Workload
 from pytest_vllm.perf.metrics import compute
 from pytest_vllm.perf.replicas import replica_shares
@@ -71,6 +73,15 @@ def test_two_replicas_share_one_roles_load_booted_and_by_url(base_server, vllm_s
     telemetry = sampled.telemetry
     assert telemetry is not None and telemetry.samples >= 3, telemetry
     assert telemetry.requests_running_peak is not None and telemetry.requests_running_peak >= 2, telemetry
+
+    # Conversations over the replicas: every turn of one goes to its replica, whose cache holds its history.
+    talks = run_conversations(Target(base_server.url, base_server.model, base_server.api_key, replicas=urls),
+                              MultiTurnWorkload(name="sticky", num_requests=2, concurrency=2, turns=2, input_len=112,
+                                                output_len=8, warmup_requests=0, repeats=1)).runs[0]
+    assert isinstance(talks, ConversationRun) and all(r.ok for r in talks.records), [r.error for r in talks.records]
+    by_conversation = [{r.replica for r in talks.records[i:i + 2]} for i in (0, 2)]
+    assert by_conversation == [{urls[0]}, {urls[1]}], by_conversation
+    assert talks.prefix_cache is not None and talks.prefix_cache.hits > 0, talks.prefix_cache
 
     # The same two servers started "by hand" for an inner session: --vllm-url base=URL1,URL2.
     monkeypatch.delenv(EMULATE_AVX2_ENV, raising=False)

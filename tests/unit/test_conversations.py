@@ -97,6 +97,23 @@ def test_conversations_run_at_the_given_concurrency_each_in_sequence() -> None:
         assert users == [f"c{c}t0", f"c{c}t1", f"c{c}t2"], "a conversation's turns go in order"
 
 
+def test_every_turn_of_a_conversation_goes_to_its_replica() -> None:
+    """Session affinity: a conversation's history is cached on the replica that answered it."""
+    conversations = [Conversation([f"c{c}t{t}" for t in range(3)], replica=f"http://r{c % 2}") for c in range(4)]
+    records = [[RequestRecord(0) for _ in range(3)] for _ in conversations]
+    seen: dict[str, set[str]] = {}
+
+    async def chat(messages: list[Message], record: RequestRecord) -> None:
+        seen.setdefault(messages[-1]["content"][:2], set()).add(record.replica)
+        await asyncio.sleep(0.001)
+        record.text = "ok"
+
+    asyncio.run(converse_all(conversations, records, chat, concurrency=3))
+    assert seen == {f"c{c}": {f"http://r{c % 2}"} for c in range(4)}
+    assert all(r.replica == conversation.replica for conversation, turns in zip(conversations, records)
+               for r in turns)
+
+
 def test_think_time_separates_the_turns_of_a_conversation() -> None:
     records = [RequestRecord(i) for i in range(3)]
     asyncio.run(converse(Conversation(["a", "b", "c"]), records, FakeChat(), think_time_s=0.05))
