@@ -149,6 +149,7 @@ class ServerPool:
                 if death is None:
                     continue
                 self._dead[spec] = death
+            server.note_in_log(f"died: {death.cause}; pytest stops what is left of it")
             server.terminate()
             users = frozenset(nodeid for nodeid, used in list(self._in_use.items()) if spec in used)
             self.on_death(death, users)

@@ -228,6 +228,16 @@ class VLLMServer:
             return None
         return ServerDeath(self.spec.describe(), cause, code, self.log_path, tuple(self.log_tail()))
 
+    def note_in_log(self, line: str) -> None:
+        """Append one line of pytest's own to the server's log (the watchdog and vLLM append too), so
+        the kept log of a dead server says what pytest saw even when vLLM was stopped before it
+        could log its engine's death."""
+        try:
+            with open(self.log_path, "ab") as log:
+                log.write(f"[pytest-vllm] {redact.text(line)}\n".encode())
+        except OSError:
+            pass
+
     def terminate(self) -> None:
         """Ask the watchdog to stop the server without waiting (``stop`` waits): a server whose
         engine died closes its port and sockets at once instead of answering errors for seconds."""

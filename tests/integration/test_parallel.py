@@ -14,6 +14,8 @@ import re
 
 import pytest
 
+from pytest_vllm.hostclass import EMULATE_AVX2_ENV
+
 pytestmark = pytest.mark.integration
 pytest.importorskip("xdist")
 
@@ -34,8 +36,10 @@ def test_measured(base_server, vllm_bench):
 """
 
 
-def test_two_workers_each_boot_their_own_files_server(pytester: pytest.Pytester) -> None:
+def test_two_workers_each_boot_their_own_files_server(pytester: pytest.Pytester,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     pytester.makepyfile(test_two=INNER.format(seqs=2), test_four=INNER.format(seqs=4))
+    monkeypatch.delenv(EMULATE_AVX2_ENV, raising=False)  # it refuses the recordings whose merge is checked
     reports, logs, baselines = (pytester.path / name for name in ("reports", "logs", "baselines"))
     result = pytester.runpytest_subprocess("-n", "2", "-p", "no:cacheprovider", "--vllm-report-dir", str(reports),
                                            "--vllm-log-dir", str(logs), "--vllm-baseline-dir", str(baselines),

@@ -15,6 +15,8 @@ import secrets
 
 import pytest
 
+from pytest_vllm.hostclass import EMULATE_AVX2_ENV
+
 pytestmark = pytest.mark.integration
 
 INNER = """
@@ -46,6 +48,7 @@ def test_no_planted_secret_is_printed_or_written(pytester: pytest.Pytester, monk
     planted = {name: f"{name}-{secrets.token_hex(8)}" for name in ("apikey", "flagsecret", "envsecret")}
     pytester.makepyfile(test_inner=INNER.format(flag_secret=planted["flagsecret"], env_secret=planted["envsecret"]))
     monkeypatch.setenv("VLLM_API_KEY", planted["apikey"])
+    monkeypatch.delenv(EMULATE_AVX2_ENV, raising=False)  # it refuses the recording that is searched for secrets
     reports, logs, baselines = (pytester.path / name for name in ("reports", "logs", "baselines"))
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-l", "--vllm-report-dir", str(reports),
                                            "--vllm-log-dir", str(logs), "--vllm-baseline-dir", str(baselines),

@@ -271,6 +271,8 @@ def test_an_engine_killed_mid_request_fails_that_test_fast_and_the_next_gets_a_r
     (kept,) = logs.glob("base-*.1.log")
     result.stdout.fnmatch_lines([f"*rebooting base server*after it died (its engine core process*); "
                                  f"its earlier log: {kept}*"])
-    assert "EngineDeadError" in kept.read_text() or "engine core exited" in kept.read_text()
+    # The kept log says what pytest saw (vLLM's own EngineDeadError line comes only when its API
+    # server notices before pytest stops it: not under emulation's timing, in a run of 54b15aa).
+    assert "[pytest-vllm] died: its engine core process (pid " in kept.read_text()
     took, left = wait_until_gone(tag, within=15)
     assert not left, f"servers left after the session: {describe(left)}"

@@ -173,6 +173,8 @@ def test_the_watcher_sees_a_dead_engine_and_stops_what_is_left(launcher: FakeLau
         wait_for(lambda: not server.running, within=10)  # what is left is stopped: its port refuses
         (death,) = pool.deaths_during("a")
         assert death.server in death.message() and "--- last " in death.message()
+        assert f"[pytest-vllm] died: {death.cause}; pytest stops" in server.log_path.read_text(), (
+            "the log says what pytest saw")
     finally:
         pool.stop_all()
 
