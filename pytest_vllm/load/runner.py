@@ -24,7 +24,7 @@ from pytest_vllm.load.client import HungServer, PreparedRequest, RequestRecord, 
 from pytest_vllm.load.host import HostCPUTimes, steal_share
 from pytest_vllm.load.prompts import Prompt, PromptFactory
 from pytest_vllm.load.workload import Workload
-from pytest_vllm.server.counters import PrefixCacheCounts, read_prefix_cache
+from pytest_vllm.server.counters import PrefixCacheCounts, read_summed_prefix_cache
 from pytest_vllm.server.handle import http_limits
 from pytest_vllm.server.telemetry import ServerTelemetry, TelemetrySampler
 
@@ -355,11 +355,7 @@ class WorkloadSession:
 
     async def prefix_cache(self) -> PrefixCacheCounts | None:
         """The prefix cache counters summed over the replicas (None when one does not export them)."""
-        found = [await read_prefix_cache(http) for http in self._metrics]
-        if not found or any(counts is None for counts in found):
-            return None
-        counted = [c for c in found if c is not None]
-        return PrefixCacheCounts(sum(c.hits for c in counted), sum(c.queries for c in counted))
+        return await read_summed_prefix_cache(self._metrics)
 
     async def repetition(self, index: int,
                          stop_when: Callable[[list[RequestRecord]], bool] | None = None) -> RunResult:

@@ -49,7 +49,7 @@ from pytest_vllm.load.runner import (  # the runner's own instruments, shared wi
     run_async,
 )
 from pytest_vllm.load.workload import Endpoint, Workload
-from pytest_vllm.server.counters import PrefixCacheCounts, read_prefix_cache
+from pytest_vllm.server.counters import PrefixCacheCounts, read_summed_prefix_cache
 from pytest_vllm.server.handle import http_limits
 
 # Per-turn metrics are declared for turns 1..MAX_TURNS (perf/metrics.py), so budgets on them parse
@@ -267,10 +267,7 @@ class ConversationSession:
 
     async def prefix_cache(self) -> PrefixCacheCounts | None:
         """The prefix cache counters summed over the replicas (None when one does not export them)."""
-        found = [await read_prefix_cache(http) for http in self._metrics]
-        if not found or any(counts is None for counts in found):
-            return None
-        return PrefixCacheCounts(sum(c.hits for c in found if c), sum(c.queries for c in found if c))
+        return await read_summed_prefix_cache(self._metrics)
 
     def _sender(self, counted: dict[int, PrefixCacheCounts | None] | None) -> SendTurn:
         """Sends a turn to the server; with ``counted``, reads the counters around it (one

@@ -6,7 +6,7 @@ must not read as "no cache hits".
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import httpx
@@ -63,3 +63,13 @@ async def read_prefix_cache(http: httpx.AsyncClient) -> PrefixCacheCounts | None
     except httpx.HTTPError:
         return None
     return prefix_cache_counts(response.text) if response.status_code == 200 else None
+
+
+async def read_summed_prefix_cache(https: Sequence[httpx.AsyncClient]) -> PrefixCacheCounts | None:
+    """The counters of a role's replicas summed (None when any one does not export them: a sum over
+    some replicas would read as a drop)."""
+    found = [await read_prefix_cache(http) for http in https]
+    counted = [c for c in found if c is not None]
+    if not found or len(counted) < len(found):
+        return None
+    return PrefixCacheCounts(sum(c.hits for c in counted), sum(c.queries for c in counted))

@@ -153,9 +153,9 @@ class TelemetrySampler:
     at each end, so counters have a delta). A tick at which a replica could not be read is
     dropped whole: the counters' deltas then stay within one set of replicas."""
 
-    def __init__(self, urls: str | Sequence[str], api_key: str = "EMPTY", interval: float = 0.5) -> None:
+    def __init__(self, urls: Sequence[str], api_key: str = "EMPTY", interval: float = 0.5) -> None:
         self._https = [httpx.Client(base_url=url, timeout=10, headers={"Authorization": f"Bearer {api_key}"})
-                       for url in ([urls] if isinstance(urls, str) else urls)]
+                       for url in urls]
         self._interval = interval
         self._samples: list[Sample] = []
         self._stop = threading.Event()

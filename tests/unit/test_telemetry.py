@@ -149,3 +149,27 @@ def test_a_sampler_of_several_replicas_samples_every_one() -> None:
     assert telemetry is not None and fail_once.is_set()
     assert telemetry.requests_running_peak == 5 and telemetry.requests_waiting_peak == 2
     assert telemetry.kv_cache_usage_peak == 0.6 and telemetry.num_preemptions == 0
+
+
+def test_prefix_cache_counters_of_replicas_are_summed_and_absent_if_one_lacks_them() -> None:
+    """httpx's MockTransport stands in for two replicas' /metrics (a test double: exact counts)."""
+    import asyncio
+
+    import httpx
+
+    from pytest_vllm.server.counters import read_summed_prefix_cache
+
+    def replica(hits: int | None, queries: int) -> httpx.AsyncClient:
+        lines = ["# TYPE vllm:prefix_cache_queries counter", f'vllm:prefix_cache_queries_total{{engine="0"}} {queries}']
+        if hits is not None:
+            lines += ["# TYPE vllm:prefix_cache_hits counter", f'vllm:prefix_cache_hits_total{{engine="0"}} {hits}']
+        text = "\n".join(lines) + "\n"
+        return httpx.AsyncClient(base_url="http://r", transport=httpx.MockTransport(lambda _: httpx.Response(200,
+                                                                                                          text=text)))
+
+    async def read(*clients: httpx.AsyncClient):
+        return await read_summed_prefix_cache(list(clients))
+
+    both = asyncio.run(read(replica(30, 100), replica(12, 50)))
+    assert both is not None and (both.hits, both.queries) == (42, 150)
+    assert asyncio.run(read(replica(30, 100), replica(None, 50))) is None
