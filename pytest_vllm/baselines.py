@@ -166,9 +166,10 @@ def _metrics_problem(metrics: object, perf: bool) -> str | None:
     for name, found in metrics.items():
         if not isinstance(found, Mapping):
             return f"metric {name!r} is {_json_type(found)}, not an object"
-        median = found.get("median")
-        if not _is_number(median):
-            return f"metric {name!r} has no numeric median ({median!r})"
+        raw = found.get("median")
+        if not isinstance(raw, int | float) or isinstance(raw, bool):
+            return f"metric {name!r} has no numeric median ({raw!r})"
+        median = float(raw)
         if not math.isfinite(median):
             return f"metric {name!r} has the median {median}, not a finite number"
         info = METRICS.get(name) if perf else None

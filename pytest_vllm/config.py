@@ -53,10 +53,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("gpu_force", "--gpu-force", "run the --gpu profile even if the machine has another device",
            kind="bool", default=False),
     Option("base_model", "--base-model", "base model: local path or hub id (default: the embedded "
-           "SmolLM2-135M-Instruct pair, built by `pytest-vllm models build`)", metavar="MODEL"),
+           "SmolLM2-135M-Instruct pair, built by `pytest-vllm models build`); with --vllm-url, the model "
+           "name requests ask the base server for (default: the first its /v1/models lists)", metavar="MODEL"),
     Option("compressed_model", "--compressed-model", "compressed (quantized) model: local path or hub id "
-           "(default: the embedded W8A8 checkpoint on cpu; online FP8 of the base model on GPUs)",
-           metavar="MODEL"),
+           "(default: the embedded W8A8 checkpoint on cpu; online FP8 of the base model on GPUs); with "
+           "--vllm-url, the model name requests ask the compressed server for", metavar="MODEL"),
     Option("perf_model", "--vllm-perf-model", "the pair the perf suite (tests marked vllm_perf_pair) measures: "
            f"auto (default: --base-model/--compressed-model when given, else on GPU profiles the {DEFAULT_SHAPE} "
            "shape, on cpu the embedded pair), a shape of random weights built from the base checkout's tokenizer "

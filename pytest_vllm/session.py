@@ -327,7 +327,8 @@ class VLLMSession:
             urls = self.config.urls.replicas_of(role)
             if not urls:
                 raise UsageError(f"no {role} server: pass --vllm-url {role}=URL")
-            self._remote[role] = connect_remote_replicas(role, urls, self.config.api_key)
+            named = {"base": self.config.base_model, "compressed": self.config.compressed_model}.get(role)
+            self._remote[role] = connect_remote_replicas(role, urls, self.config.api_key, named)
         return self._remote[role]
 
     def servers_used_by(self, nodeid: str) -> list[VLLMServer]:

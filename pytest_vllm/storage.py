@@ -42,7 +42,7 @@ def lock_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.lock")
 
 
-def atomic_write(path: Path, fill: Callable[[IO[bytes]], None]) -> None:
+def atomic_write(path: Path, fill: Callable[[IO[bytes]], object]) -> None:
     """Replace ``path`` with what ``fill`` writes into the open temp file, durably; on any failure the
     target is untouched and the temp file removed. The new file keeps the old one's permissions."""
     remove_stale_temps(path)

@@ -53,7 +53,7 @@ def _llama_cpp_python(probe: Probe) -> ServerFamily | None:
     document = _document(probe, "/openapi.json")
     info = document.get("info") if isinstance(document, dict) else None
     title = info.get("title") if isinstance(info, dict) else None
-    if isinstance(title, str) and "llama.cpp Python API" in title:
+    if isinstance(info, dict) and isinstance(title, str) and "llama.cpp Python API" in title:
         version = info.get("version") if isinstance(info.get("version"), str) else None
         return ServerFamily(LLAMA_CPP_PYTHON, version, f"/openapi.json info.title {title!r}")
     return None

@@ -183,13 +183,13 @@ class PropertyRun:
         if exchange is None and self.probe.history:
             exchange = self.probe.history[-1]
         new, known = split_known(deviations, self.known)
-        for deviation, found in known:
+        for declared, found in known:
             self.ledger.note(found, exchange, server=self.server, record=self.record, owned=False,
-                             known=deviation.key)
-            if deviation.owner and deviation.owner != self.record.property:
-                self.record.excused[deviation.key] = self.record.excused.get(deviation.key, 0) + 1
+                             known=declared.key)
+            if declared.owner and declared.owner != self.record.property:
+                self.record.excused[declared.key] = self.record.excused.get(declared.key, 0) + 1
             else:
-                self.expected.append((deviation, found))
+                self.expected.append((declared, found))
         own = [d for d in new if self.ownership.owns(d)]
         foreign = [d for d in new if not self.ownership.owns(d)]
         for deviation in new:

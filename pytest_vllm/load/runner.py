@@ -50,6 +50,7 @@ class RunResult:
     requested_rate: float | None = None
     prefix_cache: PrefixCacheCounts | None = None  # the server's prefix cache during the run (None: not exported)
     telemetry: ServerTelemetry | None = None  # the server's /metrics sampled during the run (None: not sampled)
+    replica_telemetry: dict[str, ServerTelemetry] = field(default_factory=dict)  # by replica URL (a role of several)
     long_prompt_records: list[RequestRecord] = field(default_factory=list)  # Workload.long_prompts, sent beside
 
     @property
@@ -407,7 +408,7 @@ class WorkloadSession:
         return RunResult(records=records, started_at=start, ended_at=end, client_cpu_s=cpu,
                          loop_lag_max_s=max(lags), loop_lag_mean_s=sum(lags) / len(lags), host_steal=steal,
                          requested_rate=workload.request_rate, prefix_cache=cache, telemetry=telemetry,
-                         long_prompt_records=long_records)
+                         replica_telemetry=sampler.by_replica if sampler else {}, long_prompt_records=long_records)
 
     async def send(self, index: int, request: int, record: RequestRecord) -> None:
         """One request of repetition ``index``, on its own (single-stream measurements)."""
@@ -494,7 +495,8 @@ class _SingleStream:
         end = max((r.chunk_times[-1] for r in chunk if r.chunk_times), default=chunk[-1].sent_at)
         self.results.append(RunResult(chunk, chunk[0].sent_at, end, client_cpu_s=cpu, host_steal=steal,
                                       prefix_cache=cache_after.since(cache_before)
-                                      if cache_before and cache_after else None, telemetry=telemetry))
+                                      if cache_before and cache_after else None, telemetry=telemetry,
+                                      replica_telemetry=sampler.by_replica if sampler else {}))
 
 
 def run_single_stream(target: Target, workload: Workload, benchmark: Any = None,

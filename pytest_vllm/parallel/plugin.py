@@ -39,7 +39,8 @@ def pytest_testnodedown(node: Any, error: object) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
-    for worker_id, lines, written in sorted(config.stash.get(WORKER_SUMMARIES, [])):
+    summaries: list[tuple[str, list[str], list[str]]] = config.stash.get(WORKER_SUMMARIES, [])
+    for worker_id, lines, written in sorted(summaries):
         terminalreporter.section(f"vllm summary (xdist worker {worker_id})")
         for line in lines:
             terminalreporter.write_line(line)

@@ -360,7 +360,8 @@ class Bench:
         server_key = server.spec.portable_key if server.spec else f"remote:{server.model}"
         flags = server.spec.recorded_flags if server.spec else {}
         measurement = Measurement(self._item.nodeid, server.role, server.model, workload, result, server_key, flags,
-                                  prompt_tokens=runs.prompt_tokens, records=[run.records for run in runs.runs])
+                                  prompt_tokens=runs.prompt_tokens, records=[run.records for run in runs.runs],
+                                  replica_telemetry=[run.replica_telemetry for run in runs.runs])
         if (foreign := foreign_load(result, workload)) is not None:
             self._say(f"warning: the {server.role} server held up to {foreign:.0f} requests at once during "
                       f"{workload.name}, which sends at most {workload.concurrency}: another client was using it, "

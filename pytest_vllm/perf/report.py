@@ -9,6 +9,7 @@ from pytest_vllm.gating import Outcome, Verdict
 from pytest_vllm.perf import capacity_report
 from pytest_vllm.perf.budgets import Check
 from pytest_vllm.perf.metrics import METRIC_DEFINITIONS, METRICS
+from pytest_vllm.perf.replicas import ReplicaShare
 from pytest_vllm.perf.results import PAIR_METRICS, BenchState, Judged, KVCacheCheck, Measurement, PairComparison
 from pytest_vllm.perf.turns import turns_table
 from pytest_vllm.report.tables import Table, fmt, pct
@@ -129,7 +130,7 @@ def tables(state: BenchState) -> list[Table]:
     if interfered := [m for m in state.measurements if m.result.has("prefill_overlapped_gaps")]:
         out.append(prefill_interference_table(interfered))
 
-    if split := [m for m in state.measurements if m.replica_shares]:
+    if split := [m for m in state.measurements if m.replica_shares]:  # a pair's two are among them
         out.append(replicas_table(split))
 
     if rooflines := [m for m in state.measurements if m.roofline is not None]:
@@ -158,16 +159,29 @@ def tables(state: BenchState) -> list[Table]:
 def replicas_table(measurements: list[Measurement]) -> Table:
     """Each replica's share of a measurement on a role of several, and the combined figures."""
     table = Table("vllm performance: replicas (requests spread by the load client; throughput = median over "
-                  "repetitions)", ["measurement", "server", "replica", "requests", "completed",
-                                   "output tok/s", "requests/s"])
+                  "repetitions; server = each replica's /metrics, the fullest KV cache and queue of any "
+                  "repetition, preemptions in all)", ["measurement", "server", "replica", "requests", "completed",
+                                                     "output tok/s", "requests/s", "server"])
     for m in measurements:
         for share in m.replica_shares:
             table.add(measurement_label(m), m.role, share.replica, str(share.requests), str(share.completed),
-                      fmt(share.output_throughput), fmt(share.request_throughput))
+                      fmt(share.output_throughput), fmt(share.request_throughput), replica_server_summary(share))
         table.add(measurement_label(m), m.role, "combined", str(sum(s.requests for s in m.replica_shares)),
                   str(sum(s.completed for s in m.replica_shares)), fmt(m.value("output_throughput")),
-                  fmt(m.value("request_throughput")))
+                  fmt(m.value("request_throughput")), m.server_summary() or "-")
     return table
+
+
+def replica_server_summary(share: ReplicaShare) -> str:
+    """One replica's /metrics figures as the overview table writes a server's ("-": not sampled)."""
+    parts = []
+    if share.kv_cache_usage_peak is not None:
+        parts.append(f"KV cache <= {share.kv_cache_usage_peak:.1%}")
+    if share.requests_waiting_peak is not None:
+        parts.append(f"waiting <= {share.requests_waiting_peak:.0f}")
+    if share.num_preemptions is not None:
+        parts.append(f"preempted {share.num_preemptions:.0f}")
+    return ", ".join(parts) or "-"
 
 
 def prefill_interference_table(measurements: list[Measurement]) -> Table:

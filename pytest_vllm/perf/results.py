@@ -18,6 +18,7 @@ from pytest_vllm.perf.metrics import METRIC_DEFINITIONS, BenchResult, RepeatedRe
 from pytest_vllm.perf.replicas import ReplicaShare, replica_shares
 from pytest_vllm.perf.roofline import Roofline
 from pytest_vllm.server.kv_capacity import Capacity, KVCapacityRatio
+from pytest_vllm.server.telemetry import ServerTelemetry
 
 if TYPE_CHECKING:
     from pytest_vllm.perf.capacity_bench import CapacityMeasurement
@@ -53,6 +54,7 @@ class Measurement:
     baseline_note: str = ""
     prompt_tokens: int = 0
     records: list[list[RequestRecord]] = field(default_factory=list)
+    replica_telemetry: list[dict[str, ServerTelemetry]] = field(default_factory=list)  # per repetition, by replica
     judged: bool = True  # False: no baseline for this host class, relative budgets not judged
     first_attempt: Measurement | None = None  # out of budget, and measured again (gate.Bench._confirmed)
     roofline: Roofline | None = None  # single stream on a GPU: TPOT against the bandwidth floor
@@ -87,7 +89,8 @@ class Measurement:
     @property
     def replica_shares(self) -> list[ReplicaShare]:
         """Per replica of a role of several (empty for one server): its requests and throughput."""
-        return replica_shares(self.records, self.runs_of("duration") if self.result.has("duration") else [])
+        return replica_shares(self.records, self.runs_of("duration") if self.result.has("duration") else [],
+                              self.replica_telemetry)
 
     def server_summary(self) -> str:
         """What the server's /metrics said over the repetitions (server/telemetry.py): the fullest KV

@@ -6,7 +6,7 @@ must not read as "no cache hits".
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import httpx
@@ -17,7 +17,7 @@ PREFIX_CACHE_HITS = "vllm:prefix_cache_hits"
 PREFIX_CACHE_QUERIES = "vllm:prefix_cache_queries"
 
 
-def metric_families(metrics_text: str, names: Iterable[str]) -> Iterator[Metric]:
+def metric_families(metrics_text: str, names: Iterable[str]) -> Iterable[Metric]:
     """The families of the metrics ``names`` in a /metrics text, parsing only their lines (samples,
     HELP and TYPE): the whole text runs to hundreds of kB of histograms, 21 ms a parse on the CPU
     profile against 0.9 ms for the lines wanted (telemetry samples it every second)."""

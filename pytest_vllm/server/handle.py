@@ -146,16 +146,27 @@ class ServerPair(NamedTuple):
     compressed: ServerHandle
 
 
-def connect_remote(role: str, url: str, api_key: str) -> ServerHandle:
-    """A handle on a server someone else runs: check it answers and learn its model name."""
+def connect_remote(role: str, url: str, api_key: str, model: str | None = None) -> ServerHandle:
+    """A handle on a server someone else runs: check it answers and learn its model name.
+
+    ``model`` (the role's ``--base-model``/``--compressed-model`` when given) names the model that
+    requests ask for; it must be one the server lists, unless its /v1/models lists none (some
+    OpenAI-compatible servers load models on demand and list only what their cache holds)."""
     headers = {"Authorization": f"Bearer {api_key}"}
     try:
         with httpx.Client(base_url=url, timeout=30, headers=headers) as http:
             response = http.get("/v1/models")
             response.raise_for_status()
             models = [m["id"] for m in response.json().get("data", [])]
-    except (httpx.HTTPError, ValueError, KeyError) as exc:
+    except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UsageError(f"--vllm-url {role}={url}: the server does not answer GET /v1/models ({exc})") from None
+    flag = f"--{role}-model" if role in ("base", "compressed") else None
+    if model:
+        if models and model not in models:
+            raise UsageError(f"--vllm-url {role}={url} serves {', '.join(map(repr, models))}, not {model!r} "
+                             f"(from {flag or 'the run'}): name one of those or leave {flag or 'it'} out")
+        return ServerHandle(role=role, url=url, model=model, api_key=api_key)
     if not models:
-        raise UsageError(f"--vllm-url {role}={url}: /v1/models lists no model")
+        hint = f"; name the model its requests ask for with {flag} NAME" if flag else ""
+        raise UsageError(f"--vllm-url {role}={url}: /v1/models lists no model{hint}")
     return ServerHandle(role=role, url=url, model=models[0], api_key=api_key)

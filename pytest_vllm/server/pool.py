@@ -65,7 +65,7 @@ class ServerPool:
         self.max_resident = max_resident
         self._say = say
         self._servers: dict[ServerSpec, VLLMServer] = {}
-        self._failed: dict[ServerSpec, ServerStartError] = {}
+        self._failed: dict[ServerSpec, ServerStartError | ServerDiedError] = {}
         self._needs: dict[str, tuple[ServerSpec, ...]] = {}
         self._remaining: Counter[ServerSpec] = Counter()
         self._in_use: dict[str, set[ServerSpec]] = {}

@@ -35,9 +35,10 @@ def join_replicas(handles: Sequence[ServerHandle]) -> ServerHandle:
     return dataclasses.replace(members[0], replicas=members)
 
 
-def connect_remote_replicas(role: str, urls: Sequence[str], api_key: str) -> ServerHandle:
-    """The handle of a ``--vllm-url ROLE=URL1,URL2`` role: every replica asked for its model."""
-    return join_replicas([connect_remote(role, url, api_key) for url in urls])
+def connect_remote_replicas(role: str, urls: Sequence[str], api_key: str, model: str | None = None) -> ServerHandle:
+    """The handle of a ``--vllm-url ROLE=URL1,URL2`` role: every replica asked for its model
+    (``model``: the name the run gives the role's model, checked against each replica's list)."""
+    return join_replicas([connect_remote(role, url, api_key, model) for url in urls])
 
 
 def replica_of(handle: ServerHandle, index: int) -> ServerHandle:

@@ -151,13 +151,17 @@ class TelemetrySampler:
     """Samples a server's ``/metrics`` (every replica's, for a role of several) every ``interval``
     seconds, in a daemon thread with its own HTTP clients, from ``start()`` to ``stop()`` (a sample
     at each end, so counters have a delta). A tick at which a replica could not be read is
-    dropped whole: the counters' deltas then stay within one set of replicas."""
+    dropped whole: the counters' deltas then stay within one set of replicas. After ``stop()``,
+    ``by_replica`` holds each replica's own figures over the same ticks (empty for one server), so
+    a replica that queued or preempted shows by name, not only inside the role's combined figures."""
 
     def __init__(self, urls: Sequence[str], api_key: str = "EMPTY", interval: float = 0.5) -> None:
+        self._urls = tuple(urls)
         self._https = [httpx.Client(base_url=url, timeout=10, headers={"Authorization": f"Bearer {api_key}"})
                        for url in urls]
         self._interval = interval
-        self._samples: list[Sample] = []
+        self._ticks: list[tuple[Sample, ...]] = []  # every replica's sample of each complete tick
+        self.by_replica: dict[str, ServerTelemetry] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="vllm-telemetry", daemon=True)
 
@@ -172,12 +176,15 @@ class TelemetrySampler:
         self._take()
         for http in self._https:
             http.close()
-        return summarize(self._samples)
+        if len(self._urls) > 1:
+            self.by_replica = {url: figures for i, url in enumerate(self._urls)
+                               if (figures := summarize([tick[i] for tick in self._ticks])) is not None}
+        return summarize([combine(tick) for tick in self._ticks])
 
     def _take(self) -> None:
         samples = [read_sample(http) for http in self._https]
         if all(sample is not None for sample in samples):
-            self._samples.append(combine([s for s in samples if s is not None]))
+            self._ticks.append(tuple(s for s in samples if s is not None))
 
     def _run(self) -> None:
         while True:

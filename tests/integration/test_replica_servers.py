@@ -3,7 +3,7 @@ core each), then the same two servers given to an inner session as ``--vllm-url 
 
 The two replicas boot once, side by side (~40-60 s here); the inner session boots nothing. Checked:
 round robin spreads a closed loop so the replicas' counts differ by at most one, least-outstanding
-uses both, telemetry samples both, a conversation keeps to one replica; the inner session's
+uses both, telemetry samples both (combined and per replica), a conversation keeps to one replica; the inner session's
 vllm_bench reports each replica's share and the combined throughput (results.json and summary.md),
 and the smoke suite runs once on each replica.
 """
@@ -73,6 +73,12 @@ def test_two_replicas_share_one_roles_load_booted_and_by_url(base_server, vllm_s
     telemetry = sampled.telemetry
     assert telemetry is not None and telemetry.samples >= 3, telemetry
     assert telemetry.requests_running_peak is not None and telemetry.requests_running_peak >= 2, telemetry
+    # ... and each replica's own figures over the same ticks: both ran requests, and the role's peak
+    # (of the per-tick sums) is at most the sum of theirs.
+    assert set(sampled.replica_telemetry) == set(urls), sampled.replica_telemetry
+    own = list(sampled.replica_telemetry.values())
+    assert all(o.samples == telemetry.samples and (o.requests_running_peak or 0) >= 1 for o in own), own
+    assert telemetry.requests_running_peak <= sum(o.requests_running_peak or 0 for o in own), own
 
     # Conversations over the replicas: every turn of one goes to its replica, whose cache holds its history.
     talks = run_conversations(Target(base_server.url, base_server.model, base_server.api_key, replicas=urls),
@@ -97,6 +103,7 @@ def test_two_replicas_share_one_roles_load_booted_and_by_url(base_server, vllm_s
     measurement = json.loads((reports / "results.json").read_text())["performance"]["measurements"][0]
     by_replica = {share["replica"]: share["requests"] for share in measurement["replicas"]}
     assert set(by_replica) == set(urls) and max(by_replica.values()) - min(by_replica.values()) <= 1, by_replica
+    assert all(share["kv_cache_usage_peak"] is not None for share in measurement["replicas"]), measurement["replicas"]
     assert measurement["metrics"]["output_throughput"]["median"] > 0
     summary = (reports / "summary.md").read_text()
     assert "vllm performance: replicas" in summary and "| combined |" in summary

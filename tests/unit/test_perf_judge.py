@@ -298,3 +298,32 @@ def test_the_roofline_of_a_single_stream_measurement_is_in_the_table_and_the_jso
     found = [m["roofline"] for m in to_json(state)["measurements"]]
     assert found[1] is None and found[0]["share"] == pytest.approx(0.676, abs=0.001)
     assert found[0]["floor_ms"] == pytest.approx(3.076, abs=0.001) and found[0]["bandwidth_tb_s"] == 4.8
+
+
+def test_a_pair_on_roles_of_several_replicas_reports_each_replica_of_both_servers(tmp_path: Path) -> None:
+    """The replicas table and results.json split a pair's two measurements (kept among the session's
+    measurements, as Bench.compare does) as they do a single one, with each replica's /metrics."""
+    from pytest_vllm.perf.report import tables, to_json
+    from pytest_vllm.perf.results import BenchState
+    from pytest_vllm.server.telemetry import ServerTelemetry
+
+    def on_replicas(role: str, urls: tuple[str, str]) -> Measurement:
+        m = measurement(role=role, durations=(1.0,))
+        m.records = [[RequestRecord(i, output_tokens=3, replica=urls[i % 2]) for i in range(4)]]
+        m.replica_telemetry = [{urls[0]: ServerTelemetry(2, kv_cache_usage_peak=0.5, num_preemptions=1)}]
+        return m
+
+    reference = on_replicas("base", ("http://a", "http://b"))
+    candidate = on_replicas("compressed", ("http://c", "http://d"))
+    state = BenchState(settings(tmp_path))
+    state.measurements += [reference, candidate]
+    ratios = pair_ratios(reference.result, candidate.result, ["duration"])
+    state.pairs.append(PairComparison("t", WORKLOAD, reference, candidate, ratios))
+    table = next(t for t in tables(state) if t.title.startswith("vllm performance: replicas"))
+    assert [row[1:3] for row in table.rows] == [["base", "http://a"], ["base", "http://b"], ["base", "combined"],
+                                                ["compressed", "http://c"], ["compressed", "http://d"],
+                                                ["compressed", "combined"]]
+    assert table.rows[0][-1] == "KV cache <= 50.0%, preempted 1" and table.rows[1][-1] == "-"
+    split = [m["replicas"] for m in to_json(state)["measurements"]]
+    assert [s["replica"] for s in split[0]] == ["http://a", "http://b"] and split[0][0]["num_preemptions"] == 1
+    assert [s["requests"] for s in split[1]] == [2, 2]

@@ -190,6 +190,23 @@ def test_replica_shares_count_each_replicas_requests_and_throughput() -> None:
     assert by_replica["http://b"].output_throughput == pytest.approx(10.0)  # median of 20/2 and 20/2
 
 
+def test_replica_shares_carry_each_replicas_own_server_figures() -> None:
+    """The peak over repetitions, preemptions summed; a replica never sampled shows none."""
+    from pytest_vllm.server.telemetry import ServerTelemetry
+
+    runs = [[record(0, "http://a"), record(1, "http://b"), record(2, "http://c")]] * 2
+    telemetry = [{"http://a": ServerTelemetry(3, kv_cache_usage_peak=0.2, requests_waiting_peak=0, num_preemptions=0),
+                  "http://b": ServerTelemetry(3, kv_cache_usage_peak=0.9, requests_waiting_peak=4, num_preemptions=2)},
+                 {"http://a": ServerTelemetry(3, kv_cache_usage_peak=0.3, requests_waiting_peak=1, num_preemptions=0),
+                  "http://b": ServerTelemetry(3, kv_cache_usage_peak=0.7, requests_waiting_peak=6, num_preemptions=1)}]
+    shares = {s.replica: s for s in replica_shares(runs, [1.0, 1.0], telemetry)}
+    assert (shares["http://a"].kv_cache_usage_peak, shares["http://a"].requests_waiting_peak) == (0.3, 1)
+    assert (shares["http://b"].kv_cache_usage_peak, shares["http://b"].requests_waiting_peak,
+            shares["http://b"].num_preemptions) == (0.9, 6, 3)
+    assert shares["http://c"].kv_cache_usage_peak is None and shares["http://c"].num_preemptions is None
+    assert shares["http://b"].to_json()["num_preemptions"] == 3
+
+
 def test_one_server_has_no_replica_split() -> None:
     assert replica_shares([[record(0, "http://a"), record(1, "http://a")]], [1.0]) == []
 

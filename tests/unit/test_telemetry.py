@@ -149,6 +149,16 @@ def test_a_sampler_of_several_replicas_samples_every_one() -> None:
     assert telemetry is not None and fail_once.is_set()
     assert telemetry.requests_running_peak == 5 and telemetry.requests_waiting_peak == 2
     assert telemetry.kv_cache_usage_peak == 0.6 and telemetry.num_preemptions == 0
+    # Each replica's own figures over the same ticks, by URL: the second one is the one that queued.
+    first, second = (sampler.by_replica[f"http://127.0.0.1:{s.server_address[1]}"] for s in servers)
+    assert (first.requests_waiting_peak, first.kv_cache_usage_peak, first.samples) == (0, 0.1, telemetry.samples)
+    assert (second.requests_waiting_peak, second.kv_cache_usage_peak) == (2, 0.6)
+
+
+def test_one_server_has_no_per_replica_telemetry() -> None:
+    """Nothing listens on the URL (no double needed): no tick is read, and nothing is split."""
+    sampler = TelemetrySampler(["http://127.0.0.1:9"], interval=0.05).start()
+    assert sampler.stop() is None and sampler.by_replica == {}
 
 
 def test_prefix_cache_counters_of_replicas_are_summed_and_absent_if_one_lacks_them() -> None:
