@@ -19,7 +19,14 @@ import httpx
 from pytest_vllm.errors import VLLMPluginError
 from pytest_vllm.server.handle import ServerHandle, http_limits, token_ids, tokenize_request
 
-TIMEOUT_S = 600.0
+# A request's total deadline, from the moment it leaves the client's concurrency slot (a resend
+# after a dropped connection included). Every request here is non-streaming, so the server says
+# nothing until it is done and the deadline bounds the whole answer, not a silent read. The
+# heaviest requests are the large corpus's passages (up to 1,800 characters, prompt_logprobs, 16
+# in flight): on the real avx2-only host (README, CI time) its 153 passages took 371 s with both
+# servers on 2 cores, about 39 s per wave of 16; 600 s is 15x that, so a hung engine fails the
+# evaluation in 10 minutes, not one silent read per request.
+REQUEST_DEADLINE_S = 600.0
 SEED = 1234
 
 
@@ -46,13 +53,15 @@ class GreedyOutput:
 class EvalClient:
     """Greedy, seeded requests on one server, at most ``concurrency`` at a time."""
 
-    def __init__(self, server: ServerHandle, concurrency: int = 16, seed: int = SEED) -> None:
+    def __init__(self, server: ServerHandle, concurrency: int = 16, seed: int = SEED,
+                 deadline_s: float = REQUEST_DEADLINE_S) -> None:
         self.server = server
         self.seed = seed
         self._limit = asyncio.Semaphore(concurrency)
         self.dropped_connections = 0  # requests sent again after the server dropped the connection
-        self._http = httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT_S, limits=http_limits(),
-                                       headers={"Authorization": f"Bearer {server.api_key}"})
+        self.deadline_s = deadline_s
+        self._http = httpx.AsyncClient(base_url=server.url, timeout=httpx.Timeout(deadline_s, connect=30.0),
+                                       limits=http_limits(), headers={"Authorization": f"Bearer {server.api_key}"})
 
     async def __aenter__(self) -> EvalClient:
         return self
@@ -66,15 +75,20 @@ class EvalClient:
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         async with self._limit:
             try:
-                try:
-                    response = await self._http.post(path, json=body)
-                except (httpx.RemoteProtocolError, httpx.ReadError):
-                    # The server dropped a pooled connection without a response (CI: one
-                    # ReadError on /tokenize in ~10,000 requests, the server healthy after it).
-                    # Every request here is greedy and seeded, so sending it once more on a new
-                    # connection is safe; a second drop is an error.
-                    self.dropped_connections += 1
-                    response = await self._http.post(path, json=body)
+                async with asyncio.timeout(self.deadline_s):
+                    try:
+                        response = await self._http.post(path, json=body)
+                    except (httpx.RemoteProtocolError, httpx.ReadError):
+                        # The server dropped a pooled connection without a response (CI: one
+                        # ReadError on /tokenize in ~10,000 requests, the server healthy after it).
+                        # Every request here is greedy and seeded, so sending it once more on a new
+                        # connection is safe; a second drop is an error.
+                        self.dropped_connections += 1
+                        response = await self._http.post(path, json=body)
+            except (TimeoutError, httpx.TimeoutException):
+                raise EvalRequestError(f"{self.server.describe()}: POST {path} got no answer within its total "
+                                       f"deadline of {self.deadline_s:g} s: the server hangs (its log: "
+                                       f"{self.server.log_path or 'not kept'})") from None
             except httpx.HTTPError as exc:
                 raise EvalRequestError(f"{self.server.describe()}: POST {path} failed: "
                                        f"{type(exc).__name__}: {exc}") from None
