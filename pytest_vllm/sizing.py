@@ -21,6 +21,9 @@ boots, its ISA tier avx2 or below, or PYTEST_VLLM_EMULATE_AVX2) runs less of wha
   perplexity ratio resolves +-0.4% instead of +-0.3% (fresh-clone run on an AVX-512 Xeon: +-0.0027
   over 51,937 positions) against a budget of <= 1.1, and the W8A8 pair sat at 1.028 there. On the
   avx2-only host the test took 371 s, the W8A8 server scoring at a seventh of its AVX-512 speed.
+  The public benchmark samples (``piqa_sample``, 250 items; ``hellaswag_sample``, 120) score every
+  other item: 65 s for both servers on a 2-core AVX-512 Genoa host (2026-12-06), where PIQA
+  resolves 3.5% and HellaSwag 7.6-8.7%; halved, about sqrt(2) coarser (5% and 11-12%).
 
 Servers given by ``--vllm-url`` are sized by nothing of this host: a remote server is never slow
 for this reason, so such runs keep the full sizes.
@@ -37,6 +40,7 @@ SLOW_TIERS = frozenset({"avx2", "avx2emu", "baseisa"})
 SLOW_PERF_REPEATS = 3
 SLOW_CONFORMANCE_SCALE = 0.5
 SLOW_LARGE_CORPUS_SHARE = 0.5
+SLOW_BENCHMARK_SAMPLE_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,11 @@ class Sizing:
         """The share of a large agreement corpus's passages scored (every 1/share-th)."""
         return SLOW_LARGE_CORPUS_SHARE if self.slow else 1.0
 
+    @property
+    def benchmark_sample_share(self) -> float:
+        """The share of a public benchmark sample's items scored (every 1/share-th)."""
+        return SLOW_BENCHMARK_SAMPLE_SHARE if self.slow else 1.0
+
     def apply(self, profile: GPUProfile) -> GPUProfile:
         """The profile with this sizing's repetitions."""
         repeats = self.perf_repeats
@@ -72,7 +81,8 @@ class Sizing:
         return (f"vllm: slow host class (ISA tier {self.isa_tier}: vLLM's CPU kernels without AVX-512), sized for CI: "
                 f"perf {profile.repeats} repetitions per measurement (resolution within 1-2% of 5's), conformance "
                 f"{self.conformance_scale:g}x each property's examples, the large agreement corpus "
-                f"{self.large_corpus_share:g}x its passages; --vllm-repeats overrides the first")
+                f"{self.large_corpus_share:g}x its passages, the public benchmark samples "
+                f"{self.benchmark_sample_share:g}x their items; --vllm-repeats overrides the first")
 
 
 def sizing_for(profile: GPUProfile, isa_tier: str, remote: bool) -> Sizing:

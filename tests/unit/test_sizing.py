@@ -47,8 +47,22 @@ def test_a_slow_class_scores_every_other_passage_of_the_large_corpus_as_a_set_of
 
     assert sizing_for(CPU, "avx2", remote=False).large_corpus_share == 0.5
     assert sizing_for(CPU, "amx", remote=False).large_corpus_share == 1.0
+
     corpus = resolve("docs_corpus")
     half = corpus.every(round(1 / 0.5))
     assert len(half.items) == (len(corpus.items) + 1) // 2 and half.items[1] == corpus.items[2]
     assert half.sha256 != corpus.sha256 and half.name == "docs_corpus (1 text in 2)"
     assert corpus.every(1) is corpus
+
+
+def test_a_slow_class_scores_every_other_item_of_the_public_benchmark_samples() -> None:
+    assert sizing_for(CPU, "avx2", remote=False).benchmark_sample_share == 0.5
+    assert sizing_for(CPU, "avx512", remote=False).benchmark_sample_share == 1.0
+    assert sizing_for(CPU, "avx2", remote=True).benchmark_sample_share == 1.0
+    assert "public benchmark samples 0.5x" in (sizing_for(CPU, "avx2", remote=False).describe(CPU) or "")
+    from pytest_vllm.accuracy.evalsets import resolve
+
+    for name in ("piqa_sample", "hellaswag_sample"):
+        full = resolve(name)
+        half = full.every(2)
+        assert len(half.items) == (len(full.items) + 1) // 2 and half.sha256 != full.sha256
