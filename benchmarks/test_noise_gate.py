@@ -12,14 +12,16 @@ Three kinds of trial, ``NOISE_TRIALS`` boots each (default 6):
 * slowed: real, server-side slowdowns. On the CPU profile, about 15% and about 30%: the same
   server without torch.compile (``enforce_eager``: -13% throughput at concurrency 4 on the 2-core
   host), and that with ``max_num_seqs`` cut below the concurrency as well (3 of 4 slots alone:
-  -22.5%). On GPU profiles, about 10% and about 30%: ``max_num_seqs`` 5% and 40% below the
-  concurrency (61 and 38 of 64; the labels are the sizes aimed at). 58 of 64 (90%) had cut an
-  8B-shaped model's c64 throughput by 10.5% on an H200 with 128-token answers, but this workload's
-  (32-token answers) by 23.1%, about 3.9% a missing slot, so 61 was aimed at about 10%; it measured
-  -24.7% (below): on this workload the cut acts as a step, not a proportion, so ``max_num_seqs``
-  is unlikely to give a sized 10% (62, 63 not measured; vLLM caps its CUDA graphs at about twice
-  ``max_num_seqs``: 120 tokens for 61, 512 by default, so a slowed server's mixed prefill and decode
-  steps may run without graphs; a lead, not measured). ~30% is not sized on a GPU. Their true size
+  -22.5%). On GPU profiles, about 10% and about 30%. ~10%: the same model one eighth deeper
+  (``hf_overrides`` ``num_hidden_layers`` 36 for the 8B shape's 32), a slowdown sized by
+  construction: decode of an 8B-shaped model at concurrency 64 is bound by reading weights and
+  KV cache, both per layer, so every step does 12.5% more work and throughput should fall by
+  up to 1 - 32/36 = 11% (less the share of a step that does not grow with depth: sampling, the
+  embedding and LM head, host work). Before it, ``max_num_seqs`` 5% below the concurrency (61 of
+  64) was aimed at ~10% and measured -24.7% (58 of 64: -23.1%): on this workload cutting slots
+  acts as a step, not a proportion (vLLM also captures CUDA graphs only up to about twice
+  ``max_num_seqs``, 120 tokens for 61 against 512 by default), so it could not size a 10% trial.
+  ~30%: ``max_num_seqs`` 40% below the concurrency (38 of 64), not sized. Their true size
   is printed: the slowed boots' median throughput against the A/A boots'.
 
 Each trial is one measurement of the suite's own throughput workload (``suites/test_perf.py``
@@ -134,13 +136,28 @@ class Trial:
         return cls(data["kind"], int(data["boot"]), dict(data["flags"]), attempts, facts)
 
 
-def slowdowns(profile: GPUProfile, concurrency: int) -> dict[str, dict[str, Any]]:
-    """Server flags for the slowed kinds (see above), as ``NOISE_SLOWDOWNS`` chooses them."""
+def served_layers(model: str) -> int | None:
+    """The served model's decoder layers (its config.json), or None where it is not a local folder."""
+    path = Path(model) / "config.json"
+    if not path.is_file():
+        return None
+    layers = json.loads(path.read_text()).get("num_hidden_layers")
+    return int(layers) if layers else None
+
+
+def slowdowns(profile: GPUProfile, concurrency: int, layers: int | None = None) -> dict[str, dict[str, Any]]:
+    """Server flags for the slowed kinds (see above), as ``NOISE_SLOWDOWNS`` chooses them.
+
+    ``layers``: the served model's decoder layers; on GPU profiles the ~10% kind serves the same
+    model one eighth deeper (``hf_overrides``), a slowdown sized by construction."""
     if not profile.is_gpu:
         kinds = {"slowed ~15%": {"enforce_eager": True},
                  "slowed ~30%": {"enforce_eager": True, "max_num_seqs": max(1, round(concurrency * 0.75))}}
     else:
-        kinds = {"slowed ~10%": {"max_num_seqs": max(1, concurrency - round(concurrency * 0.05))},
+        if layers is None:
+            raise pytest.UsageError("the noise benchmark's GPU slowdown deepens the served model: it needs a model "
+                                    "folder with a config.json (the default --vllm-perf-model shape has one)")
+        kinds = {"slowed ~10%": {"hf_overrides": json.dumps({"num_hidden_layers": layers + max(1, layers // 8)})},
                  "slowed ~30%": {"max_num_seqs": max(1, round(concurrency * 0.6))}}
     chosen = [s.strip().strip("~%") for s in os.environ.get("NOISE_SLOWDOWNS", "").split(",") if s.strip()]
     if not chosen:
@@ -234,7 +251,8 @@ def test_false_alarm_and_detection_rates_across_boots(vllm_server_factory, vllm_
     # its own; the pairs are booted through the session (boot_pair), so that a GPU's pair boots at once.
     profile = vllm_session.profile
     workload = workload_of(profile)
-    kinds = slowdowns(profile, workload.concurrency or 1)
+    kinds = slowdowns(profile, workload.concurrency or 1,
+                      served_layers(vllm_session.role_model("base", vllm_session.pair_of(request.node.nodeid)).model))
     confirm = os.environ.get("NOISE_CONFIRM", "0") == "1"
     state_path = Path(os.environ["NOISE_STATE"]) if os.environ.get("NOISE_STATE") else None
     deadline = float(os.environ["NOISE_DEADLINE"]) if os.environ.get("NOISE_DEADLINE") else math.inf
