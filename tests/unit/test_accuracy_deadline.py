@@ -7,30 +7,15 @@ import asyncio
 import time
 
 import pytest
+from silent_server import silent_server
 
 from pytest_vllm.accuracy.client import EvalClient, EvalRequestError
 from pytest_vllm.server.handle import ServerHandle
 
 
-async def _silent_server() -> tuple[asyncio.Server, int]:
-    """A TCP server that reads the request and never answers: what a hung engine looks like to a
-    client (a real vLLM cannot be made to hang on cue within a unit test's time)."""
-
-    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read(65536)
-        try:
-            await asyncio.sleep(30)
-        except asyncio.CancelledError:
-            pass
-        writer.close()
-
-    server = await asyncio.start_server(hold, "127.0.0.1", 0)
-    return server, server.sockets[0].getsockname()[1]
-
-
 def test_a_silent_server_fails_the_request_at_its_deadline() -> None:
     async def scenario() -> tuple[float, str]:
-        server, port = await _silent_server()
+        server, port = await silent_server()
         handle = ServerHandle(role="compressed", url=f"http://127.0.0.1:{port}", model="m")
         async with server:
             started = time.perf_counter()

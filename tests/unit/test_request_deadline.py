@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+from silent_server import silent_server
+
 from pytest_vllm.load.client import (
     PER_TOKEN_BOUND_S,
     PREFILL_ALLOWANCE_S,
@@ -25,25 +27,9 @@ def test_the_deadline_grows_with_the_output_length() -> None:
     assert request_deadline(long) - request_deadline(short) == 60 * PER_TOKEN_BOUND_S
 
 
-async def _silent_server() -> tuple[asyncio.Server, int]:
-    """A TCP server that reads the request and never answers: what a hung engine looks like to a
-    client (a real vLLM cannot be made to hang on cue within a unit test's time)."""
-
-    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read(65536)
-        try:
-            await asyncio.sleep(30)
-        except asyncio.CancelledError:
-            pass
-        writer.close()
-
-    server = await asyncio.start_server(hold, "127.0.0.1", 0)
-    return server, server.sockets[0].getsockname()[1]
-
-
 def test_a_silent_server_fails_the_request_at_its_deadline_and_the_next_is_not_sent() -> None:
     async def scenario() -> tuple[RequestRecord, RequestRecord, float]:
-        server, port = await _silent_server()
+        server, port = await silent_server()
         request = PreparedRequest("/v1/completions", b"{}", chat=False, deadline_s=0.5)
         first, second, hung = RequestRecord(0), RequestRecord(1), HungServer()
         async with server, new_session() as session:

