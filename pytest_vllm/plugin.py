@@ -106,7 +106,12 @@ def _make_say(config: pytest.Config) -> Callable[[str], None]:
         capture = config.pluginmanager.get_plugin("capturemanager")
         if worker is not None:
             with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
-                print(f"[vllm {worker.id}] {message}", file=sys.__stderr__, flush=True)
+                # One write of the whole line: print() writes the text and its newline apart, and
+                # two workers' lines then ran together on the shared stderr (seen in CI).
+                stream = sys.__stderr__
+                if stream is not None:
+                    stream.write(f"[vllm {worker.id}] {message}\n")
+                    stream.flush()
             return
         if reporter is None:
             return
