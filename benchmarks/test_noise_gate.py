@@ -91,6 +91,7 @@ from pytest_vllm.gating import Outcome
 from pytest_vllm.gpu import GPUProfile
 from pytest_vllm.load.runner import run_workload
 from pytest_vllm.load.workload import Workload
+from pytest_vllm.models.weights import read_config
 from pytest_vllm.perf.budgets import Check
 from pytest_vllm.perf.gate import CONFIRMATION_PROMPT_SEED, settings_for
 from pytest_vllm.perf.judge import judge
@@ -138,10 +139,8 @@ class Trial:
 
 def served_layers(model: str) -> int | None:
     """The served model's decoder layers (its config.json), or None where it is not a local folder."""
-    path = Path(model) / "config.json"
-    if not path.is_file():
-        return None
-    layers = json.loads(path.read_text()).get("num_hidden_layers")
+    config = read_config(model) or {}
+    layers = config.get("text_config", config).get("num_hidden_layers")
     return int(layers) if layers else None
 
 
